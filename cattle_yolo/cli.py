@@ -1,0 +1,197 @@
+"""Command line: ``python -m cattle_yolo {train,evaluate,predict,synth} ...``.
+
+The only module that touches argparse. Exit codes: 0 ok, 2 bad config or data, 3 training
+diverged, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cattle_yolo.config import ConfigError, TrainConfig
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+# Flags of `train` that are shorthands for config keys.
+SHORTHANDS = ("data", "epochs", "imgsz", "batch", "device", "seed", "out", "lr")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (a run's config.yaml or a search's best_config.yaml)")
+    p.add_argument("--data", help="data.yaml or a folder with train/ and val/; default: synthetic")
+    p.add_argument("--epochs", type=int, help="training epochs (config key epochs)")
+    p.add_argument("--imgsz", type=int, help="square image size, a multiple of 32")
+    p.add_argument("--batch", type=int, help="images per forward pass")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, help="random seed; CPU runs repeat exactly")
+    p.add_argument("--out", help="run folder (default outputs/<dataset>/yolov8)")
+    p.add_argument("--lr", type=float, help="AdamW peak learning rate")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="any TrainConfig field")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cattle-yolo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a detector")
+    _add_config_flags(t)
+    t.add_argument("--strict", action="store_true", help="any bad label or image is an error")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="continue from a last.pt (default: <out>/models/last.pt of this config)",
+    )
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint with COCO mAP")
+    e.add_argument("--weights", required=True, help="a best.pt or last.pt")
+    e.add_argument("--data", help="dataset (default: the one the checkpoint was trained on)")
+    e.add_argument("--split", choices=("val", "test"), default="val", help="split to evaluate")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    e.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. score_threshold=0.3")
+
+    p = sub.add_parser("predict", help="draw detections on images and write COCO json")
+    p.add_argument("--weights", required=True, help="a best.pt or last.pt")
+    p.add_argument("--source", required=True, help="an image file or a folder of images")
+    p.add_argument("--out", default="outputs/predict", help="folder for drawn images and json")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. score_threshold=0.4")
+
+    s = sub.add_parser("synth", help="write a synthetic cattle dataset (Ultralytics layout)")
+    s.add_argument("--out", required=True, help="folder to write")
+    s.add_argument("--train", type=int, default=96, help="training images")
+    s.add_argument("--val", type=int, default=24, help="validation images")
+    s.add_argument("--test", type=int, default=24, help="test images")
+    s.add_argument("--seed", type=int, default=0, help="generator seed")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """--config file, then the shorthand flags, then key=value overrides (last wins)."""
+    overrides: dict[str, Any] = {}
+    for key in SHORTHANDS:
+        value = getattr(args, key, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, "strict", False):
+        overrides["strict"] = True
+    cfg = TrainConfig.load(args.config, overrides)
+    return TrainConfig.load(None, {**cfg.to_dict(), **_parse_overrides(args.overrides)})
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+    values = TrainConfig.load(None, items).to_dict() if items else {}
+    keys = {item.partition("=")[0].strip() for item in items}
+    return {k: values[k] for k in keys}
+
+
+def load_trained(weights: str, device: torch.device, overrides: list[str] | None = None):
+    """(model in eval mode with EMA weights, config, class names) from a checkpoint."""
+    from cattle_yolo.engine import load_checkpoint
+    from cattle_yolo.model import CattleYOLO
+
+    ckpt = load_checkpoint(weights, map_location="cpu")
+    cfg = TrainConfig.from_dict(ckpt["config"], source=weights)
+    if overrides:
+        cfg = TrainConfig.load(None, {**cfg.to_dict(), **_parse_overrides(overrides)})
+    cfg = cfg.replace(pretrained=False)  # the checkpoint has the weights; never download
+    model = CattleYOLO(len(ckpt["names"]), cfg)
+    state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg, list(ckpt["names"])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cattle_yolo.data import load_datasets
+    from cattle_yolo.train import run_dir, train
+
+    cfg = config_from_args(args)
+    datasets = load_datasets(cfg)
+    resume = None
+    if args.resume:
+        resume = Path(args.resume)
+        if args.resume == "auto":
+            resume = run_dir(cfg, datasets.name) / "models" / "last.pt"
+        if not resume.is_file():
+            raise ConfigError(f"--resume: no checkpoint at {resume}")
+    result = train(cfg, datasets, resume_from=resume)
+    print(
+        f"best mAP50-95={result['best_mAP50_95']:.4f} at epoch {result['best_epoch']}; "
+        f"weights in {result['out']}/models/best.pt"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cattle_yolo.data import load_datasets, make_loader
+    from cattle_yolo.evaluate import evaluate
+    from cattle_yolo.loss import DetectionLoss
+    from cattle_yolo.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg, names = load_trained(args.weights, device, args.overrides)
+    if args.data:
+        cfg = cfg.replace(data=args.data)
+    datasets = load_datasets(cfg)
+    split = datasets.test if args.split == "test" else datasets.val
+    if split is None:
+        raise ConfigError(f"{cfg.data or 'synthetic'}: the dataset has no {args.split} split")
+    if datasets.names != names:
+        raise ConfigError(f"dataset classes {datasets.names} differ from the checkpoint's {names}")
+    loss_fn = DetectionLoss(cfg, len(names))
+    metrics = evaluate(model, make_loader(split, cfg, train=False), loss_fn, cfg, device, cfg.epochs)
+    for key, value in metrics.items():
+        print(f"{key:>16s} {value:.4f}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cattle_yolo.predict import collect_sources, predict_images, write_outputs
+    from cattle_yolo.train import resolve_device
+
+    device = resolve_device(args.device)
+    model, cfg, names = load_trained(args.weights, device, args.overrides)
+    paths = collect_sources(args.source)
+    results = predict_images(model, paths, cfg, device, names)
+    write_outputs(results, Path(args.out), names)
+    total = sum(len(r["scores"]) for r in results)
+    print(f"{total} detections on {len(paths)} images written to {args.out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from cattle_yolo.synthetic import generate
+
+    root = generate(Path(args.out), args.train, args.val, args.test, seed=args.seed)
+    print(f"synthetic dataset written to {root} (data.yaml inside)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from cattle_yolo.data import DataError
+    from cattle_yolo.engine import CheckpointError
+    from cattle_yolo.train import DivergedError
+
+    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "synth": cmd_synth}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except DivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,255 @@
+"""The one typed training config: every knob the search turns, with YAML in and YAML out.
+
+Defaults are the hand-fixed values the project starts from. A config is built from a YAML file
+(``--config FILE``) and then ``key=value`` overrides; unknown keys, wrong types and out-of-range
+values are errors that name the key (``ConfigError``). The same YAML format is written beside every
+run and exported as a search's best config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, type or value is wrong; the message names the key and, for a file, the file."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data ---
+    data: str | None = None  # data.yaml or a folder with train/ and val/; None = embedded synthetic
+    imgsz: int = 384  # square letterbox size in pixels, a multiple of 32
+    strict: bool = False  # any skipped image or label is an error instead of a counted skip
+    fliplr: float = 0.5  # probability of a horizontal flip (train only)
+    hsv_h: float = 0.015  # hue jitter, fraction of the hue circle (train only)
+    hsv_s: float = 0.7  # saturation gain jitter, +- fraction (train only)
+    hsv_v: float = 0.4  # value gain jitter, +- fraction (train only)
+    scale: float = 0.5  # random scale jitter, +- fraction (train only)
+    translate: float = 0.1  # random translation, +- fraction of imgsz (train only)
+    workers: int = 0  # DataLoader worker processes; 0 loads in the training process
+
+    # --- model ---
+    pretrained: bool = False  # ImageNet weights for the ResNet18 backbone (needs the network once)
+    neck_channels: int = 128  # channels of the neck and head at every level
+    dropout: float = 0.3  # channel dropout in the head, before the prediction convs
+    wh_clamp: float = 4.0  # box size decodes as exp(clamp(t, -wh_clamp, wh_clamp)) * stride
+
+    # --- loss and positive assignment ---
+    iou_start: float = 0.25  # IoU threshold for a positive at epoch 0
+    iou_end: float = 0.45  # IoU threshold for a positive once the ramp is over
+    iou_ramp_epochs: int = 30  # epochs over which the threshold rises linearly
+    box_loss: Literal["giou", "ciou"] = "giou"  # torchvision.ops IoU loss for matched boxes
+    box_loss_weight: float = 7.5  # weight of the box term in the total loss
+    cls_loss_weight: float = 0.5  # weight of the focal class term in the total loss
+    obj_loss_weight: float = 1.0  # weight of the objectness BCE term in the total loss
+    focal_gamma: float = 2.0  # focusing exponent of the sigmoid focal class loss
+    focal_alpha: float = 0.25  # positive-class balance of the sigmoid focal class loss
+
+    # --- optimisation ---
+    epochs: int = 150  # training epochs
+    batch: int = 4  # images per forward pass
+    accumulate: int = 4  # forward passes per optimizer step (effective batch = batch * accumulate)
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 5e-4  # AdamW decoupled weight decay
+    warmup_epochs: float = 10.0  # epochs of per-iteration linear warmup
+    warmup_start_fraction: float = 0.5  # LR multiplier at the first warmup iteration
+    final_lr_fraction: float = 0.01  # LR multiplier at the end of the cosine decay
+    grad_clip: float = 10.0  # max gradient norm; 0 disables clipping
+    ema_decay: float = 0.9998  # EMA decay once ramped up; 0 disables the EMA
+    ema_tau: float = 200.0  # EMA ramp: decay * (1 - exp(-updates / tau))
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported); always fp32 on CPU
+    max_skipped_fraction: float = 0.25  # share of non-finite steps in an epoch that means divergence
+
+    # --- evaluation and inference ---
+    score_threshold: float = 0.25  # score for precision/recall/F1 and drawn boxes; never gates mAP
+    conf_floor: float = 0.001  # lowest score kept for mAP, as COCO and Ultralytics do
+    nms_iou: float = 0.6  # IoU of class-wise NMS
+    max_det: int = 300  # detections kept per image
+
+    # --- run ---
+    seed: int = 0  # seeds model init, augmentation and data order
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    out: str | None = None  # run folder; None = outputs/<dataset name>/yolov8
+    synthetic_images: int = 96  # embedded synthetic dataset: training images (val gets a quarter)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    # --- YAML in, YAML out ---
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        """Write the resolved config atomically (temp file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a plain dict, checking every key and type; ``source`` prefixes errors."""
+        kwargs = {}
+        for key, value in values.items():
+            kwargs[key] = coerce(key, value, source)
+        try:
+            return cls(**kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None
+    ) -> TrainConfig:
+        """Defaults, then the YAML file at ``path``, then ``key=value`` overrides."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values.update(read_yaml_mapping(path))
+            # A search's best_config.yaml carries extra sections; only `config` is the config.
+            if "config" in values and isinstance(values["config"], dict):
+                values = dict(values["config"])
+        if isinstance(overrides, dict):
+            values.update(overrides)
+        else:
+            for item in overrides or []:
+                key, sep, raw = item.partition("=")
+                if not sep or not key:
+                    raise ConfigError(f"override {item!r}: expected key=value")
+                values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        return cls.from_dict(values, source=str(path) if path is not None else "overrides")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **{k: coerce(k, v, "replace") for k, v in changes.items()})
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """``yaml.safe_load`` a file that must hold a mapping; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if loaded is None:
+        raise ConfigError(f"{path}: file is empty")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+    return loaded
+
+
+FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
+
+
+def closest_key(key: str) -> str:
+    """A hint naming the closest valid config key, or the empty string."""
+    match = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def check_key(key: str, source: str = "config") -> None:
+    if key not in FIELD_TYPES:
+        raise ConfigError(f"{source}: unknown key {key!r}{closest_key(key)}")
+
+
+def coerce(key: str, value: Any, source: str = "config") -> Any:
+    """Check ``value`` against the declared type of ``key``; ints are accepted for floats."""
+    check_key(key, source)
+    tp = FIELD_TYPES[key]
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if typing.get_origin(option) is Literal:
+            if value in typing.get_args(option):
+                return value
+            continue
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    allowed = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{source}: key {key!r} must be {allowed}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else tp.__name__
+
+
+# (key, low, high, low inclusive, high inclusive)
+_RANGES: list[tuple[str, float, float, bool, bool]] = [
+    ("imgsz", 32, 4096, True, True),
+    ("fliplr", 0, 1, True, True),
+    ("hsv_h", 0, 0.5, True, True),
+    ("hsv_s", 0, 1, True, True),
+    ("hsv_v", 0, 1, True, True),
+    ("scale", 0, 0.9, True, True),
+    ("translate", 0, 0.5, True, True),
+    ("workers", 0, 64, True, True),
+    ("neck_channels", 8, 1024, True, True),
+    ("dropout", 0, 1, True, False),
+    ("wh_clamp", 0, 20, False, True),
+    ("iou_start", 0, 1, False, False),
+    ("iou_end", 0, 1, False, False),
+    ("iou_ramp_epochs", 0, 10_000, True, True),
+    ("box_loss_weight", 0, 1e3, True, True),
+    ("cls_loss_weight", 0, 1e3, True, True),
+    ("obj_loss_weight", 0, 1e3, True, True),
+    ("focal_gamma", 0, 10, True, True),
+    ("focal_alpha", 0, 1, True, True),
+    ("epochs", 1, 100_000, True, True),
+    ("batch", 1, 4096, True, True),
+    ("accumulate", 1, 1024, True, True),
+    ("lr", 0, 10, False, True),
+    ("weight_decay", 0, 1, True, True),
+    ("warmup_epochs", 0, 10_000, True, True),
+    ("warmup_start_fraction", 0, 1, False, True),
+    ("final_lr_fraction", 0, 1, True, True),
+    ("grad_clip", 0, 1e6, True, True),
+    ("ema_decay", 0, 1, True, False),
+    ("ema_tau", 0, 1e9, False, True),
+    ("max_skipped_fraction", 0, 1, True, True),
+    ("score_threshold", 0, 1, True, True),
+    ("conf_floor", 0, 1, True, False),
+    ("nms_iou", 0, 1, False, True),
+    ("max_det", 1, 100_000, True, True),
+    ("synthetic_images", 4, 100_000, True, True),
+]
+
+
+def _validate(cfg: TrainConfig) -> None:
+    for key, low, high, low_in, high_in in _RANGES:
+        value = getattr(cfg, key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"key {key!r} must be a number, got {value!r}")
+        ok = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            lo, hi = ("[" if low_in else "("), ("]" if high_in else ")")
+            raise ConfigError(f"key {key!r} = {value!r} is out of range {lo}{low}, {high}{hi}")
+    if cfg.imgsz % 32:
+        raise ConfigError(f"key 'imgsz' = {cfg.imgsz} must be a multiple of 32")
+    if cfg.iou_end < cfg.iou_start:
+        raise ConfigError(f"key 'iou_end' = {cfg.iou_end} must be >= iou_start = {cfg.iou_start}")
+    if cfg.device != "auto" and cfg.device != "cpu" and not cfg.device.startswith("cuda"):
+        raise ConfigError(f"key 'device' = {cfg.device!r} must be auto, cpu, cuda or cuda:N")
+
+
+__all__ = ["ConfigError", "TrainConfig", "FIELD_NAMES", "coerce", "check_key", "read_yaml_mapping"]

@@ -1,0 +1,242 @@
+"""The training engine: one epoch of optimisation, the LR schedule, the EMA and checkpoints.
+
+``train_one_epoch`` returns a stats dict; the driver in ``train.py`` calls it and ``evaluate``.
+Batches come from ``data.collate``: images uint8 (B, 3, S, S), targets float32 (N, 6)
+``[img_idx, cls, x1, y1, x2, y2]`` in letterboxed pixels.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cattle_yolo.config import TrainConfig
+
+
+def lr_multiplier(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """LR multiplier at optimizer step ``step`` (0-based) of the whole run."""
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    # 1) linear warmup from warmup_start_fraction at the first step to 1 at the last warmup step
+    if step < warmup_steps:
+        if warmup_steps == 1:
+            return 1.0
+        return cfg.warmup_start_fraction + (1 - cfg.warmup_start_fraction) * step / (warmup_steps - 1)
+    # 2) past the end (resumed with fewer epochs, say): hold the final value
+    if step >= total_steps:
+        return cfg.final_lr_fraction
+    # 3) cosine decay from 1 to final_lr_fraction over the remaining steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights, used for evaluation and export.
+
+    The decay ramps up as ``decay * (1 - exp(-updates / tau))`` so that the average follows the
+    model closely early in training, when the weights move fast.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, tau: float, updates: int = 0) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        ema_state, model_state = self.module.state_dict(), model.state_dict()
+        floats = [k for k, v in ema_state.items() if v.dtype.is_floating_point]
+        torch._foreach_lerp_([ema_state[k] for k in floats], [model_state[k] for k in floats], 1 - d)
+        for k, v in ema_state.items():
+            if not v.dtype.is_floating_point:
+                v.copy_(model_state[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16 on CUDA, None (fp32) on CPU or with amp off."""
+    if device.type != "cuda" or not cfg.amp:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+class _Progress:
+    """A one-line progress bar on an interactive terminal; silent otherwise."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        self.total, self.desc = total, desc
+        self.enabled = sys.stderr.isatty() and not os.environ.get("CATTLE_YOLO_NO_PROGRESS")
+        self.start = time.perf_counter()
+
+    def update(self, i: int, loss: float) -> None:
+        if not self.enabled:
+            return
+        done = int(30 * (i + 1) / self.total)
+        rate = (i + 1) / max(1e-9, time.perf_counter() - self.start)
+        sys.stderr.write(
+            f"\r{self.desc} [{'#' * done}{'.' * (30 - done)}] {i + 1}/{self.total}"
+            f" loss={loss:.4f} {rate:.2f} it/s"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.flush()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    ema: ModelEMA | None,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    profile: bool = False,
+) -> dict[str, float]:
+    """Train one epoch with gradient accumulation, per-step LR, clipping and the EMA.
+
+    A micro-batch whose loss is non-finite is not back-propagated, and an accumulated gradient
+    whose norm is non-finite is not applied; both count as skipped steps. With ``profile`` the
+    step is synchronised between phases and the time shares of data, forward, loss and backward
+    are returned too (slower; for benchmarks).
+    """
+    model.train()
+    num_batches = len(loader)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil(num_batches / cfg.accumulate)
+    step = epoch * steps_per_epoch
+    amp_dtype = autocast_dtype(cfg, device)
+    sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "obj": 0.0}
+    finite_batches, skipped, images = 0, 0, 0
+    phase = {"data": 0.0, "forward": 0.0, "loss": 0.0, "backward": 0.0}
+    progress = _Progress(num_batches, f"epoch {epoch + 1}/{cfg.epochs}")
+
+    def sync() -> float:
+        if profile and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    _set_lr(optimizer, cfg.lr * lr_multiplier(step, steps_per_epoch, cfg))
+    optimizer.zero_grad(set_to_none=True)
+    start = time.perf_counter()
+    t0 = sync()
+    for i, (imgs, targets, _) in enumerate(loader):
+        imgs = imgs.to(device, non_blocking=True).float().div_(255)
+        if device.type == "cuda":
+            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        targets = targets.to(device, non_blocking=True)
+        t1 = sync()
+        with autocast(device, amp_dtype):
+            outputs = model(imgs)
+        t2 = sync()
+        losses = loss_fn(outputs, targets, epoch + i / num_batches)
+        total = losses["total"]
+        t3 = sync()
+        # One host sync per micro-batch: needed to decide whether to back-propagate at all.
+        finite = bool(torch.isfinite(total))
+        if finite:
+            scaler.scale(total / cfg.accumulate).backward()
+            finite_batches += 1
+            detached = torch.stack([total, losses["box"], losses["cls"], losses["obj"]]).tolist()
+            for key, value in zip(sums, detached, strict=True):
+                sums[key] += value
+        else:
+            skipped += 1
+        images += imgs.shape[0]
+
+        if (i + 1) % cfg.accumulate == 0 or i + 1 == num_batches:
+            scaler.unscale_(optimizer)
+            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if torch.isfinite(norm):
+                scaler.step(optimizer)
+                scaler.update()
+                if ema is not None:
+                    ema.update(model)
+            else:
+                skipped += 1
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            _set_lr(optimizer, cfg.lr * lr_multiplier(step, steps_per_epoch, cfg))
+        t5 = sync()
+        phase["data"] += t1 - t0
+        phase["forward"] += t2 - t1
+        phase["loss"] += t3 - t2
+        phase["backward"] += t5 - t3
+        t0 = t5
+        progress.update(i, sums["loss"] / max(1, finite_batches))
+    progress.close()
+
+    elapsed = time.perf_counter() - start
+    mean = {k: (v / finite_batches if finite_batches else float("nan")) for k, v in sums.items()}
+    stats = {
+        "train_loss": mean["loss"],
+        "train_box": mean["box"],
+        "train_cls": mean["cls"],
+        "train_obj": mean["obj"],
+        "lr": optimizer.param_groups[0]["lr"],
+        "skipped_steps": skipped,
+        "train_batches": num_batches,
+        "train_time": elapsed,
+        "images_per_sec": images / max(elapsed, 1e-9),
+    }
+    if profile:
+        total_time = sum(phase.values())
+        stats.update({f"share_{k}": v / total_time for k, v in phase.items()})
+    return stats
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, torn or not ours; the message names the file."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write one checkpoint dict to a temporary file, then rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a missing or torn file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle of code objects, ...
+        raise CheckpointError(f"{path}: not a readable cattle_yolo checkpoint ({e})") from None

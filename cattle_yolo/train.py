@@ -1,0 +1,256 @@
+"""The training driver: builds everything from a ``TrainConfig``, runs the epochs, writes outputs.
+
+Each epoch: ``train_one_epoch`` then ``evaluate`` on the EMA weights, one stats dict appended to
+``<out>/metrics/training_metrics.csv`` and ``<out>/metrics/training_metrics.jsonl``, one summary
+line in ``<out>/logs/train.log``, ``last.pt`` (and ``best.pt`` by val mAP50-95) in
+``<out>/models/``, and the stats handed to every callback. The search plugs in as a callback;
+this module never imports Ray.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cattle_yolo.config import ConfigError, TrainConfig
+from cattle_yolo.data import Datasets, load_datasets, make_loader
+from cattle_yolo.engine import ModelEMA, load_checkpoint, save_checkpoint, train_one_epoch
+from cattle_yolo.evaluate import evaluate
+from cattle_yolo.loss import DetectionLoss
+from cattle_yolo.model import CattleYOLO
+
+Callback = Callable[[dict[str, Any]], None]
+log = logging.getLogger("cattle_yolo")
+
+# Keys of a checkpoint's config that may differ on resume: they do not change the result.
+RESUME_MUTABLE = ("device", "workers", "out", "data")
+
+
+class DivergedError(RuntimeError):
+    """Training diverged: an epoch's mean loss was non-finite or too many steps were skipped."""
+
+    def __init__(self, reason: str, epoch: int) -> None:
+        super().__init__(f"training diverged at epoch {epoch}: {reason}")
+        self.reason, self.epoch = reason, epoch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA where there is none is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} requested but CUDA is not available here; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_dir(cfg: TrainConfig, dataset_name: str) -> Path:
+    """``cfg.out`` or ``outputs/<dataset name>/yolov8``, with logs/, metrics/ and models/."""
+    out = Path(cfg.out) if cfg.out else Path("outputs") / dataset_name / "yolov8"
+    for sub in ("logs", "metrics", "models"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on conv/linear weights only, not on biases and norm parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _attach_file_log(out: Path) -> logging.Handler:
+    handler = logging.FileHandler(out / "logs" / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in log.handlers):
+        stream = logging.StreamHandler()
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(stream)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def _append_metrics(out: Path, stats: dict[str, Any]) -> None:
+    row = {k: v for k, v in stats.items() if not isinstance(v, str)}
+    csv_path = out / "metrics" / "training_metrics.csv"
+    new = not csv_path.exists() or csv_path.stat().st_size == 0
+    with csv_path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    with (out / "metrics" / "training_metrics.jsonl").open("a") as f:
+        f.write(json.dumps(stats, allow_nan=True) + "\n")
+
+
+def _summary_line(stats: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {stats['epoch']}/{epochs} loss={stats['train_loss']:.4f} "
+        f"(box={stats['train_box']:.4f} cls={stats['train_cls']:.4f} obj={stats['train_obj']:.4f}) "
+        f"val_loss={stats['val_loss']:.4f} mAP50={stats['mAP50']:.4f} "
+        f"mAP50-95={stats['mAP50_95']:.4f} P={stats['precision']:.3f} R={stats['recall']:.3f} "
+        f"lr={stats['lr']:.2e} {stats['epoch_time']:.1f}s {stats['images_per_sec']:.1f} img/s"
+        + (f" skipped={stats['skipped_steps']}" if stats["skipped_steps"] else "")
+    )
+
+
+def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    for key, value in cfg.to_dict().items():
+        if key not in RESUME_MUTABLE and saved.get(key) != value:
+            raise ConfigError(
+                f"{path}: cannot resume with a different {key!r} "
+                f"(checkpoint has {saved.get(key)!r}, config has {value!r})"
+            )
+
+
+def train(
+    cfg: TrainConfig,
+    datasets: Datasets | None = None,
+    callbacks: Sequence[Callback] = (),
+    resume_from: str | Path | None = None,
+) -> dict[str, Any]:
+    """Train a detector as ``cfg`` says; returns the best and last epoch's figures.
+
+    ``datasets`` lets a caller (the search) pass data decoded once; ``resume_from`` is a
+    ``last.pt`` to continue from, with the same result as an uninterrupted run.
+    Raises ``DivergedError`` when training diverges.
+    """
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    if datasets is None:
+        datasets = load_datasets(cfg)
+    out = run_dir(cfg, datasets.name)
+    handler = _attach_file_log(out)
+    try:
+        return _train(cfg, datasets, callbacks, resume_from, device, out)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _train(
+    cfg: TrainConfig,
+    datasets: Datasets,
+    callbacks: Sequence[Callback],
+    resume_from: str | Path | None,
+    device: torch.device,
+    out: Path,
+) -> dict[str, Any]:
+    cfg.to_yaml(out / "config.yaml")
+    names = datasets.names
+    model = CattleYOLO(len(names), cfg).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = DetectionLoss(cfg, len(names))
+    optimizer = build_optimizer(model, cfg)
+    fp16 = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
+    start_epoch, best, best_epoch = 0, -math.inf, 0
+
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, map_location=device)
+        _check_resume_config(ckpt["config"], cfg, Path(resume_from))
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_fitness"], ckpt["best_epoch"]
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+        log.info(f"resumed from {resume_from} at epoch {start_epoch}/{cfg.epochs}")
+
+    train_set = datasets.train.with_augment(cfg)
+    val_loader = make_loader(datasets.val, cfg, train=False)
+    log.info(
+        f"training {cfg.epochs} epochs on {device} | {len(datasets.train)} train, "
+        f"{len(datasets.val)} val images | classes {names} | out {out}"
+    )
+    stats: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        loader = make_loader(train_set, cfg, train=True, epoch=epoch)
+        train_stats = train_one_epoch(
+            model, loss_fn, loader, optimizer, scaler, ema, cfg, device, epoch
+        )
+        steps = train_stats["train_batches"]
+        if not math.isfinite(train_stats["train_loss"]):
+            raise DivergedError("mean training loss is not finite", epoch + 1)
+        if train_stats["skipped_steps"] > cfg.max_skipped_fraction * steps:
+            raise DivergedError(
+                f"{train_stats['skipped_steps']} of {steps} steps skipped for non-finite "
+                f"loss or gradients (limit {cfg.max_skipped_fraction:.0%})",
+                epoch + 1,
+            )
+        eval_model = ema.module if ema is not None else model
+        val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1)
+        stats = {"epoch": epoch + 1, **train_stats, **val_stats}
+        stats["epoch_time"] = time.perf_counter() - t0
+        improved = stats["mAP50_95"] > best
+        if improved:
+            best, best_epoch = stats["mAP50_95"], epoch + 1
+        stats["best_mAP50_95"], stats["best_epoch"] = best, best_epoch
+
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "epoch": epoch + 1,
+            "best_fitness": best,
+            "best_epoch": best_epoch,
+            "config": cfg.to_dict(),
+            "names": list(names),
+            "metrics": {k: v for k, v in stats.items() if isinstance(v, int | float)},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            },
+        }
+        last = out / "models" / "last.pt"
+        save_checkpoint(state, last)
+        if improved:
+            save_checkpoint(state, out / "models" / "best.pt")
+        stats["checkpoint"], stats["out"] = str(last), str(out)
+        _append_metrics(out, stats)
+        log.info(_summary_line(stats, cfg.epochs))
+        for callback in callbacks:
+            callback(stats)
+
+    return {
+        "best_mAP50_95": best,
+        "best_epoch": best_epoch,
+        "epochs_run": cfg.epochs - start_epoch,
+        "out": str(out),
+        "last": stats,
+    }

@@ -1,0 +1,71 @@
+import pytest
+import yaml
+
+from cattle_yolo.config import ConfigError, TrainConfig
+
+
+def test_defaults_are_the_hand_fixed_values():
+    cfg = TrainConfig()
+    expected = {
+        "lr": 1e-3, "weight_decay": 5e-4, "batch": 4, "accumulate": 4, "warmup_epochs": 10,
+        "warmup_start_fraction": 0.5, "iou_start": 0.25, "iou_end": 0.45, "iou_ramp_epochs": 30,
+        "score_threshold": 0.25, "focal_gamma": 2.0, "focal_alpha": 0.25, "box_loss_weight": 7.5,
+        "cls_loss_weight": 0.5, "obj_loss_weight": 1.0, "dropout": 0.3, "wh_clamp": 4.0,
+        "imgsz": 384, "epochs": 150,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = TrainConfig(lr=3e-4, epochs=7, data="some/data.yaml", box_loss="ciou")
+    cfg.to_yaml(tmp_path / "c.yaml")
+    assert TrainConfig.load(tmp_path / "c.yaml") == cfg
+
+
+def test_file_then_overrides(tmp_path):
+    (tmp_path / "c.yaml").write_text("lr: 0.002\nepochs: 5\n")
+    cfg = TrainConfig.load(tmp_path / "c.yaml", ["epochs=9", "box_loss_weight=3"])
+    assert (cfg.lr, cfg.epochs, cfg.box_loss_weight) == (0.002, 9, 3.0)
+    assert isinstance(cfg.box_loss_weight, float)
+
+
+def test_search_export_with_config_section_loads(tmp_path):
+    (tmp_path / "best.yaml").write_text(yaml.safe_dump({"config": {"lr": 0.0005}, "metric": 0.3}))
+    assert TrainConfig.load(tmp_path / "best.yaml").lr == 0.0005
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lrr: 0.1\n", "unknown key 'lrr' (did you mean 'lr'?)"),
+        ("epochs: ten\n", "key 'epochs' must be int"),
+        ("epochs: 2.5\n", "key 'epochs' must be int"),
+        ("lr: -1\n", "key 'lr' = -1.0 is out of range"),
+        ("imgsz: 100\n", "must be a multiple of 32"),
+        ("iou_start: 0.5\niou_end: 0.3\n", "must be >= iou_start"),
+        ("box_loss: l1\n", "one of 'giou', 'ciou'"),
+        ("", "file is empty"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("a: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, content, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.load(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_bad_override():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        TrainConfig.load(None, ["lr"])
+    with pytest.raises(ConfigError, match="did you mean 'focal_gamma'"):
+        TrainConfig.load(None, ["focal_gama=2"])
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        TrainConfig().lr = 1.0  # type: ignore[misc]
