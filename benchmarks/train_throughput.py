@@ -88,7 +88,9 @@ def machine() -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--imgsz", type=int, nargs="+", default=[320, 384], help="image sizes")
     p.add_argument("--images", type=int, default=64, help="synthetic training images per epoch")
     p.add_argument("--batch", type=int, default=4, help="images per step")

@@ -24,7 +24,9 @@ SHORTHANDS = ("data", "epochs", "imgsz", "batch", "device", "seed", "out", "lr")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config file (a run's config.yaml or a search's best_config.yaml)")
+    p.add_argument(
+        "--config", help="YAML config file (a run's config.yaml or a search's best_config.yaml)"
+    )
     p.add_argument("--data", help="data.yaml or a folder with train/ and val/; default: synthetic")
     p.add_argument("--epochs", type=int, help="training epochs (config key epochs)")
     p.add_argument("--imgsz", type=int, help="square image size, a multiple of 32")
@@ -147,7 +149,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if datasets.names != names:
         raise ConfigError(f"dataset classes {datasets.names} differ from the checkpoint's {names}")
     loss_fn = DetectionLoss(cfg, len(names))
-    metrics = evaluate(model, make_loader(split, cfg, train=False), loss_fn, cfg, device, cfg.epochs)
+    metrics = evaluate(
+        model, make_loader(split, cfg, train=False), loss_fn, cfg, device, cfg.epochs
+    )
     for key, value in metrics.items():
         print(f"{key:>16s} {value:.4f}")
     if args.json_out:
@@ -183,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     from cattle_yolo.engine import CheckpointError
     from cattle_yolo.train import DivergedError
 
-    commands = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "synth": cmd_synth}
+    commands = {
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "predict": cmd_predict,
+        "synth": cmd_synth,
+    }
     try:
         return commands[args.command](args)
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:

@@ -68,7 +68,9 @@ class TrainConfig:
     ema_decay: float = 0.9998  # EMA decay once ramped up; 0 disables the EMA
     ema_tau: float = 200.0  # EMA ramp: decay * (1 - exp(-updates / tau))
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); always fp32 on CPU
-    max_skipped_fraction: float = 0.25  # share of non-finite steps in an epoch that means divergence
+    max_skipped_fraction: float = (
+        0.25  # share of non-finite steps in an epoch that means divergence
+    )
 
     # --- evaluation and inference ---
     score_threshold: float = 0.25  # score for precision/recall/F1 and drawn boxes; never gates mAP
@@ -240,7 +242,9 @@ def _validate(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"key {key!r} must be a number, got {value!r}")
-        ok = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+        ok = (value >= low if low_in else value > low) and (
+            value <= high if high_in else value < high
+        )
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             lo, hi = ("[" if low_in else "("), ("]" if high_in else ")")
             raise ConfigError(f"key {key!r} = {value!r} is out of range {lo}{low}, {high}{hi}")

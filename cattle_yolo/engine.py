@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -31,13 +32,17 @@ def lr_multiplier(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     if step < warmup_steps:
         if warmup_steps == 1:
             return 1.0
-        return cfg.warmup_start_fraction + (1 - cfg.warmup_start_fraction) * step / (warmup_steps - 1)
+        return cfg.warmup_start_fraction + (1 - cfg.warmup_start_fraction) * step / (
+            warmup_steps - 1
+        )
     # 2) past the end (resumed with fewer epochs, say): hold the final value
     if step >= total_steps:
         return cfg.final_lr_fraction
     # 3) cosine decay from 1 to final_lr_fraction over the remaining steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * 0.5 * (
+        1 + math.cos(math.pi * progress)
+    )
 
 
 class ModelEMA:
@@ -59,7 +64,9 @@ class ModelEMA:
         d = self.decay * (1 - math.exp(-self.updates / self.tau))
         ema_state, model_state = self.module.state_dict(), model.state_dict()
         floats = [k for k, v in ema_state.items() if v.dtype.is_floating_point]
-        torch._foreach_lerp_([ema_state[k] for k in floats], [model_state[k] for k in floats], 1 - d)
+        torch._foreach_lerp_(
+            [ema_state[k] for k in floats], [model_state[k] for k in floats], 1 - d
+        )
         for k, v in ema_state.items():
             if not v.dtype.is_floating_point:
                 v.copy_(model_state[k])
@@ -229,6 +236,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """Make ``dst`` hold the same bytes as ``src`` atomically (hard link, else a copy).
+
+    ``save_checkpoint`` always writes a new file and renames it, so a later save to ``src``
+    never changes what ``dst`` holds.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(src, tmp)
+    tmp.replace(dst)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -24,7 +24,13 @@ import torch
 
 from cattle_yolo.config import ConfigError, TrainConfig
 from cattle_yolo.data import Datasets, load_datasets, make_loader
-from cattle_yolo.engine import ModelEMA, load_checkpoint, save_checkpoint, train_one_epoch
+from cattle_yolo.engine import (
+    ModelEMA,
+    link_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    train_one_epoch,
+)
 from cattle_yolo.evaluate import evaluate
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
@@ -88,8 +94,10 @@ def _attach_file_log(out: Path) -> logging.Handler:
     handler = logging.FileHandler(out / "logs" / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(handler)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in log.handlers):
+    if not any(
+        isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        for h in log.handlers
+    ):
         stream = logging.StreamHandler()
         stream.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(stream)
@@ -239,8 +247,8 @@ def _train(
         }
         last = out / "models" / "last.pt"
         save_checkpoint(state, last)
-        if improved:
-            save_checkpoint(state, out / "models" / "best.pt")
+        if improved:  # the same bytes: link them rather than serialise twice
+            link_checkpoint(last, out / "models" / "best.pt")
         stats["checkpoint"], stats["out"] = str(last), str(out)
         _append_metrics(out, stats)
         log.info(_summary_line(stats, cfg.epochs))

@@ -64,3 +64,13 @@ def test_checkpoint_round_trip_and_torn_file(tmp_path):
         load_checkpoint(tmp_path / "torn.pt")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_link_checkpoint_survives_a_later_save(tmp_path):
+    from cattle_yolo.engine import link_checkpoint
+
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
+    save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2

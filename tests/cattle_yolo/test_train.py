@@ -1,0 +1,166 @@
+"""End-to-end behaviour of the training driver and the CLI on tiny synthetic data."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from cattle_yolo import cli
+from cattle_yolo.config import TrainConfig
+from cattle_yolo.data import Datasets, load_datasets
+from cattle_yolo.engine import load_checkpoint
+from cattle_yolo.loss import DetectionLoss
+from cattle_yolo.train import DivergedError, train
+
+TINY = {
+    "imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch": 4, "accumulate": 1,
+    "epochs": 3, "warmup_epochs": 1.0, "device": "cpu",
+}  # fmt: skip
+
+
+def tiny(tmp_path, **changes) -> TrainConfig:
+    return TrainConfig.load(None, {**TINY, "out": str(tmp_path / "run"), **changes})
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_outputs_layout_and_metrics(tmp_path):
+    cfg = tiny(tmp_path, epochs=2)
+    seen = []
+    result = train(cfg, callbacks=[seen.append])
+    out = tmp_path / "run"
+    assert [s["epoch"] for s in seen] == [1, 2]
+    for key in ("train_loss", "train_box", "train_cls", "train_obj", "lr", "val_loss", "mAP50",
+                "mAP50_95", "precision", "recall", "f1", "epoch_time", "images_per_sec"):  # fmt: skip
+        assert key in seen[-1], key
+    assert (out / "models" / "last.pt").is_file() and (out / "models" / "best.pt").is_file()
+    assert TrainConfig.load(out / "config.yaml") == cfg
+    rows = list(csv.DictReader((out / "metrics" / "training_metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    lines = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["epoch"] == 2
+    log = (out / "logs" / "train.log").read_text()
+    assert log.count("mAP50=") == 2
+    assert result["epochs_run"] == 2 and result["out"] == str(out)
+
+
+def test_seeded_cpu_runs_repeat_exactly(tmp_path):
+    a = train(tiny(tmp_path / "a", epochs=1))["last"]
+    b = train(tiny(tmp_path / "b", epochs=1))["last"]
+    assert a["train_loss"] == b["train_loss"] and a["mAP50_95"] == b["mAP50_95"]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    full = train(tiny(tmp_path / "full"))
+
+    cfg = tiny(tmp_path / "cut")
+
+    def stop_after_two(stats):
+        if stats["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, callbacks=[stop_after_two])
+    resumed = train(cfg, resume_from=tmp_path / "cut" / "run" / "models" / "last.pt")
+    assert resumed["epochs_run"] == 1
+    for key in ("train_loss", "val_loss", "mAP50_95"):
+        assert resumed["last"][key] == full["last"][key], key
+    a = load_checkpoint(tmp_path / "full" / "run" / "models" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "run" / "models" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = tiny(tmp_path, epochs=1)
+    train(cfg)
+    with pytest.raises(ValueError, match="different 'lr'"):
+        train(cfg.replace(lr=0.5), resume_from=tmp_path / "run" / "models" / "last.pt")
+
+
+def test_non_finite_loss_raises_diverged(tmp_path, monkeypatch):
+    def nan_loss(self, outputs, targets, epoch):
+        nan = outputs["obj"].sum() * float("nan")
+        return {"box": nan, "cls": nan, "obj": nan, "total": nan, "num_pos": nan}
+
+    monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
+    with pytest.raises(DivergedError, match="epoch 1"):
+        train(tiny(tmp_path))
+
+
+def test_overfit_a_few_images(tmp_path):
+    """A few images, a few hundred steps: the loss falls by more than half and mAP50 > 0.5."""
+    cfg = tiny(
+        tmp_path, imgsz=128, neck_channels=32, epochs=100, warmup_epochs=3, dropout=0.0,
+        fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, lr=3e-3,
+        iou_start=0.1, iou_end=0.3, iou_ramp_epochs=30, ema_tau=20.0,
+    )  # fmt: skip
+    full = load_datasets(cfg)
+    few = full.train.subset(range(4))  # one batch: 100 epochs are 100 optimizer steps
+    data = Datasets(train=few, val=few, test=None, names=full.names, name="overfit")
+    history = []
+    train(cfg, datasets=data, callbacks=[history.append])
+    first, last = history[0]["train_loss"], history[-1]["train_loss"]
+    assert last < 0.5 * first, (first, last)
+    assert history[-1]["mAP50"] > 0.5, [round(h["mAP50"], 3) for h in history[::10]]
+
+
+def run_cli(args):
+    return cli.main(args)
+
+
+def test_cli_bad_config_key_exits_2(tmp_path, capsys):
+    assert run_cli(["train", "lrr=0.1"]) == 2
+    assert "unknown key 'lrr' (did you mean 'lr'?)" in capsys.readouterr().err
+
+
+def test_cli_bad_config_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("epochs: -3\n")
+    assert run_cli(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "'epochs'" in err
+
+
+def test_cli_bad_data_exits_2(tmp_path, capsys):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "val").mkdir(parents=True)
+    assert run_cli(["train", "--data", str(tmp_path / "empty"), "epochs=1"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cli_cuda_without_gpu_exits_2(tmp_path, capsys):
+    assert run_cli(["train", "--device", "cuda", "epochs=1"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_diverged_exits_3(tmp_path, capsys, monkeypatch):
+    def nan_loss(self, outputs, targets, epoch):
+        nan = outputs["obj"].sum() * float("nan")
+        return {"box": nan, "cls": nan, "obj": nan, "total": nan, "num_pos": nan}
+
+    monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
+    args = ["train", *[f"{k}={v}" for k, v in TINY.items()], f"out={tmp_path / 'run'}"]
+    assert run_cli(args) == 3
+    assert "diverged" in capsys.readouterr().err
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=1", f"out={out}"]
+    assert run_cli(args) == 0
+    weights = out / "models" / "best.pt"
+    assert run_cli(["evaluate", "--weights", str(weights), "--split", "test",
+                    "--json", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert "mAP50_95" in json.loads((tmp_path / "m.json").read_text())
+    cfg = TrainConfig.load(out / "config.yaml")
+    images = load_datasets(cfg).val.files[:2]
+    pred_out = tmp_path / "pred"
+    assert run_cli(["predict", "--weights", str(weights), "--source", str(images[0]),
+                    "--out", str(pred_out), "score_threshold=0.0"]) == 0  # fmt: skip
+    assert (pred_out / "predictions.json").is_file()
+    # --resume picks up last.pt of the same run and trains only the missing epochs
+    assert run_cli([*args[:-2], "epochs=1", f"out={out}", "--resume"]) == 0
