@@ -1,0 +1,172 @@
+"""Sources: dataset layouts, data.yaml, class names, and label parsing and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cattle_yolo.config import TrainConfig
+from cattle_yolo.data import load_datasets
+from cattle_yolo.sources import DataError
+
+GOOD = "0 0.5 0.5 0.25 0.5\n"
+
+
+def save_image(path: Path, w: int = 64, h: int = 48, colour=(90, 140, 60)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (w, h), colour).save(path)
+    return path
+
+
+def labelimg(root: Path, split: str, labels: dict[str, str | None]) -> dict[str, Path]:
+    """labelImg layout: ``root/split/name.jpg`` with ``name.txt`` beside it (None: no label)."""
+    paths = {}
+    for name, text in labels.items():
+        paths[name] = save_image(root / split / f"{name}.jpg")
+        if text is not None:
+            (root / split / f"{name}.txt").write_text(text)
+    return paths
+
+
+def dataset(tmp_path: Path, train: dict[str, str | None], names=("cow", "calf")) -> Path:
+    root = tmp_path / "ds"
+    labelimg(root, "train", train)
+    labelimg(root, "val", {"v": GOOD})
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def load(root: Path, **overrides):
+    return load_datasets(TrainConfig(data=str(root), imgsz=64, **overrides))
+
+
+BAD_LABELS = [
+    ("0 0.5 0.5 0.2\n", 1, "expected 5 fields (class cx cy w h), got 4"),
+    (GOOD + "0 0.5 x 0.2 0.2\n", 2, "'x' is not a number"),
+    ("0 nan 0.5 0.2 0.2\n", 1, "not a finite number"),
+    (GOOD + "\n0 1.05 0.5 0.2 0.2\n", 3, "box edge x2 = 1.1500 is outside [0, 1] beyond the 1% tolerance"),
+    ("0 0.5 -0.02 0.2 0.02\n", 1, "box edge y1 = -0.0300 is outside [0, 1] beyond the 1% tolerance"),
+    ("0 0.5 0.5 0 0.2\n", 1, "non-positive width or height (w=0, h=0.2)"),
+    ("0 0.5 0.5 0.2 -0.1\n", 1, "non-positive width or height (w=0.2, h=-0.1)"),
+    (GOOD + "2 0.5 0.5 0.2 0.2\n", 2, "class id 2 but only 2 classes named"),
+    ("-1 0.5 0.5 0.2 0.2\n", 1, "class id -1 is not a non-negative integer"),
+    ("0.5 0.5 0.5 0.2 0.2\n", 1, "class id 0.5 is not a non-negative integer"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), BAD_LABELS)
+def test_bad_label_skips_the_image_and_names_file_and_line(tmp_path, capsys, text, line, reason):
+    root = dataset(tmp_path, {"a": GOOD, "b": text})
+    data = load(root)
+    expected = f"{root / 'train' / 'b.txt'}:{line}: {reason}"
+    assert data.train.report.reasons == [expected]
+    assert data.train.report.skipped == 1 and data.train.report.found == 2
+    assert data.train.files == [str(root / "train" / "a.jpg")] and len(data.val) == 1
+    assert expected in capsys.readouterr().out
+
+    with pytest.raises(DataError) as e:
+        load(root, strict=True)
+    assert str(e.value) == expected
+
+
+def test_one_class_named_message(tmp_path):
+    root = dataset(tmp_path, {"a": GOOD, "b": "1 0.5 0.5 0.2 0.2\n"}, names=("Cow",))
+    assert load(root).train.report.reasons[0].endswith("b.txt:1: class id 1 but only 1 class named")
+
+
+def test_coordinates_within_tolerance_are_clipped(tmp_path):
+    root = dataset(tmp_path, {"a": "0 0.995 0.5 0.02 0.2\n"})  # x2 = 1.005
+    train = load(root).train
+    assert train.report.skipped == 0 and train.report.clipped == 1
+    # 64 x 48 image: ratio 1, pad_y 8; x1 = 0.985 * 64, x2 clipped to 64
+    np.testing.assert_allclose(train.boxes[0], [[63.04, 27.2, 64.0, 36.8]], rtol=1e-5)
+
+
+def test_duplicate_boxes_are_dropped(tmp_path):
+    root = dataset(tmp_path, {"a": GOOD + "1 0.2 0.2 0.1 0.1\n" + GOOD})
+    train = load(root).train
+    assert train.report.duplicates == 1 and train.report.skipped == 0
+    assert train.labels[0].tolist() == [0, 1] and train.boxes[0].shape == (2, 4)
+
+
+def test_missing_and_empty_labels_are_backgrounds(tmp_path):
+    root = dataset(tmp_path, {"a": GOOD, "missing": None, "empty": "\n"})
+    train = load(root).train
+    assert len(train) == 3 and train.report.backgrounds == 2 and train.report.skipped == 0
+    for i, f in enumerate(train.files):
+        if "a.jpg" not in f:
+            assert train.boxes[i].shape == (0, 4) and train[i][1].shape == (0, 5)
+
+
+def ultralytics(root: Path, splits=("train", "val")) -> Path:
+    for split in splits:
+        for name in ("x", "y"):
+            save_image(root / "images" / split / f"{name}.png")
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split / f"{name}.txt").write_text("2 0.5 0.5 0.5 0.5\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("names_yaml", "names"),
+    [
+        ("names: [a, b, c]", ["a", "b", "c"]),
+        ("names: {0: a, 1: b, 2: c}", ["a", "b", "c"]),
+        ("nc: 3", ["0", "1", "2"]),
+        ("nc: 3\nnames: [a, b, c]", ["a", "b", "c"]),
+    ],
+)
+def test_data_yaml_names(tmp_path, names_yaml, names):
+    root = ultralytics(tmp_path / "cattle")
+    (root / "data.yaml").write_text(f"train: images/train\nval: images/val\n{names_yaml}\n")
+    for source in (root, root / "data.yaml"):
+        data = load(source)
+        assert data.names == names and data.name == "cattle" and data.test is None
+        assert len(data.train) == 2 and data.train.labels[0].tolist() == [2]
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("train: images/train\nnames: [a]", "no 'val' entry"),
+        ("train: images/train\nval: images/val\nnames: {0: a, 2: b}", "names keys must be 0..1"),
+        (
+            "train: images/train\nval: images/val\nnc: 2\nnames: [a, b, c]",
+            "nc is 2 but names has 3",
+        ),
+        ("train: images/train\nval: nowhere\nnames: [a, b, c]", "nowhere: no such folder"),
+        ("- just a list", "expected a mapping"),
+    ],
+)
+def test_bad_data_yaml(tmp_path, yaml_text, message):
+    root = ultralytics(tmp_path / "cattle")
+    (root / "bad.yaml").write_text(yaml_text + "\n")
+    with pytest.raises(DataError, match=message) as e:
+        load(root / "bad.yaml")
+    assert str(root / "bad.yaml") in str(e.value) or "nowhere" in str(e.value)
+
+
+def test_data_yaml_path_lists_and_txt_files(tmp_path):
+    root = ultralytics(tmp_path / "sets" / "herd", splits=("train", "val", "extra"))
+    (root / "train.txt").write_text("./images/train/x.png\nimages/extra/y.png\n\n")
+    (tmp_path / "herd.yaml").write_text(
+        "path: sets/herd\ntrain: [train.txt, images/extra]\nval: images/val\ntest: images/val\n"
+        "names: [a, b, c]\n"
+    )
+    data = load(tmp_path / "herd.yaml")
+    assert data.name == "herd" and len(data.train) == 4 and len(data.test) == 2
+    assert data.train.files[:2] == [
+        str(root / "images/train/x.png"),
+        str(root / "images/extra/y.png"),
+    ]
+
+
+def test_folder_layouts_and_class_names(tmp_path):
+    root = ultralytics(tmp_path / "plain")  # images/train without a data.yaml: numbered names
+    data = load(root)
+    assert data.names == ["0", "1", "2"] and data.name == "plain" and len(data.val) == 2
+    (root / "images" / "train" / "classes.txt").write_text("a\nb\nc\n")
+    assert load(root).names == ["a", "b", "c"]
