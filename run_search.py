@@ -1,0 +1,247 @@
+"""Search the cattle_yolo training knobs with Ray Tune, Optuna (TPE) and ASHA.
+
+    python run_search.py --space search_spaces/fixes.yaml --gpus 2
+    python run_search.py --smoke-test                  # a tiny search in about a minute
+
+The space file is checked before Ray starts (a bad one exits with code 2 in well under two
+seconds). The dataset is decoded once here and shared with every trial. At the end: a summary
+table, results.csv, best_config.yaml (for ``python -m cattle_yolo train --config``) and plots
+in the experiment folder ``<storage>/<name>``. Running the same command again, or ``--resume``,
+continues an interrupted search. Exit codes: 0 done, 1 no trial finished, 2 bad input or
+resources, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from cattle_yolo.config import ConfigError, TrainConfig
+from tune.space import SearchSettings, SearchSpace, check_base, load_space, settings_from_dict
+
+HERE = Path(__file__).resolve().parent
+EXIT_NO_RESULT, EXIT_BAD_INPUT = 1, 2
+SAVED_SPACE, SAVED_SETTINGS = "space.yaml", "search_settings.yaml"
+
+# --smoke-test: tiny images, model and data, 2 trials of 2 epochs.
+SMOKE_CONFIG = {"imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch": 4,
+                "accumulate": 1, "warmup_epochs": 1.0}  # fmt: skip
+SMOKE_SETTINGS = {"trials": 2, "epochs": 2, "grace_period": 1}
+# Flags that override a setting of the space file's `search:` section.
+SETTING_FLAGS = ("metric", "mode", "trials", "epochs", "grace_period", "reduction_factor",
+                 "patience", "min_rise", "spike_ratio", "seed")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_search.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s = p.add_argument_group("search space and budget")
+    s.add_argument("--space", help="search-space YAML (default search_spaces/fixes.yaml; "
+                   "search_spaces/smoke.yaml with --smoke-test)")  # fmt: skip
+    s.add_argument("--trials", type=int, help="number of trials (space file: search.trials)")
+    s.add_argument("--epochs", type=int, help="epochs per trial, ASHA's max_t (search.epochs)")
+    s.add_argument("--metric", help="per-epoch stat to optimise, e.g. mAP50_95 (search.metric)")
+    s.add_argument("--mode", choices=("max", "min"), help="maximise or minimise the metric")
+    s.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped")
+    s.add_argument("--reduction-factor", type=float, help="ASHA: keep the top 1/N at each rung")
+    s.add_argument("--patience", type=int,
+                   help="divergence: stop a trial whose training loss rose this many epochs in a row")  # fmt: skip
+    s.add_argument("--min-rise", type=float,
+                   help="divergence: the least total rise (a fraction, default 0.05) that counts as rising")  # fmt: skip
+    s.add_argument("--spike-ratio", type=float,
+                   help="divergence: stop a trial whose training loss exceeds this multiple of its best")  # fmt: skip
+    s.add_argument("--seed", type=int, help="seeds the TPE sampler and every trial's training")
+    s.add_argument("--smoke-test", action="store_true",
+                   help="a tiny search (64 px images, 2 trials of 2 epochs) to try things in a minute")  # fmt: skip
+
+    c = p.add_argument_group("training config shared by every trial")
+    c.add_argument("--data", help="data.yaml or a folder with train/ and val/, as `cattle_yolo "
+                   "train --data` takes; default: the embedded synthetic dataset")  # fmt: skip
+    c.add_argument("--config", help="base TrainConfig YAML (defaults: the hand-fixed values)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config key, e.g. --set imgsz=320 (repeatable)")  # fmt: skip
+
+    r = p.add_argument_group("resources and cluster")
+    r.add_argument(
+        "--gpus", type=float, help="GPUs the search may use (default: all Ray sees; 0 = CPU)"
+    )
+    r.add_argument("--gpus-per-trial", type=float, default=1.0,
+                   help="GPUs per trial; 0.5 packs two trials on a GPU (default 1)")  # fmt: skip
+    r.add_argument("--cpus-per-trial", type=float,
+                   help="CPUs per trial (default 1 on CPU; with GPUs the CPUs are shared evenly)")  # fmt: skip
+    r.add_argument("--max-failures", type=int, default=2,
+                   help="retries of a trial that raises, each from its last checkpoint (default 2)")  # fmt: skip
+    r.add_argument("--address", help="attach to a running Ray cluster: auto or HOST:PORT "
+                   "(default: start a local Ray)")  # fmt: skip
+
+    o = p.add_argument_group("experiment folder and monitoring")
+    o.add_argument("--name", help="experiment name (default: the space file's name); an existing "
+                   "experiment of that name is resumed")  # fmt: skip
+    o.add_argument("--storage", default="ray_results",
+                   help="folder or cloud URI holding experiments; with several nodes it must be "
+                   "shared storage (default ./ray_results)")  # fmt: skip
+    o.add_argument("--resume", action="store_true",
+                   help="continue an interrupted search (it must exist); finished trials are kept")  # fmt: skip
+    o.add_argument("--export", help="also write the best config to this YAML file")
+    o.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="address the Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes "
+                   "it to the network, with a warning)")  # fmt: skip
+    o.add_argument(
+        "--dashboard-port", type=int, default=8265, help="Ray dashboard port (default 8265)"
+    )
+    o.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
+    o.add_argument("--quiet", action="store_true",
+                   help="no progress table and no trial output while the search runs")  # fmt: skip
+    return p
+
+
+@dataclass
+class Plan:
+    """Everything decided before Ray starts."""
+
+    space: SearchSpace
+    settings: SearchSettings
+    base: TrainConfig
+    storage: str
+    name: str
+    path: str  # experiment folder or URI
+    report_dir: Path  # where results.csv, best_config.yaml and plots go (always local)
+    resume: bool
+
+
+def _base_config(
+    args: argparse.Namespace, space: SearchSpace, settings: SearchSettings
+) -> TrainConfig:
+    """Defaults, --config, the space's fixed values, --smoke-test sizes, --set, --data; then the
+    search's epochs and seed. The data path is made absolute: trials run in other folders."""
+    values = TrainConfig.load(args.config).to_dict()
+    values.update(space.fixed)
+    if args.smoke_test:
+        values.update(SMOKE_CONFIG)
+    values = TrainConfig.load(None, values).to_dict()
+    if args.overrides:
+        keys = {o.partition("=")[0].strip() for o in args.overrides}
+        set_values = TrainConfig.load(None, args.overrides).to_dict()
+        values.update({k: set_values[k] for k in keys})
+    if args.data:
+        values["data"] = args.data
+    if values.get("data") and "://" not in values["data"]:
+        data = Path(values["data"]).expanduser().resolve()
+        if not data.exists():
+            raise ConfigError(f"--data {values['data']}: no such file or folder")
+        values["data"] = str(data)
+    values.update(epochs=settings.epochs, seed=settings.seed, out=None)
+    return TrainConfig.from_dict(values, source="base config")
+
+
+def plan_search(args: argparse.Namespace) -> Plan:
+    """Parse and check the space, settings and base config; decide fresh start or resume."""
+    space_path = args.space or str(
+        HERE / "search_spaces" / ("smoke.yaml" if args.smoke_test else "fixes.yaml")
+    )
+    space = load_space(space_path)
+    changes = {k: getattr(args, k) for k in SETTING_FLAGS}
+    if args.smoke_test:
+        changes = {**SMOKE_SETTINGS, **{k: v for k, v in changes.items() if v is not None}}
+    settings = space.settings.replace(changes, "command line")
+    base = _base_config(args, space, settings)
+    check_base(space, base)
+
+    from tune.search import can_restore, experiment_path, is_uri  # imports Ray: after the checks
+
+    name = args.name or Path(space_path).stem
+    storage = (
+        args.storage if is_uri(args.storage) else str(Path(args.storage).expanduser().resolve())
+    )
+    path = experiment_path(storage, name)
+    report_dir = Path(path) if not is_uri(storage) else HERE / "ray_results" / name
+    resume = can_restore(path)
+    if args.resume and not resume:
+        raise ConfigError(f"--resume: no search to resume at {path}")
+    if resume and (report_dir / SAVED_SETTINGS).is_file():
+        # The searcher and scheduler come back from the experiment; so must their settings.
+        space = load_space(report_dir / SAVED_SPACE)
+        saved = yaml.safe_load((report_dir / SAVED_SETTINGS).read_text())
+        settings = settings_from_dict(saved["settings"], str(report_dir / SAVED_SETTINGS))
+        base = TrainConfig.from_dict(saved["base"], source=str(report_dir / SAVED_SETTINGS))
+    return Plan(space, settings, base, storage, name, path, report_dir, resume)
+
+
+def save_plan(plan: Plan) -> None:
+    plan.report_dir.mkdir(parents=True, exist_ok=True)
+    (plan.report_dir / SAVED_SPACE).write_text(Path(plan.space.path).read_text())
+    doc = {"settings": asdict(plan.settings), "base": plan.base.to_dict()}
+    (plan.report_dir / SAVED_SETTINGS).write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def run(args: argparse.Namespace, plan: Plan) -> int:
+    import ray
+
+    from cattle_yolo.data import DataError, load_datasets
+    from tune import report, search
+
+    ctx = search.init_ray(args.address, not args.no_dashboard, args.dashboard_host,
+                          args.dashboard_port, trial_logs=not args.quiet)  # fmt: skip
+    try:
+        for line in search.dashboard_lines(ctx, args.dashboard_host, attached=bool(args.address)):
+            print(line, flush=True)
+        nodes = search.check_shared_storage(plan.storage)
+        resources = search.plan_resources(ray.cluster_resources(), args.gpus, args.gpus_per_trial,
+                                          args.cpus_per_trial, plan.settings.trials)  # fmt: skip
+        print(f"{nodes} node(s); each trial gets {resources.cpus_per_trial:g} CPU and "
+              f"{resources.gpus_per_trial:g} GPU; {resources.concurrent} trial(s) at once", flush=True)  # fmt: skip
+
+        t0 = time.perf_counter()
+        datasets = load_datasets(plan.base)  # decoded once, shared through the object store
+        print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
+        trainable = search.make_trainable(plan.base, datasets, plan.settings, resources)
+        if plan.resume:
+            print(f"resuming the search at {plan.path}: finished trials are kept, unfinished "
+                  "and errored ones continue from their last checkpoint", flush=True)  # fmt: skip
+            tuner = search.restore_tuner(plan.path, trainable)
+        else:
+            save_plan(plan)
+            tuner, notes = search.build_tuner(
+                trainable, plan.space, plan.base, plan.settings, resources, plan.name,
+                plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
+            )  # fmt: skip
+            for note in notes:
+                print(f"note: {note}", flush=True)
+        results = tuner.fit()
+        rows = report.trial_rows(results, plan.settings)
+        export = Path(args.export) if args.export else None
+        lines = report.write_report(rows, plan.space, plan.settings, plan.base, plan.report_dir,
+                                    plan.name, export)  # fmt: skip
+        print("\n".join(lines), flush=True)
+        if any(r.status == "unfinished" for r in rows):
+            print(f"the search was interrupted; continue it with the same command or --resume "
+                  f"--name {plan.name}", flush=True)  # fmt: skip
+            return 130
+        return 0 if report.pick_best(rows, plan.settings.mode) else EXIT_NO_RESULT
+    except (search.SearchSetupError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        ray.shutdown()  # stops a Ray this driver started; only disconnects from a cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = plan_search(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return run(args, plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""End-of-search reporting from crafted trial rows: statuses, best pick, CSV, export, plots."""
+
+import csv
+import math
+
+import pytest
+from helpers import REPO
+
+from cattle_yolo.config import TrainConfig
+from tune.report import TrialRow, importance, pick_best, trial_status, write_report
+from tune.space import load_space
+
+
+@pytest.mark.parametrize(
+    ("metrics", "error", "status"),
+    [
+        ({"epoch": 4, "done": True}, None, "completed"),
+        ({"epoch": 2, "done": True}, None, "stopped by ASHA"),
+        (
+            {"epoch": 1, "done": True, "diverged": True, "diverged_rule": "spike: ..."},
+            None,
+            "diverged",
+        ),
+        ({"epoch": 2}, RuntimeError("Traceback...\nValueError: boom"), "errored"),
+        ({"epoch": 2, "done": False}, None, "unfinished"),
+        ({}, None, "unfinished"),
+    ],
+)
+def test_trial_status(metrics, error, status):
+    got, detail = trial_status(metrics, error, max_t=4)
+    assert got == status
+    if status == "errored":
+        assert detail == "ValueError: boom"
+    if status == "diverged":
+        assert detail.startswith("spike")
+
+
+def _rows():
+    def row(name, lr, best, status, epochs):
+        history = [{"epoch": e, "train_loss": 10.0 - e, "mAP50_95": (best or 0) * e / epochs}
+                   for e in range(1, epochs + 1)]  # fmt: skip
+        return TrialRow(name, {"lr": lr, "box_loss_weight": min(12.0, 5.0 + lr * 1000)}, best, epochs,
+                        epochs, status, "", f"/x/{name}", 1, history)  # fmt: skip
+
+    return [
+        row("trial_001", 1e-3, 0.30, "completed", 4),
+        row("trial_002", 2e-3, 0.50, "stopped by ASHA", 2),
+        row("trial_003", 3e-3, 0.40, "completed", 4),
+        row("trial_004", 10.0, 0.0, "diverged", 1),
+        row("trial_005", 5e-4, None, "errored", 1),
+        row("trial_006", 7e-4, 0.2, "completed", 4),
+    ]
+
+
+def test_best_is_the_best_completed_trial():
+    rows = _rows()
+    assert pick_best(rows, "max").name == "trial_003"  # not the ASHA-stopped 0.50
+    assert pick_best(rows, "min").name == "trial_006"
+    assert pick_best([r for r in rows if r.status != "completed"], "max").name == "trial_002"
+    assert pick_best([r for r in rows if r.status in ("diverged", "errored")], "max") is None
+
+
+def test_write_report_files(tmp_path, write_space):
+    space = load_space(write_space(
+        "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n  box_loss_weight: {uniform: [2, 12]}\n"))  # fmt: skip
+    base = TrainConfig(epochs=4, out="/somewhere", device="cpu")
+    lines = write_report(_rows(), space, space.settings, base, tmp_path, "exp", tmp_path / "b.yaml")
+    text = "\n".join(lines)
+    assert "best trial: trial_003" in text and "3 completed" in text and "1 diverged" in text
+    # 6 trials x 4 epochs = 24; ran 4+2+4+1+1+4 = 16; ASHA saved 2, divergence 3, errors 3
+    assert "epochs trained: 16 of 24 (67%); saved by ASHA 2, by the divergence rules 3" in text
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["status"] for r in rows][:4] == [
+        "completed",
+        "stopped by ASHA",
+        "completed",
+        "diverged",
+    ]
+    for path in (tmp_path / "best_config.yaml", tmp_path / "b.yaml"):
+        cfg = TrainConfig.load(path)
+        assert cfg.lr == 3e-3 and cfg.box_loss_weight == pytest.approx(8.0)
+        assert cfg.out is None and cfg.device == "auto" and cfg.epochs == 4
+    for plot in ("curves.png", "knobs.png", "importance.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 1000
+
+
+def test_importance_needs_enough_trials(write_space):
+    space = load_space(
+        write_space(
+            "space:\n  lr: {loguniform: [1.0e-4, 10]}\n  box_loss_weight: {uniform: [2, 12]}\n"
+        )
+    )
+    values, _ = importance(_rows(), space, space.settings)
+    assert set(values) == {"lr", "box_loss_weight"} and math.isclose(sum(values.values()), 1.0)
+    values, why = importance(_rows()[:2], space, space.settings)
+    assert values is None and "at least 4" in why
+
+
+def test_shipped_spaces_exist():
+    assert (REPO / "search_spaces" / "fixes.yaml").is_file()

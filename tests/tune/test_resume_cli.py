@@ -1,0 +1,103 @@
+"""The driver end to end: killed with SIGKILL mid-search, then resumed by the same command."""
+
+import contextlib
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _trial_states(experiment: Path) -> dict[str, str]:
+    """trial id -> status from Tune's latest experiment-state snapshot."""
+    files = glob.glob(str(experiment / "experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        state = json.loads(Path(max(files, key=os.path.getmtime)).read_text())
+    except (json.JSONDecodeError, OSError):  # caught mid-write
+        return {}
+    trials = [json.loads(t[0]) for t in state["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def _epochs_trained(experiment: Path) -> dict[str, int]:
+    """trial id -> epochs its run folder holds (run folders are persistent, unlike Tune's state)."""
+    epochs = {}
+    for metrics in experiment.glob("trial_*/run/metrics/training_metrics.csv"):
+        epochs[metrics.parents[2].name.rsplit("_", 1)[-1]] = len(
+            list(csv.DictReader(metrics.open()))
+        )
+    return epochs
+
+
+def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--trials", "4",
+           "--epochs", "6", "--grace-period", "6", "--storage", str(tmp_path), "--name", "killed",
+           "--no-dashboard", "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    experiment = tmp_path / "killed"
+    log = (tmp_path / "first.log").open("w")
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # fmt: skip
+    finished: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and driver.poll() is None:
+            states = _trial_states(experiment)
+            done = {t for t, s in states.items() if s == "TERMINATED"}
+            trained = _epochs_trained(experiment)
+            # kill once a trial has finished and another one is part-way through
+            if done and any(t not in done and 0 < n < 6 for t, n in trained.items()):
+                finished = {t: s for t, s in states.items() if s == "TERMINATED"}
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the search ended before it could be killed"
+        assert finished, "no trial finished in time"
+        os.kill(driver.pid, signal.SIGKILL)
+        started = {t: n for t, n in _epochs_trained(experiment).items() if t not in finished}
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        with contextlib.suppress(ProcessLookupError):  # Ray's processes of that driver, if left
+            os.killpg(driver.pid, signal.SIGKILL)
+        log.close()
+
+    progress = {}
+    for trial_id in finished:
+        (trial_dir,) = experiment.glob(f"trial_*_{trial_id}")
+        progress[trial_id] = (trial_dir / "progress.csv").read_text()
+
+    resumed = subprocess.run(
+        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming the search" in resumed.stdout
+
+    rows = list(csv.DictReader((experiment / "results.csv").open()))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    for trial_id, before in progress.items():
+        (trial_dir,) = experiment.glob(f"trial_*_{trial_id}")
+        assert (trial_dir / "progress.csv").read_text() == before  # kept, not trained again
+        assert any(r["trial"].endswith(trial_id) for r in rows)
+    assert (experiment / "best_config.yaml").is_file()
+    for trial_id, epochs in started.items():  # unfinished trials continued, not restarted
+        (trial_dir,) = experiment.glob(f"trial_*_{trial_id}")
+        last = json.loads((trial_dir / "result.json").read_text().splitlines()[-1])
+        assert last["resumed_from_epoch"] >= epochs, (trial_id, epochs, last["resumed_from_epoch"])
+        history = [
+            json.loads(line)["epoch"]
+            for line in (trial_dir / "result.json").read_text().splitlines()
+        ]
+        assert sorted(set(history)) == [1, 2, 3, 4, 5, 6]
+    assert any(n > 0 for n in started.values())

@@ -1,0 +1,212 @@
+"""Search-space files: parsing, every bad-space case, the IoU constraint and the first point."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from helpers import REPO
+
+from cattle_yolo.config import TrainConfig
+from tune.space import (
+    IOU_END_FRACTION,
+    DefineByRun,
+    SpaceError,
+    check_base,
+    first_points,
+    load_space,
+    resolve_trial_config,
+)
+
+GOOD = """
+search: {trials: 5, epochs: 4, grace_period: 2}
+space:
+  imgsz: 64
+  lr: {loguniform: [1.0e-4, 3.0e-3]}
+  box_loss_weight: {uniform: [2, 12]}
+  iou_ramp_epochs: {int: [10, 40]}
+  box_loss: {choice: [giou, ciou]}
+  iou_start: {uniform: [0.1, 0.4]}
+  iou_end: {uniform: [0.3, 0.6]}
+"""
+
+
+def test_parses_kinds_fixed_values_and_settings(write_space):
+    space = load_space(write_space(GOOD))
+    assert space.fixed == {"imgsz": 64}
+    assert space.knobs["lr"].kind == "loguniform" and space.knobs["lr"].high == 3e-3
+    assert space.knobs["box_loss_weight"].low == 2.0
+    assert space.knobs["iou_ramp_epochs"].kind == "int" and space.knobs["iou_ramp_epochs"].low == 10
+    assert space.knobs["box_loss"].choices == ("giou", "ciou")
+    s = space.settings
+    assert (s.trials, s.epochs, s.grace_period, s.metric, s.mode) == (5, 4, 2, "mAP50_95", "max")
+
+
+@pytest.mark.parametrize("name", ["fixes.yaml", "smoke.yaml"])
+def test_shipped_spaces_load(name):
+    space = load_space(REPO / "search_spaces" / name)
+    check_base(space, TrainConfig.load(None, space.fixed))
+    if name == "fixes.yaml":
+        assert set(space.knobs) == {"lr", "box_loss_weight", "warmup_start_fraction", "iou_start",
+                                    "iou_end", "score_threshold", "focal_gamma"}  # fmt: skip
+        points, notes = first_points(space, TrainConfig())
+        assert notes == [] and points[0]["lr"] == 1e-3
+
+
+def test_yaml_exponent_without_dot_is_a_number(write_space):
+    space = load_space(write_space("space:\n  lr: {loguniform: [1e-4, 3e-3]}\n"))
+    assert space.knobs["lr"].low == 1e-4
+
+
+BAD = {
+    "unknown key": ("space:\n  learning_rate: {uniform: [0.1, 0.2]}\n", "space.learning_rate", "unknown config key"),
+    "suggestion": ("space:\n  box_los_weight: {uniform: [1, 2]}\n", "box_los_weight", "did you mean 'box_loss_weight'"),
+    "low above high": ("space:\n  lr: {uniform: [0.01, 0.001]}\n", "space.lr", "low 0.01 is above high 0.001"),
+    "log touches zero": ("space:\n  lr: {loguniform: [0, 0.001]}\n", "space.lr", "log range must stay above zero"),
+    "log below zero": ("space:\n  focal_gamma: {loguniform: [-1, 2]}\n", "space.focal_gamma", "above zero"),
+    "bound not a number": ("space:\n  lr: {uniform: [low, 0.1]}\n", "space.lr", "bound 'low' is not a number"),
+    "uniform on int field": ("space:\n  iou_ramp_epochs: {uniform: [1, 5]}\n", "space.iou_ramp_epochs", "use int"),
+    "bad choice": ("space:\n  box_loss: {choice: [giou, dice]}\n", "space.box_loss", "'dice'"),
+    "range on str field": ("space:\n  box_loss: {int: [1, 2]}\n", "space.box_loss", "not numeric"),
+    "out of config range": ("space:\n  score_threshold: {uniform: [0.1, 1.5]}\n", "score_threshold", "out of range"),
+    "fixed wrong type": ("space:\n  batch: four\n  lr: {uniform: [0.001, 0.01]}\n", "space.batch", "must be int"),
+    "unknown distribution": ("space:\n  lr: {log_uniform: [0.001, 0.01]}\n", "space.lr", "did you mean 'loguniform'"),
+    "two distributions": ("space:\n  lr: {uniform: [0.1, 0.2], loguniform: [0.1, 0.2]}\n", "space.lr", "exactly one"),
+    "range not a pair": ("space:\n  lr: {uniform: [0.1]}\n", "space.lr", "needs [low, high]"),
+    "list as value": ("space:\n  lr: [0.1, 0.2]\n", "space.lr", "choice"),
+    "nothing searched": ("space:\n  lr: 0.001\n", "space.yaml", "searches none"),
+    "empty file": ("", "space.yaml", "empty"),
+    "not a mapping": ("- lr\n- box_loss_weight\n", "space.yaml", "expected a mapping"),
+    "no space section": ("search: {trials: 3}\n", "space.yaml", "space must be a non-empty mapping"),
+    "unknown section": ("spaces:\n  lr: {uniform: [0.1, 0.2]}\n", "space.yaml", "did you mean 'space'"),
+    "searched imgsz": ("space:\n  imgsz: {choice: [320, 384]}\n", "space.imgsz", "decoded once"),
+    "epochs in space": ("space:\n  epochs: 5\n  lr: {uniform: [0.001, 0.01]}\n", "space.epochs", "search.epochs"),
+    "bad setting": ("search: {trails: 3}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n", "search", "did you mean 'trials'"),
+    "grace above epochs": ("search: {epochs: 3, grace_period: 5}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n", "search", "grace_period 5 is above epochs 3"),
+    "bad metric": ("search: {metric: map}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n", "search", "not a per-epoch stat"),
+    "iou start above end": ("space:\n  iou_start: {uniform: [0.2, 0.7]}\n  iou_end: {uniform: [0.3, 0.6]}\n", "space.iou_start", "iou_end >= iou_start"),
+    "point outside": ("space:\n  lr: {uniform: [0.001, 0.01]}\npoints:\n  - {lr: 0.5}\n", "points[0].lr", "outside"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_space_names_file_key_and_problem(write_space, case):
+    text, where, problem = BAD[case]
+    path = write_space(text)
+    with pytest.raises(SpaceError) as err:
+        load_space(path)
+    message = str(err.value)
+    assert str(path) in message or case in ("bad choice", "out of config range", "fixed wrong type")
+    assert where in message and problem in message, message
+
+
+def test_iou_start_above_a_fixed_iou_end_is_refused(write_space):
+    space = load_space(write_space("space:\n  iou_start: {uniform: [0.2, 0.5]}\n"))
+    with pytest.raises(SpaceError, match="0.5 is above the fixed iou_end 0.45"):
+        check_base(space, TrainConfig())
+    check_base(space, TrainConfig(iou_end=0.5))
+
+
+def _cli(args, cwd):
+    """run_search.main in a fresh interpreter; reports whether Ray was ever imported."""
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['run_search.py', *{args!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(REPO / 'run_search.py')!r}, run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    print('RAY_IMPORTED', 'ray' in sys.modules)\n"
+        "    sys.exit(e.code)\n"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)  # fmt: skip
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("case", ["unknown key", "low above high", "log touches zero", "empty file",
+                                  "not a mapping", "bound not a number"])  # fmt: skip
+def test_cli_bad_space_exits_2_fast_without_ray(write_space, tmp_path, case):
+    text, where, problem = BAD[case]
+    path = write_space(text)
+    proc, seconds = _cli(["--space", str(path), "--storage", str(tmp_path / "runs")], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert str(path) in proc.stderr and where in proc.stderr and problem in proc.stderr
+    assert "RAY_IMPORTED False" in proc.stdout  # no Ray imported, so no Ray process started
+    assert seconds < 2.0, f"took {seconds:.2f}s"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_bad_flag_value_exits_2(tmp_path):
+    proc, _ = _cli(["--space", str(REPO / "search_spaces" / "smoke.yaml"), "--grace-period", "9",
+                    "--storage", str(tmp_path)], tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "grace_period 9 is above epochs 4" in proc.stderr
+
+
+def test_help_documents_every_flag():
+    proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0
+    import run_search
+
+    parser = run_search.build_parser()
+    for action in parser._actions:
+        assert action.help, action.option_strings
+        for flag in action.option_strings:
+            assert flag in proc.stdout
+
+
+def _sample(space, n, seed=0):
+    """n define-by-run samples from a seeded TPE study, told random objectives."""
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
+    )
+    dbr, samples = DefineByRun(space.knobs), []
+    for i in range(n):
+        trial = study.ask()
+        derived = dbr(trial) or {}
+        values = {**trial.params, **derived}
+        samples.append(values)
+        study.tell(trial, math.sin(i))
+    return samples
+
+
+@pytest.mark.parametrize("kind", ["uniform", "loguniform"])
+def test_iou_end_never_below_iou_start(write_space, kind):
+    space = load_space(write_space(
+        f"space:\n  iou_start: {{{kind}: [0.1, 0.5]}}\n  iou_end: {{{kind}: [0.2, 0.6]}}\n"))  # fmt: skip
+    samples = _sample(space, 300)
+    for v in samples:
+        assert 0.1 <= v["iou_start"] <= 0.5
+        assert v["iou_start"] <= v["iou_end"] <= 0.6 and v["iou_end"] >= 0.2
+        resolve_trial_config(TrainConfig(), v)  # TrainConfig's own check agrees
+    # the reparameterization still reaches the whole range of iou_end
+    ends = [v["iou_end"] for v in samples]
+    assert min(ends) < 0.3 and max(ends) > 0.55
+
+
+def test_first_point_is_the_exact_default(write_space):
+    space = load_space(REPO / "search_spaces" / "fixes.yaml")
+    points, _ = first_points(space, TrainConfig())
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(points[0])
+    trial = study.ask()
+    derived = DefineByRun(space.knobs)(trial)
+    values = {**trial.params, **derived}
+    cfg = resolve_trial_config(TrainConfig(), values)
+    assert cfg == TrainConfig()  # iou_end comes back as exactly 0.45
+    assert IOU_END_FRACTION in values
+
+
+def test_default_outside_a_range_is_left_to_the_sampler(write_space):
+    space = load_space(
+        write_space(
+            "space:\n  lr: {loguniform: [1.0e-2, 1.0]}\n  focal_gamma: {uniform: [1, 3]}\npoints:\n  - {lr: 0.5}\n"
+        )
+    )
+    points, notes = first_points(space, TrainConfig())
+    assert points == [{"focal_gamma": 2.0}, {"focal_gamma": 2.0, "lr": 0.5}]
+    assert "lr=0.001 is outside loguniform" in notes[0]

@@ -1,0 +1,88 @@
+"""The divergence rules on crafted loss sequences, and the Stopper's rewrite of the last result."""
+
+import math
+
+import pytest
+
+from tune.stoppers import DivergenceStopper, divergence_rule
+
+NAN, INF = math.nan, math.inf
+
+
+@pytest.mark.parametrize(
+    ("losses", "rule"),
+    [
+        ([10.0, NAN], "non-finite"),
+        ([NAN], "non-finite"),
+        ([10.0, 9.0, INF], "non-finite"),
+        ([10.0, 9.0, 9.5, 9.8, 10.2], "rising"),  # three rises in a row, +7% in all
+        ([10.0, 4.0, 13.0], "spike"),  # 13 > 3 x its best 4
+        ([10.0, 2.0, 1.0, 3.5], "spike"),
+    ],
+)
+def test_rules_fire(losses, rule):
+    assert divergence_rule(losses, patience=3, spike_ratio=3.0).startswith(rule)
+
+
+def test_non_finite_validation_loss_is_divergence():
+    # lr=10 on the tiny synthetic set: training loss 1446 (finite), validation loss NaN
+    assert divergence_rule([1445.8], 3, 3.0, val_loss=NAN).startswith("non-finite validation")
+    assert divergence_rule([10.0, 9.0], 3, 3.0, val_loss=INF).startswith("non-finite validation")
+    assert divergence_rule([10.0, 9.0], 3, 3.0, val_loss=1e10) is None
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        [],
+        [10.0],
+        [10.0, 8.0, 8.5, 7.0, 7.2, 6.0, 6.1, 5.0],  # noisy but falling
+        [10.0, 9.0, 9.5, 9.8],  # two rises only
+        [10.0, 4.0, 11.9],  # below 3 x its best
+        [10.0, 9.0, 9.1, 9.2, 9.3],  # three rises, but +3% in all: a noisy plateau
+        [10.18, 9.83, 10.19, 9.79, 9.84, 10.08],  # measured on a healthy tiny trial
+        [12.0, 11.0, 10.0, 9.0],
+    ],
+)
+def test_healthy_runs_go_on(losses):
+    assert divergence_rule(losses, patience=3, spike_ratio=3.0) is None
+
+
+def test_stopper_marks_the_last_result_with_the_worst_objective():
+    stopper = DivergenceStopper(patience=2, spike_ratio=3.0, worst=0.0, objective="objective")
+    results = [{"epoch": e, "train_loss": x, "objective": 0.3} for e, x in [(1, 10.0), (2, 9.0)]]
+    assert not any(stopper("a", r) for r in results)
+    last = {"epoch": 3, "train_loss": NAN, "objective": 0.31}
+    assert stopper("a", last)
+    assert last["objective"] == 0.0 and last["diverged"] is True
+    assert last["diverged_rule"].startswith("non-finite")
+    # another trial's history is its own
+    assert not stopper("b", {"epoch": 1, "train_loss": 50.0, "objective": 0.0})
+
+
+def test_stopper_counts_a_retried_epoch_once():
+    stopper = DivergenceStopper(patience=2, spike_ratio=10.0, worst=0.0, objective="objective")
+    for epoch, loss in [(1, 5.0), (2, 6.0), (2, 4.0), (3, 4.5)]:  # epoch 2 redone after a retry
+        assert not stopper("a", {"epoch": epoch, "train_loss": loss, "objective": 0.1})
+
+
+def test_stopper_ends_a_trial_that_reported_divergence_itself():
+    stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
+    result = {"epoch": 2, "train_loss": NAN, "objective": 0.0, "diverged": True,
+              "diverged_rule": "training loop: mean training loss is not finite"}  # fmt: skip
+    assert stopper("a", result)
+    assert result["diverged_rule"].startswith("training loop")
+
+
+@pytest.mark.parametrize(
+    ("patience", "ratio", "rise"), [(0, 3.0, 0.05), (2, 1.0, 0.05), (2, 3.0, -0.1)]
+)
+def test_stopper_checks_its_arguments(patience, ratio, rise):
+    with pytest.raises(ValueError):
+        DivergenceStopper(patience, ratio, 0.0, "objective", rise)
+
+
+def test_noise_on_a_healthy_trial_is_not_rising_even_with_patience_2():
+    # the training losses of a healthy tiny trial that a strict "rose 2 epochs" rule had cut
+    assert divergence_rule([10.18, 9.83, 10.19, 9.79, 9.84, 10.08], 2, 3.0) is None
+    assert divergence_rule([10.18, 9.83, 10.19, 9.79, 9.84, 10.08], 2, 3.0, min_rise=0.0)

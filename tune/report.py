@@ -1,0 +1,362 @@
+"""Results of a search: the summary table, results.csv, the best config, plots and importance.
+
+Each trial ends with one status, derived here from what Ray kept (Ray marks ASHA and stopper
+stops alike as TERMINATED):
+
+- ``errored``: the trial raised more often than ``--max-failures`` allowed (the error is shown);
+- ``diverged``: the divergence stopper or the training loop's ``DivergedError`` ended it (the
+  last result carries ``diverged: True`` and the rule);
+- ``completed``: it reached the epochs per trial (ASHA's ``max_t``);
+- ``stopped by ASHA``: it ended earlier without diverging;
+- ``unfinished``: the search was interrupted before it ended (resume to finish it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cattle_yolo.config import TrainConfig
+from tune.space import SearchSettings, SearchSpace, resolve_trial_config, trial_values
+
+STATUS_COLORS = {
+    "completed": "tab:green",
+    "stopped by ASHA": "tab:orange",
+    "diverged": "tab:red",
+    "errored": "black",
+    "unfinished": "tab:blue",
+}
+
+
+@dataclass
+class TrialRow:
+    name: str
+    params: dict[str, Any]  # the knob values the trial trained with
+    best: float | None  # best value of the search metric (the objective)
+    best_epoch: int
+    epochs_run: int
+    status: str
+    detail: str  # the divergence rule, the error, or where it stopped
+    path: str  # the trial's folder
+    threads: int = 0  # torch CPU threads the trial trained with (exact CPU repeats need the same)
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch epoch/loss/metric
+
+
+def trial_status(
+    metrics: dict[str, Any], error: BaseException | None, max_t: int
+) -> tuple[str, str]:
+    """(status, detail) of a trial from its last result and error."""
+    epoch = int(metrics.get("epoch") or 0)
+    if error is not None:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        return "errored", (lines[-1] if lines else type(error).__name__)[:160]
+    if metrics.get("diverged"):
+        return "diverged", f"{metrics.get('diverged_rule', '')} (epoch {epoch})"
+    if epoch >= max_t:
+        return "completed", ""
+    if metrics.get("done"):
+        return "stopped by ASHA", f"at epoch {epoch} of {max_t}"
+    return "unfinished", f"at epoch {epoch} of {max_t}"
+
+
+def _history(result: Any, metric: str) -> list[dict[str, float]]:
+    df = result.metrics_dataframe
+    if df is None or "epoch" not in df:
+        return []
+    by_epoch: dict[int, dict[str, float]] = {}
+    for rec in df.to_dict("records"):  # a retried epoch appears twice: keep the later one
+        if rec.get("epoch") is None or (
+            isinstance(rec["epoch"], float) and math.isnan(rec["epoch"])
+        ):
+            continue
+        by_epoch[int(rec["epoch"])] = {
+            "epoch": int(rec["epoch"]),
+            "train_loss": float(rec.get("train_loss", math.nan)),
+            metric: float(rec.get(metric, math.nan)),
+        }
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _params(result: Any) -> dict[str, Any]:
+    if result.config:
+        return trial_values(result.config)
+    params_file = Path(result.path) / "params.json"  # a trial that never reported
+    return trial_values(json.loads(params_file.read_text())) if params_file.is_file() else {}
+
+
+def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
+    """One row per trial of a ``ResultGrid``, in trial order."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        status, detail = trial_status(metrics, result.error, settings.epochs)
+        history = _history(result, settings.metric)
+        best = metrics.get("objective")
+        finite = isinstance(best, int | float) and math.isfinite(best)
+        rows.append(TrialRow(
+            name=Path(result.path).name, params=_params(result),
+            best=float(best) if finite else None,
+            best_epoch=int(metrics.get("objective_epoch") or 0),
+            epochs_run=max([h["epoch"] for h in history], default=int(metrics.get("epoch") or 0)),
+            status=status, detail=detail, path=str(result.path),
+            threads=int(metrics.get("threads") or 0), history=history,
+        ))  # fmt: skip
+    return sorted(rows, key=lambda r: r.name)
+
+
+def pick_best(rows: list[TrialRow], mode: str) -> TrialRow | None:
+    """The best completed trial (ASHA's survivors); if none completed, the best ASHA-stopped."""
+    for statuses in (("completed",), ("stopped by ASHA",)):
+        pool = [r for r in rows if r.status in statuses and r.best is not None]
+        if pool:
+            key = (lambda r: r.best) if mode == "max" else (lambda r: -r.best)
+            return max(pool, key=key)
+    return None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def summary_table(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings) -> str:
+    """The end-of-search table: trial, sampled values, best metric and epoch, epochs, status."""
+    header = ["trial", *space.knobs, f"best {settings.metric}", "best epoch", "epochs", "status"]
+    body = [
+        [r.name, *(_fmt(r.params.get(k)) for k in space.knobs), _fmt(r.best),
+         str(r.best_epoch or "-"), str(r.epochs_run), r.status + (f": {r.detail}" if r.detail else "")]
+        for r in rows
+    ]  # fmt: skip
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=False)]
+    widths[-1] = len(header[-1])  # the status column is last and may run long
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False))
+        for line in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_csv(
+    rows: list[TrialRow], space: SearchSpace, settings: SearchSettings, path: Path
+) -> None:
+    fields = ["trial", *space.knobs, f"best_{settings.metric}", "best_epoch", "epochs_run",
+              "status", "detail", "path"]  # fmt: skip
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for r in rows:
+            writer.writerow([r.name, *(r.params.get(k) for k in space.knobs), r.best,
+                             r.best_epoch, r.epochs_run, r.status, r.detail, r.path])  # fmt: skip
+
+
+def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
+    """The best trial's complete config, ready for ``cattle_yolo train --config``: its own run
+    folder and device are cleared so a new run neither overwrites the trial nor pins a device."""
+    return resolve_trial_config(base, row.params, out=None, device="auto")
+
+
+def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path: Path,
+                experiment: str) -> None:  # fmt: skip
+    """Write ``{config: <TrainConfig>, checkpoint, trial, metric, value, epoch}``:
+    ``TrainConfig.load`` reads the ``config`` section and ignores the rest."""
+    checkpoint = Path(row.path) / "run" / "models" / "best.pt"
+    doc = {
+        "config": best_config(row, base).to_dict(),
+        "checkpoint": str(checkpoint),
+        "trial": row.name,
+        "experiment": experiment,
+        "metric": settings.metric,
+        "value": row.best,
+        "epoch": row.best_epoch,
+        "threads": row.threads,
+    }
+    threads = f"OMP_NUM_THREADS={row.threads} " if row.threads else ""
+    header = (f"# Best trial {row.name} of {experiment}: {settings.metric} {_fmt(row.best)} at "
+              f"epoch {row.best_epoch}.\n# Train with it (on CPU, the trial's thread count repeats "
+              f"it exactly):\n#   {threads}python -m cattle_yolo train --config {path.name}\n")  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)
+
+
+def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings
+               ) -> tuple[dict[str, float] | None, str]:  # fmt: skip
+    """Optuna's parameter importance over the finished trials (errored ones left out),
+    computed on a study rebuilt from the results; (None, why) where it cannot be computed."""
+    import optuna
+
+    distributions = {}
+    for key, dist in space.knobs.items():
+        if dist.kind == "choice":
+            distributions[key] = optuna.distributions.CategoricalDistribution(list(dist.choices))
+        elif dist.kind == "int":
+            distributions[key] = optuna.distributions.IntDistribution(int(dist.low), int(dist.high))
+        else:
+            distributions[key] = optuna.distributions.FloatDistribution(
+                dist.low, dist.high, log=dist.kind == "loguniform")  # fmt: skip
+    usable = [r for r in rows if r.best is not None and r.status != "errored"
+              and all(k in r.params and space.knobs[k].contains(r.params[k]) for k in distributions)]  # fmt: skip
+    if len(usable) < 4:
+        return None, f"needs at least 4 finished trials, have {len(usable)}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "maximize" if settings.mode == "max" else "minimize"
+    study = optuna.create_study(direction=direction)
+    for r in usable:
+        params = {k: r.params[k] for k in distributions}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  value=r.best))  # fmt: skip
+    try:
+        with warnings.catch_warnings():  # PED-ANOVA warns when few trials make them all equal
+            warnings.simplefilter("ignore")
+            values = dict(optuna.importance.get_param_importances(study))
+    except Exception as e:  # too few distinct values, a degenerate study...
+        return None, f"{type(e).__name__}: {e}"
+    if len(set(values.values())) == 1 and len(values) > 1:
+        return None, f"too few trials ({len(usable)}) to tell the knobs apart"
+    return values, ""
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: list[TrialRow], settings: SearchSettings, path: Path) -> None:
+    """The metric and the training loss per epoch for every trial, coloured by status."""
+    plt = _plt()
+    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
+    seen = set()
+    for r in rows:
+        if not r.history:
+            continue
+        epochs = [h["epoch"] for h in r.history]
+        color = STATUS_COLORS.get(r.status, "grey")
+        label = r.status if r.status not in seen else None
+        seen.add(r.status)
+        ax_m.plot(epochs, [h[settings.metric] for h in r.history], color=color, alpha=0.8,
+                  marker=".", label=label)  # fmt: skip
+        losses = [
+            h["train_loss"] if math.isfinite(h["train_loss"]) else math.nan for h in r.history
+        ]
+        ax_l.plot(epochs, losses, color=color, alpha=0.8, marker=".")
+        if r.status == "diverged":
+            ax_l.plot(epochs[-1], next((x for x in reversed(losses) if math.isfinite(x)), 0) or 1,
+                      "x", color=color, markersize=10)  # fmt: skip
+    ax_m.set(xlabel="epoch", ylabel=f"val {settings.metric}", title="metric per epoch")
+    ax_l.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch (x: diverged)")
+    ax_l.set_yscale("log")
+    ax_m.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_knobs(
+    rows: list[TrialRow], space: SearchSpace, settings: SearchSettings, path: Path
+) -> None:
+    """Each knob's sampled values against the trial's best metric, coloured by status."""
+    plt = _plt()
+    n = len(space.knobs)
+    cols = min(4, n)
+    nrows = math.ceil(n / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
+    for ax, (key, dist) in zip(axes.flat, space.knobs.items(), strict=False):
+        for r in rows:
+            if r.best is None or key not in r.params:
+                continue
+            x = r.params[key]
+            if dist.kind == "choice":
+                x = list(dist.choices).index(x) if x in dist.choices else math.nan
+            ax.scatter([x], [r.best], color=STATUS_COLORS.get(r.status, "grey"), s=22)
+        if dist.kind == "loguniform":
+            ax.set_xscale("log")
+        if dist.kind == "choice":
+            ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
+        ax.set(xlabel=key, ylabel=f"best {settings.metric}")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", color=c, label=s) for s, c in STATUS_COLORS.items()
+    ]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.9 if nrows == 1 else 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_importance(values: dict[str, float], path: Path) -> None:
+    plt = _plt()
+    keys = list(values)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(keys) + 1.2))
+    ax.barh(keys, [values[k] for k in keys], color="tab:blue")
+    ax.set(xlabel="importance (Optuna, normalised)", title="parameter importance")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def epochs_saved(rows: list[TrialRow], settings: SearchSettings) -> str:
+    """Epochs trained against running every finished trial to the end, and who saved them."""
+    finished = [r for r in rows if r.status != "unfinished"]
+    run = sum(r.epochs_run for r in finished)
+    saved = {s: sum(settings.epochs - r.epochs_run for r in finished if r.status == s)
+             for s in ("stopped by ASHA", "diverged", "errored")}  # fmt: skip
+    full = settings.epochs * len(finished)
+    return (f"epochs trained: {run} of {full} ({run / max(1, full):.0%}); saved by ASHA "
+            f"{saved['stopped by ASHA']}, by the divergence rules {saved['diverged']}, "
+            f"lost to errors {saved['errored']}")  # fmt: skip
+
+
+def write_report(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings,
+                 base: TrainConfig, folder: Path, experiment: str,
+                 export: Path | None = None) -> list[str]:  # fmt: skip
+    """Everything at the end of a search; returns the lines to print."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [summary_table(rows, space, settings), ""]
+    write_csv(rows, space, settings, folder / "results.csv")
+    counts = {s: sum(r.status == s for r in rows) for s in STATUS_COLORS}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    lines.append(epochs_saved(rows, settings))
+    default = next(
+        (r for r in rows if all(r.params.get(k) == getattr(base, k) for k in space.knobs)), None
+    )
+    if default is not None:
+        lines.append(f"hand-fixed default: {default.name}, {settings.metric} {_fmt(default.best)} "
+                     f"at epoch {default.best_epoch} ({default.status})")  # fmt: skip
+    lines.append(f"results: {folder / 'results.csv'}")
+    best = pick_best(rows, settings.mode)
+    if best is None:
+        lines.append("no trial finished without diverging or erroring: no best config to export")
+    else:
+        lines.append(f"best trial: {best.name}, {settings.metric} {_fmt(best.best)} at epoch "
+                     f"{best.best_epoch}: " + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs))  # fmt: skip
+        for target in [folder / "best_config.yaml", *([export] if export else [])]:
+            export_best(best, base, settings, target, experiment)
+            lines.append(f"best config: {target}")
+    plots = folder / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_curves(rows, settings, plots / "curves.png")
+    plot_knobs(rows, space, settings, plots / "knobs.png")
+    values, why = importance(rows, space, settings)
+    if values is not None:
+        plot_importance(values, plots / "importance.png")
+        lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+    else:
+        lines.append(f"importance: not computed ({why})")
+    lines.append(f"plots: {plots}")
+    return lines

@@ -1,0 +1,410 @@
+"""Search spaces: a YAML file naming the TrainConfig knobs to search, checked before Ray starts.
+
+A space file has a ``search`` section (settings that flags override: metric, mode, trials,
+epochs, ASHA and divergence settings, seed), a ``space`` section (config key: a distribution
+``{loguniform|uniform|int: [low, high]}`` or ``{choice: [...]}``, or a plain value fixed for
+every trial) and optional ``points`` (configs tried right after the hand-fixed default).
+``search_spaces/fixes.yaml`` and ``docs/search.md`` show the format.
+
+``iou_end >= iou_start`` always holds by construction: when both are searched, Optuna samples
+``iou_start`` and a fraction ``iou_end_fraction`` in [0, 1] that places ``iou_end`` between
+``max(iou_start, low)`` and ``high`` (a reparameterization, never rejection).
+
+Every problem is a ``SpaceError`` naming the file, the key and what is wrong. Only ``yaml`` and
+``cattle_yolo.config`` are imported here, so checking a bad file takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cattle_yolo.config import FIELD_NAMES, ConfigError, TrainConfig, coerce, read_yaml_mapping
+
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+SECTIONS = ("search", "space", "points")
+
+# Per-epoch stats a search may optimise, with their natural direction.
+METRICS = {
+    "mAP50_95": "max", "mAP50": "max", "mAP75": "max", "precision": "max", "recall": "max",
+    "f1": "max", "val_loss": "min", "train_loss": "min",
+}  # fmt: skip
+
+# Keys fixed for the whole search: the dataset is decoded once at these settings and shared.
+FIXED_ONLY = {
+    "data": "the dataset is decoded once and shared by every trial",
+    "imgsz": "the dataset is decoded once, at one image size, and shared by every trial",
+    "synthetic_images": "the dataset is decoded once and shared by every trial",
+    "strict": "the dataset is decoded once and shared by every trial",
+}
+# Keys the search itself sets.
+NOT_IN_SPACE = {
+    "epochs": "the epochs per trial are search.epochs (--epochs)",
+    "device": "Ray assigns each trial its device",
+    "out": "each trial writes to its own trial folder",
+    "seed": "the seed is search.seed (--seed)",
+}
+IOU_END_FRACTION = "iou_end_fraction"  # the Optuna parameter behind a searched iou_end
+DERIVED_KEYS = (IOU_END_FRACTION,)  # trial-config keys that are not TrainConfig fields
+
+
+class SpaceError(ConfigError):
+    """A search-space file or search setting is wrong; the message names file, key and problem."""
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One searched knob: ``kind`` is loguniform, uniform, int or choice."""
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[Any, ...] = ()
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Ask an Optuna trial for a value (define-by-run)."""
+        if self.kind == "choice":
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high))
+        return trial.suggest_float(name, self.low, self.high, log=self.kind == "loguniform")
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return f"choice {list(self.choices)}"
+        return f"{self.kind} [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    metric: str = "mAP50_95"  # per-epoch stat to optimise
+    mode: str = "max"  # max or min
+    trials: int = 16  # trials to run
+    epochs: int = 30  # epochs per trial, ASHA's max_t
+    grace_period: int = 3  # ASHA: epochs before a trial may be stopped
+    reduction_factor: float = 3.0  # ASHA: keep the top 1/reduction_factor at each rung
+    patience: int = 3  # divergence: training loss rising this many epochs in a row
+    min_rise: float = 0.05  # divergence: ... by at least this fraction over those epochs
+    spike_ratio: float = 3.0  # divergence: training loss above this multiple of its own best
+    seed: int = 0  # TPE sampler and every trial's training seed
+
+    @property
+    def worst(self) -> float:
+        """The objective a diverged trial reports: finite, and no better than any real result."""
+        return 0.0 if self.mode == "max" else 1e6  # every allowed metric is >= 0
+
+    def replace(self, changes: dict[str, Any], source: str) -> SearchSettings:
+        """Apply changes (``None`` values ignored), checked; errors are prefixed with ``source``."""
+        values = {**dataclasses.asdict(self), **{k: v for k, v in changes.items() if v is not None}}
+        if "metric" in changes and changes["metric"] and "mode" not in changes:
+            values["mode"] = METRICS.get(changes["metric"], self.mode)
+        return settings_from_dict(values, source)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    path: str
+    knobs: dict[str, Distribution]  # searched knobs by config key
+    fixed: dict[str, Any]  # config values fixed for every trial
+    points: tuple[dict[str, Any], ...] = ()  # extra configs to try after the default
+    settings: SearchSettings = field(default_factory=SearchSettings)
+
+
+def _suggest_name(key: str, options: tuple[str, ...] | list[str]) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
+    """Build checked settings; ``source`` names where they came from (file section or flags)."""
+    names = [f.name for f in dataclasses.fields(SearchSettings)]
+    for key in values:
+        if key not in names:
+            raise SpaceError(f"{source}: unknown setting {key!r}{_suggest_name(key, names)}")
+    if "metric" in values and "mode" not in values:
+        values = {**values, "mode": METRICS.get(values["metric"], "max")}
+    s = SearchSettings(**values)
+
+    def bad(key: str, need: str) -> SpaceError:
+        return SpaceError(f"{source}: {key} must be {need}, got {getattr(s, key)!r}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_num(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(s.metric, str) or s.metric not in METRICS:
+        raise SpaceError(
+            f"{source}: metric {s.metric!r} is not a per-epoch stat{_suggest_name(str(s.metric), list(METRICS))}; "
+            f"choose one of {', '.join(METRICS)}"
+        )
+    if s.mode not in ("max", "min"):
+        raise bad("mode", "max or min")
+    for key in ("trials", "epochs", "grace_period", "patience"):
+        if not is_int(getattr(s, key)) or getattr(s, key) < 1:
+            raise bad(key, "an integer >= 1")
+    if not is_int(s.seed):
+        raise bad("seed", "an integer")
+    if not is_num(s.reduction_factor) or s.reduction_factor <= 1:
+        raise bad("reduction_factor", "a number > 1")
+    if not is_num(s.min_rise) or s.min_rise < 0:
+        raise bad("min_rise", "a number >= 0")
+    if not is_num(s.spike_ratio) or s.spike_ratio <= 1:
+        raise bad("spike_ratio", "a number > 1")
+    if s.grace_period > s.epochs:
+        raise SpaceError(
+            f"{source}: grace_period {s.grace_period} is above epochs {s.epochs} "
+            "(ASHA needs grace_period <= epochs per trial)"
+        )
+    return dataclasses.replace(s, reduction_factor=float(s.reduction_factor),
+                               spike_ratio=float(s.spike_ratio), min_rise=float(s.min_rise))  # fmt: skip
+
+
+def _number(value: Any, where: str) -> float:
+    # PyYAML reads 1e-4 (no dot) as a string: accept numeric strings for bounds.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpaceError(f"{where}: bound {value!r} is not a number")
+    return value
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    """A value must be a valid config value on its own: type and range, by TrainConfig's rules."""
+    values = {key: value}
+    if key in ("iou_start", "iou_end"):  # the pair's own constraint is checked separately
+        values = {"iou_start": value, "iou_end": value}
+    try:
+        coerce(key, value, where)
+        TrainConfig.from_dict(values, source=where)
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+
+
+def parse_distribution(key: str, spec: dict[str, Any], where: str) -> Distribution:
+    names = [k for k in spec if k in DISTRIBUTIONS]
+    unknown = [k for k in spec if k not in DISTRIBUTIONS]
+    if unknown:
+        k = str(unknown[0])
+        raise SpaceError(
+            f"{where}: unknown distribution {k!r}{_suggest_name(k, DISTRIBUTIONS)}; "
+            f"use one of {', '.join(DISTRIBUTIONS)} or a plain value"
+        )
+    if len(names) != 1:
+        raise SpaceError(f"{where}: give exactly one distribution, got {names or 'none'}")
+    kind, args = names[0], spec[names[0]]
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise SpaceError(f"{where}: choice needs a non-empty list of values, got {args!r}")
+        for value in args:
+            _check_value(key, value, f"{where}: choice {value!r}")
+        return Distribution("choice", choices=tuple(coerce(key, v, where) for v in args))
+    if not isinstance(args, list) or len(args) != 2:
+        raise SpaceError(f"{where}: {kind} needs [low, high], got {args!r}")
+    low, high = (_number(v, where) for v in args)
+    if low > high:
+        raise SpaceError(f"{where}: low {low:g} is above high {high:g}")
+    if low == high:
+        raise SpaceError(f"{where}: low equals high ({low:g}); write a plain value to fix it")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(
+            f"{where}: a log range must stay above zero, got [{low:g}, {high:g}]; "
+            "use uniform or a positive low"
+        )
+    field_type = type(getattr(TrainConfig(), key))
+    if kind == "int":
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise SpaceError(f"{where}: int bounds must be whole numbers, got [{low!r}, {high!r}]")
+        low, high = int(low), int(high)
+    elif field_type is int:
+        raise SpaceError(f"{where}: {key!r} is an integer field; use int: [low, high], not {kind}")
+    if field_type not in (int, float):
+        raise SpaceError(f"{where}: {key!r} is not numeric; use choice: [...] or a plain value")
+    for bound in (low, high):
+        _check_value(key, bound, f"{where}: bound {bound!r}")
+    return Distribution(kind, low, high)
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and check a space file. Raises ``SpaceError`` naming file, key and problem."""
+    path = Path(path)
+    try:
+        doc = read_yaml_mapping(path)
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+    for key in doc:
+        if key not in SECTIONS:
+            raise SpaceError(f"{path}: unknown section {key!r}{_suggest_name(str(key), SECTIONS)}; "
+                             f"expected {', '.join(SECTIONS)}")  # fmt: skip
+    search = doc.get("search") or {}
+    space = doc.get("space")
+    if not isinstance(search, dict):
+        raise SpaceError(f"{path}: search must be a mapping of setting: value")
+    if not isinstance(space, dict) or not space:
+        raise SpaceError(f"{path}: space must be a non-empty mapping of config key: distribution")
+    settings = settings_from_dict(dict(search), f"{path}: search")
+
+    knobs: dict[str, Distribution] = {}
+    fixed: dict[str, Any] = {}
+    for key, spec in space.items():
+        where = f"{path}: space.{key}"
+        if not isinstance(key, str) or key not in FIELD_NAMES:
+            raise SpaceError(f"{where}: unknown config key{_suggest_name(str(key), FIELD_NAMES)}")
+        if key in NOT_IN_SPACE:
+            raise SpaceError(f"{where}: cannot be set in a space: {NOT_IN_SPACE[key]}")
+        if isinstance(spec, dict):
+            if key in FIXED_ONLY:
+                raise SpaceError(f"{where}: cannot be searched: {FIXED_ONLY[key]}; fix it instead")
+            knobs[key] = parse_distribution(key, spec, where)
+        elif isinstance(spec, list):
+            raise SpaceError(
+                f"{where}: a list is not a value; write {{choice: {spec}}} to search it"
+            )
+        else:
+            _check_value(key, spec, where)
+            fixed[key] = coerce(key, spec, where)
+    if not knobs:
+        raise SpaceError(f"{path}: space fixes every key and searches none")
+    if "iou_start" in knobs and "iou_end" in knobs:
+        start, end = knobs["iou_start"], knobs["iou_end"]
+        if "choice" in (start.kind, end.kind):
+            raise SpaceError(f"{path}: space.iou_start/iou_end: searched together they must be "
+                             "ranges (uniform or loguniform), not choice")  # fmt: skip
+        if start.high > end.high:
+            raise SpaceError(
+                f"{path}: space.iou_start: high {start.high:g} is above iou_end's high "
+                f"{end.high:g}, so iou_end >= iou_start could not always hold"
+            )
+
+    points = doc.get("points") or []
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise SpaceError(f"{path}: points must be a list of mappings of knob: value")
+    for i, point in enumerate(points):
+        for key, value in point.items():
+            where = f"{path}: points[{i}].{key}"
+            if key not in knobs:
+                raise SpaceError(
+                    f"{where}: not a searched knob{_suggest_name(str(key), list(knobs))}"
+                )
+            if not knobs[key].contains(value):
+                raise SpaceError(f"{where}: {value!r} is outside {knobs[key].describe()}")
+    return SearchSpace(str(path), knobs, fixed, tuple(points), settings)
+
+
+def check_base(space: SearchSpace, base: TrainConfig) -> None:
+    """Checks that need the base config: a searched IoU bound against its fixed partner."""
+    knobs = space.knobs
+    if ("iou_start" in knobs) == ("iou_end" in knobs):
+        return  # both searched (checked by load_space) or both fixed (checked by TrainConfig)
+    key = "iou_start" if "iou_start" in knobs else "iou_end"
+    dist = knobs[key]
+    values = dist.choices if dist.kind == "choice" else (dist.low, dist.high)
+    if key == "iou_start" and max(values) > base.iou_end:
+        raise SpaceError(f"{space.path}: space.iou_start: {max(values):g} is above the fixed "
+                         f"iou_end {base.iou_end:g}; lower it or search iou_end too")  # fmt: skip
+    if key == "iou_end" and min(values) < base.iou_start:
+        raise SpaceError(f"{space.path}: space.iou_end: {min(values):g} is below the fixed "
+                         f"iou_start {base.iou_start:g}; raise it or search iou_start too")  # fmt: skip
+
+
+def _end_bounds(end: Distribution, start: float) -> tuple[float, float]:
+    return max(end.low, start), end.high
+
+
+def _place(end: Distribution, start: float, fraction: float) -> float:
+    low, high = _end_bounds(end, start)
+    if end.kind == "loguniform":
+        value = math.exp(math.log(low) + fraction * (math.log(high) - math.log(low)))
+    else:
+        value = low + fraction * (high - low)
+    return max(start, min(high, round(value, 10)))  # rounding keeps the default's 0.45 exact
+
+
+def _fraction(end: Distribution, start: float, value: float) -> float:
+    low, high = _end_bounds(end, start)
+    if high <= low:
+        return 0.0
+    if end.kind == "loguniform":
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)
+
+
+class DefineByRun:
+    """Optuna define-by-run space: ``trial -> {derived key: value}``; a picklable callable."""
+
+    def __init__(self, knobs: dict[str, Distribution]) -> None:
+        self.knobs = dict(knobs)
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        values = {}
+        for key, dist in self.knobs.items():
+            if key == "iou_end" and "iou_start" in self.knobs:
+                continue
+            values[key] = dist.suggest(trial, key)
+        if "iou_end" in self.knobs and "iou_start" in self.knobs:
+            fraction = trial.suggest_float(IOU_END_FRACTION, 0.0, 1.0)
+            return {"iou_end": _place(self.knobs["iou_end"], values["iou_start"], fraction)}
+        return None
+
+
+def optuna_params(space: SearchSpace, values: dict[str, Any]) -> dict[str, Any]:
+    """Knob values as Optuna parameters (``iou_end`` becomes its fraction when reparameterized)."""
+    params = dict(values)
+    if "iou_end" in space.knobs and "iou_start" in space.knobs and "iou_end" in params:
+        end = params.pop("iou_end")
+        params[IOU_END_FRACTION] = _fraction(space.knobs["iou_end"], params["iou_start"], end)
+    return params
+
+
+def first_points(space: SearchSpace, base: TrainConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The hand-fixed default (the base config's values) first, then the file's ``points``.
+
+    Returns Optuna parameter dicts and notes for knobs whose default lies outside the range
+    (those are left to the sampler).
+    """
+    notes, points = [], []
+    default = {}
+    for key, dist in space.knobs.items():
+        value = getattr(base, key)
+        if dist.contains(value):
+            default[key] = value
+        else:
+            notes.append(f"default {key}={value!r} is outside {dist.describe()}; Optuna samples it")
+    paired = "iou_start" in space.knobs and "iou_end" in space.knobs
+    for candidate in (default, *space.points):
+        point = {**default, **candidate}
+        if paired and "iou_start" not in point:
+            point.pop("iou_end", None)  # its fraction needs a start value
+        if paired and "iou_end" in point and point["iou_end"] < point["iou_start"]:
+            notes.append(f"skipped start point {candidate}: iou_end < iou_start")
+            continue
+        points.append(optuna_params(space, point))
+    return points, notes
+
+
+def trial_values(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config minus the Optuna-only keys: what goes into its TrainConfig."""
+    return {k: v for k, v in params.items() if k not in DERIVED_KEYS}
+
+
+def resolve_trial_config(base: TrainConfig, params: dict[str, Any], **run: Any) -> TrainConfig:
+    """The base config with a trial's sampled values and run settings (out, device) applied."""
+    values = {**base.to_dict(), **trial_values(params), **run}
+    return TrainConfig.from_dict(values, source="trial config")

@@ -1,0 +1,108 @@
+"""Divergence: the rules that end a trial whose training loss has blown up, and the Tune Stopper.
+
+ASHA cannot do this: its cutoff comparison is false for NaN, so a NaN trial runs to the end.
+The ``DivergenceStopper`` watches each trial's per-epoch training loss and stops the trial when
+
+- the loss is not finite (NaN or inf), or the validation loss is not finite (the model's
+  outputs overflow: an absurd learning rate can keep the training loss finite but huge),
+- the loss has risen ``patience`` epochs in a row, by ``min_rise`` (a fraction) or more in all
+  (a plateau's noise rises a little for a few epochs now and then: that is not divergence), or
+- the loss is more than ``spike_ratio`` times the trial's own best (lowest) earlier loss.
+
+When a rule fires, the stopper rewrites that last result in place so that the searcher and the
+summary see a finite, worst-possible objective with ``diverged: True`` and the rule that fired:
+Ray hands the same dict to the searcher's ``on_trial_complete`` (Optuna rejects NaN and would
+leave the trial RUNNING otherwise) and to the result loggers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ray.tune import Stopper
+
+LOSS_KEY, VAL_LOSS_KEY = "train_loss", "val_loss"
+
+
+def divergence_rule(
+    losses: Sequence[float],
+    patience: int,
+    spike_ratio: float,
+    val_loss: float = 0.0,
+    min_rise: float = 0.05,
+) -> str | None:
+    """Which rule the last epoch of ``losses`` (training loss per epoch, oldest first) breaks;
+    ``val_loss`` is that epoch's validation loss.
+
+    Returns a short description of the rule, or ``None`` while the run looks healthy.
+    """
+    if not losses:
+        return None
+    last = losses[-1]
+    if not math.isfinite(last):
+        return f"non-finite training loss ({last})"
+    if not math.isfinite(val_loss):
+        return f"non-finite validation loss ({val_loss}) with training loss {last:.4g}"
+    earlier = [x for x in losses[:-1] if math.isfinite(x)]
+    if earlier:
+        best = min(earlier)
+        if best > 0 and last > spike_ratio * best:
+            return f"spike: training loss {last:.4g} > {spike_ratio:g} x its best {best:.4g}"
+    if len(losses) > patience:
+        window = losses[-patience - 1 :]
+        rising = all(b > a for a, b in zip(window, window[1:], strict=False))
+        if rising and last > (1 + min_rise) * window[0]:
+            return (f"rising: training loss rose {patience} epochs in a row, "
+                    f"{window[0]:.4g} -> {last:.4g}")  # fmt: skip
+    return None
+
+
+class DivergenceStopper(Stopper):
+    """Stops diverging trials and marks their last result (see the module docstring).
+
+    Args:
+        patience: epochs of strictly rising training loss that count as divergence (>= 1).
+        spike_ratio: a loss above ``spike_ratio`` times the trial's best is divergence (> 1).
+        min_rise: the least total rise, as a fraction, that the rising rule counts (>= 0).
+        worst: the objective written into a diverged trial's last result.
+        objective: the result key the searcher and scheduler optimise.
+    """
+
+    def __init__(
+        self,
+        patience: int,
+        spike_ratio: float,
+        worst: float,
+        objective: str,
+        min_rise: float = 0.05,
+    ) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        if not spike_ratio > 1:
+            raise ValueError(f"spike_ratio must be > 1, got {spike_ratio}")
+        if min_rise < 0:
+            raise ValueError(f"min_rise must be >= 0, got {min_rise}")
+        self.patience, self.spike_ratio, self.min_rise = patience, spike_ratio, min_rise
+        self.worst, self.objective = worst, objective
+        self._losses: dict[str, dict[int, float]] = {}  # trial id -> epoch -> training loss
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        if result.get("diverged"):  # the trial itself reported a DivergedError
+            return True
+        if LOSS_KEY not in result:
+            return False
+        history = self._losses.setdefault(trial_id, {})
+        epoch = int(result.get("epoch", len(history) + 1))
+        history[epoch] = float(result[LOSS_KEY])  # a retried epoch replaces its earlier value
+        losses = [history[e] for e in sorted(history) if e <= epoch]
+        val_loss = float(result.get(VAL_LOSS_KEY, 0.0))
+        rule = divergence_rule(losses, self.patience, self.spike_ratio, val_loss, self.min_rise)
+        if rule is None:
+            return False
+        result.update({self.objective: self.worst, "diverged": True, "diverged_rule": rule})
+        return True
+
+    def stop_all(self) -> bool:
+        return False
