@@ -81,6 +81,8 @@ class TrainConfig:
     # --- run ---
     seed: int = 0  # seeds model init, augmentation and data order
     device: str = "auto"  # auto, cpu, cuda or cuda:N
+    threads: int = 0  # torch CPU threads; 0 = torch's default. CPU results repeat exactly only
+    # with the same thread count (float sums), so a search's export records its trial's count
     out: str | None = None  # run folder; None = outputs/<dataset name>/yolov8
     synthetic_images: int = 96  # embedded synthetic dataset: training images (val gets a quarter)
 
@@ -206,6 +208,7 @@ _RANGES: list[tuple[str, float, float, bool, bool]] = [
     ("scale", 0, 0.9, True, True),
     ("translate", 0, 0.5, True, True),
     ("workers", 0, 64, True, True),
+    ("threads", 0, 1024, True, True),
     ("neck_channels", 8, 1024, True, True),
     ("dropout", 0, 1, True, False),
     ("wh_clamp", 0, 20, False, True),

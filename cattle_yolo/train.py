@@ -39,7 +39,7 @@ Callback = Callable[[dict[str, Any]], None]
 log = logging.getLogger("cattle_yolo")
 
 # Keys of a checkpoint's config that may differ on resume: they do not change the result.
-RESUME_MUTABLE = ("device", "workers", "out", "data")
+RESUME_MUTABLE = ("device", "workers", "out", "data", "threads")
 
 
 class DivergedError(RuntimeError):
@@ -152,6 +152,8 @@ def train(
     Raises ``DivergedError`` when training diverges.
     """
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     if datasets is None:
         datasets = load_datasets(cfg)

@@ -161,7 +161,9 @@ def write_csv(
 def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
     """The best trial's complete config, ready for ``cattle_yolo train --config``: its own run
     folder and device are cleared so a new run neither overwrites the trial nor pins a device."""
-    return resolve_trial_config(base, row.params, out=None, device="auto")
+    cfg = resolve_trial_config(base, row.params, out=None, device="auto")
+    # On CPU a trial repeats exactly only with its own thread count: record it in the config.
+    return cfg.replace(threads=row.threads) if row.threads and not cfg.threads else cfg
 
 
 def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path: Path,
@@ -179,10 +181,10 @@ def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path
         "epoch": row.best_epoch,
         "threads": row.threads,
     }
-    threads = f"OMP_NUM_THREADS={row.threads} " if row.threads else ""
     header = (f"# Best trial {row.name} of {experiment}: {settings.metric} {_fmt(row.best)} at "
-              f"epoch {row.best_epoch}.\n# Train with it (on CPU, the trial's thread count repeats "
-              f"it exactly):\n#   {threads}python -m cattle_yolo train --config {path.name}\n")  # fmt: skip
+              f"epoch {row.best_epoch}.\n# Train with it (config.threads is the trial's CPU thread "
+              f"count, so a CPU run repeats it exactly):\n"
+              f"#   python -m cattle_yolo train --config {path.name}\n")  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))

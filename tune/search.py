@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -218,20 +218,24 @@ def make_trainable(base: TrainConfig, datasets: Any, settings: SearchSettings,
 
 
 def make_searcher(space: SearchSpace, base: TrainConfig, settings: SearchSettings,
-                  concurrent: int) -> tuple[ConcurrencyLimiter, list[str]]:  # fmt: skip
-    """Seeded TPE over the define-by-run space, the default config first; returns notes too."""
+                  concurrent: int, sampler: str = "tpe") -> tuple[ConcurrencyLimiter, list[str]]:  # fmt: skip
+    """Seeded TPE (or, for comparisons, random) over the define-by-run space, the default config
+    first; returns notes too."""
     import optuna
 
     points, notes = first_points(space, base)
-    # TPE's default of 10 random start-up trials is most of a 12-16 trial search.
-    startup = min(10, max(3, settings.trials // 4))
-    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
+    if sampler == "random":
+        optuna_sampler = optuna.samplers.RandomSampler(seed=settings.seed)
+    else:
+        # TPE's default of 10 random start-up trials is most of a 12-16 trial search.
+        startup = min(10, max(3, settings.trials // 4))
+        optuna_sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
     searcher = OptunaSearch(
         space=DefineByRun(space.knobs),
         metric=OBJECTIVE,
         mode=settings.mode,
         points_to_evaluate=points,
-        sampler=sampler,
+        sampler=optuna_sampler,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=concurrent), notes
 
@@ -258,14 +262,32 @@ def build_tuner(
     storage: str,
     max_failures: int,
     verbose: int = 1,
+    sampler: str = "tpe",
+    asha: bool = True,
+    divergence: bool = True,
 ) -> tuple[tune.Tuner, list[str]]:
-    """A new Tuner for the whole search; returns notes about the first point too."""
-    searcher, notes = make_searcher(space, base, settings, resources.concurrent)
-    scheduler = ASHAScheduler(
-        time_attr="epoch",
-        max_t=settings.epochs,
-        grace_period=settings.grace_period,
-        reduction_factor=settings.reduction_factor,
+    """A new Tuner for the whole search; returns notes about the first point too.
+
+    ``sampler="random"``, ``asha=False`` (FIFO: every trial runs to the end) and
+    ``divergence=False`` exist for the plain strategies of benchmarks/search_efficiency.py.
+    """
+    searcher, notes = make_searcher(space, base, settings, resources.concurrent, sampler)
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=settings.epochs,
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
+        if asha
+        else FIFOScheduler()
+    )
+    stopper = (
+        DivergenceStopper(
+            settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
+        )
+        if divergence
+        else None
     )
     tune_config = tune.TuneConfig(
         metric=OBJECTIVE,
@@ -279,9 +301,7 @@ def build_tuner(
     run_config = tune.RunConfig(
         name=name,
         storage_path=storage,
-        stop=DivergenceStopper(
-            settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
-        ),  # fmt: skip
+        stop=stopper,
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if is_uri(storage) else None
         ),

@@ -1,0 +1,215 @@
+"""Search efficiency: the project's default strategy against plain ones, all run by Ray Tune.
+
+Four strategies with the same space, trial count, epochs per trial and seeds, so that only the
+strategy differs:
+
+- ``random_fifo``: random search, every trial to the end
+- ``tpe_fifo``: Optuna TPE, every trial to the end
+- ``random_asha``: random search with ASHA
+- ``default``: TPE + ASHA + the divergence stopper (what ``run_search.py`` does)
+
+For each run: the best val mAP50-95 found, the epochs trained, the anytime curve (best so far
+against cumulative epochs, in the order the epochs finished) and the epochs spent on trials that
+ended diverged. Then the default strategy's best config and the hand-fixed default are retrained
+with the same epochs and evaluated on the test split, which no search saw.
+
+    python benchmarks/search_efficiency.py                        # 3 seeds, 12 trials x 8 epochs
+    python benchmarks/search_efficiency.py --smoke-test           # 1 seed, 3 trials x 2 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
+
+STRATEGIES = {
+    "random_fifo": {"sampler": "random", "asha": False, "divergence": False},
+    "tpe_fifo": {"sampler": "tpe", "asha": False, "divergence": False},
+    "random_asha": {"sampler": "random", "asha": True, "divergence": False},
+    "default": {"sampler": "tpe", "asha": True, "divergence": True},
+}
+
+
+def anytime(results, metric: str) -> list[tuple[int, float]]:
+    """[(cumulative epochs, best metric so far)] over every reported epoch of every trial."""
+    events = []
+    for result in results:
+        df = result.metrics_dataframe
+        if df is None or "epoch" not in df:
+            continue
+        for rec in df.to_dict("records"):
+            value = rec.get(metric)
+            if rec.get("epoch") is not None and not rec.get("diverged"):
+                events.append((rec["timestamp"], value))
+            elif rec.get("epoch") is not None:
+                events.append((rec["timestamp"], math.nan))
+    events.sort(key=lambda e: e[0])
+    best, curve = -math.inf, []
+    for i, (_, value) in enumerate(events, 1):
+        if value is not None and math.isfinite(value):
+            best = max(best, value)
+        curve.append((i, best if math.isfinite(best) else 0.0))
+    return curve
+
+
+def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Path) -> dict:
+    from tune import report, search
+
+    settings = space.settings.replace(
+        {"trials": args.trials, "epochs": args.epochs, "seed": seed}, "benchmark"
+    )
+    cfg = base.replace(epochs=args.epochs, seed=seed)
+    resources = search.Resources(0, 0, 1, args.concurrent)
+    trainable = search.make_trainable(cfg, datasets, settings, resources)
+    tuner, _ = search.build_tuner(
+        trainable, space, cfg, settings, resources, f"{name}-seed{seed}", str(storage),
+        max_failures=0, verbose=0, **STRATEGIES[name],
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    results = tuner.fit()
+    rows = report.trial_rows(results, settings)
+    curve = anytime(results, settings.metric)
+    best_row = report.pick_best(rows, settings.mode)
+    return {
+        "strategy": name,
+        "seed": seed,
+        "wall_s": time.perf_counter() - t0,
+        "best": max((r.best for r in rows if r.best is not None), default=0.0),
+        "epochs": sum(r.epochs_run for r in rows),
+        "diverged_trials": sum(r.status == "diverged" for r in rows),
+        "diverged_epochs": [r.epochs_run for r in rows if r.status == "diverged"],
+        "curve": curve,
+        "best_params": best_row.params if best_row else {},
+    }
+
+
+def epochs_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((e for e, best in curve if best >= target - 1e-12), None)
+
+
+def holdout(cfg, datasets, out: Path) -> dict:
+    """Train ``cfg`` and evaluate its best.pt on the test split."""
+    import torch
+
+    from cattle_yolo.cli import load_trained
+    from cattle_yolo.data import make_loader
+    from cattle_yolo.evaluate import evaluate
+    from cattle_yolo.loss import DetectionLoss
+    from cattle_yolo.train import train
+
+    torch.set_num_threads(2)
+    result = train(cfg.replace(out=str(out)), datasets)
+    model, cfg2, names = load_trained(str(out / "models" / "best.pt"), torch.device("cpu"))
+    loader = make_loader(datasets.test, cfg2, train=False)
+    test = evaluate(model, loader, DetectionLoss(cfg2, len(names)), cfg2, torch.device("cpu"), 0)
+    return {"val_best": result["best_mAP50_95"], "test_mAP50_95": test["mAP50_95"],
+            "test_mAP50": test["mAP50"]}  # fmt: skip
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"random_fifo": "tab:gray", "tpe_fifo": "tab:blue", "random_asha": "tab:orange",
+              "default": "tab:green"}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, run in enumerate(runs):
+        xs, ys = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
+        label = run["strategy"] if not any(r["strategy"] == run["strategy"] for r in runs[:i]) else None
+        ax.step(xs, ys, where="post", color=colors[run["strategy"]], alpha=0.8, label=label)
+    ax.set_xlabel("cumulative epochs trained")
+    ax.set_ylabel("best val mAP50-95 so far")
+    ax.set_title("anytime performance (one line per seed)")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--space", default=str(REPO / "search_spaces" / "demo.yaml"), help="space file")
+    p.add_argument("--trials", type=int, default=12, help="trials per search")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per trial")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once (1 CPU each)")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    p.add_argument("--storage", default=str(REPO / "outputs" / "search-efficiency"), help="runs")
+    p.add_argument("--plot", default=str(REPO / "docs" / "img" / "search_efficiency.png"))
+    p.add_argument("--json", default=str(REPO / "outputs" / "search-efficiency" / "results.json"))
+    p.add_argument("--no-holdout", action="store_true", help="skip the retrain on the test split")
+    p.add_argument("--smoke-test", action="store_true", help="1 seed, 3 trials x 2 epochs")
+    args = p.parse_args()
+    if args.smoke_test:
+        args.trials, args.epochs, args.seeds = 3, 2, [0]
+
+    import ray
+
+    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.data import load_datasets
+    from tune.space import load_space
+
+    space = load_space(args.space)
+    base = TrainConfig.load(None, {**TrainConfig().to_dict(), **space.fixed, "device": "cpu"})
+    datasets = load_datasets(base, verbose=False)
+    storage = Path(args.storage)
+    ray.init(include_dashboard=False, log_to_driver=False)
+    runs = []
+    for seed in args.seeds:
+        for name in args.strategies:  # interleaved per seed: machine noise hits all alike
+            run = run_strategy(name, seed, args, space, base, datasets, storage)
+            runs.append(run)
+            print(f"{name:12s} seed {seed}: best {run['best']:.4f}, {run['epochs']} epochs, "
+                  f"{run['diverged_trials']} diverged ({sum(run['diverged_epochs'])} epochs), "
+                  f"{run['wall_s']:.0f} s", flush=True)  # fmt: skip
+    ray.shutdown()
+
+    summary = {}
+    for name in args.strategies:
+        mine = [r for r in runs if r["strategy"] == name]
+        summary[name] = {
+            "best_mean": sum(r["best"] for r in mine) / len(mine),
+            "epochs_mean": sum(r["epochs"] for r in mine) / len(mine),
+            "diverged_epochs_per_trial": (
+                sum(sum(r["diverged_epochs"]) for r in mine)
+                / max(1, sum(r["diverged_trials"] for r in mine))
+            ),
+        }
+    if "random_fifo" in args.strategies and "default" in args.strategies:
+        ratios = []
+        for seed in args.seeds:
+            ref = next(r for r in runs if r["strategy"] == "random_fifo" and r["seed"] == seed)
+            mine = next(r for r in runs if r["strategy"] == "default" and r["seed"] == seed)
+            needed = epochs_to_reach(mine["curve"], ref["best"])
+            ratios.append(needed / ref["epochs"] if needed else None)
+        summary["default_epochs_to_random_fifo_best"] = ratios
+    print(json.dumps(summary, indent=2))
+
+    if not args.no_holdout and "default" in args.strategies:
+        best = next(r for r in runs if r["strategy"] == "default")["best_params"]
+        cfg = base.replace(epochs=args.epochs, seed=args.seeds[0])
+        tuned = cfg.replace(**{k: v for k, v in best.items() if k in TrainConfig.__dataclass_fields__})
+        summary["holdout"] = {
+            "hand_fixed_default": holdout(cfg, datasets, storage / "holdout-default"),
+            "search_best": holdout(tuned, datasets, storage / "holdout-best"),
+            "search_best_params": best,
+        }
+        print(json.dumps(summary["holdout"], indent=2))
+    plot(runs, Path(args.plot))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"summary": summary, "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
