@@ -126,7 +126,9 @@ def plot(runs: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run in enumerate(runs):
         xs, ys = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
-        label = run["strategy"] if not any(r["strategy"] == run["strategy"] for r in runs[:i]) else None
+        label = (
+            run["strategy"] if not any(r["strategy"] == run["strategy"] for r in runs[:i]) else None
+        )
         ax.step(xs, ys, where="post", color=colors[run["strategy"]], alpha=0.8, label=label)
     ax.set_xlabel("cumulative epochs trained")
     ax.set_ylabel("best val mAP50-95 so far")
@@ -138,7 +140,9 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--space", default=str(REPO / "search_spaces" / "demo.yaml"), help="space file")
     p.add_argument("--trials", type=int, default=12, help="trials per search")
     p.add_argument("--epochs", type=int, default=8, help="epochs per trial")
@@ -199,7 +203,9 @@ def main() -> None:
     if not args.no_holdout and "default" in args.strategies:
         best = next(r for r in runs if r["strategy"] == "default")["best_params"]
         cfg = base.replace(epochs=args.epochs, seed=args.seeds[0])
-        tuned = cfg.replace(**{k: v for k, v in best.items() if k in TrainConfig.__dataclass_fields__})
+        tuned = cfg.replace(
+            **{k: v for k, v in best.items() if k in TrainConfig.__dataclass_fields__}
+        )
         summary["holdout"] = {
             "hand_fixed_default": holdout(cfg, datasets, storage / "holdout-default"),
             "search_best": holdout(tuned, datasets, storage / "holdout-best"),

@@ -285,7 +285,10 @@ def plot_knobs(
                 x = list(dist.choices).index(x) if x in dist.choices else math.nan
             ax.scatter([x], [r.best], color=STATUS_COLORS.get(r.status, "grey"), s=22)
         if dist.kind == "loguniform":
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
         if dist.kind == "choice":
             ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
         ax.set(xlabel=key, ylabel=f"best {settings.metric}")
