@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import torch
+
+from cattle_yolo import boxes
+
+
+def test_known_answers():
+    yolo = np.array([[0.5, 0.5, 0.2, 0.4]], dtype=np.float32)  # normalized cx cy w h
+    xyxy = boxes.yolo_to_pixel_xyxy(yolo, width=200, height=100)
+    np.testing.assert_allclose(xyxy, [[80, 30, 120, 70]], rtol=1e-6)
+    np.testing.assert_allclose(boxes.xyxy_to_xywh(xyxy), [[80, 30, 40, 40]], rtol=1e-6)  # COCO
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_round_trips(lib):
+    rng = np.random.default_rng(0)
+    cxcywh = rng.uniform(0.1, 0.9, size=(50, 4)).astype(np.float32)
+    data = torch.from_numpy(cxcywh) if lib == "torch" else cxcywh
+    back = boxes.xyxy_to_cxcywh(boxes.cxcywh_to_xyxy(data))
+    np.testing.assert_allclose(np.asarray(back), cxcywh, atol=1e-6)
+    pixel = boxes.yolo_to_pixel_xyxy(cxcywh, 640, 480)
+    np.testing.assert_allclose(boxes.pixel_xyxy_to_yolo(pixel, 640, 480), cxcywh, atol=1e-6)
+
+
+def test_torch_and_numpy_agree():
+    xyxy = np.array([[1.0, 2.0, 5.0, 10.0], [0.0, 0.0, 3.0, 3.0]], dtype=np.float32)
+    for fn in (boxes.xyxy_to_cxcywh, boxes.xyxy_to_xywh):
+        np.testing.assert_allclose(fn(xyxy), fn(torch.from_numpy(xyxy)).numpy())
+
+
+@pytest.mark.parametrize(("w", "h"), [(500, 300), (300, 500), (384, 384), (1, 1000)])
+def test_letterbox_maps_boxes_and_back(w, h):
+    ratio, pad_x, pad_y = boxes.letterbox_params(w, h, 384)
+    assert min(pad_x, pad_y) == 0 or (w == h and pad_x == pad_y == 0)
+    corners = np.array([[0, 0, w, h]], dtype=np.float32)
+    lb = boxes.to_letterbox(corners, ratio, pad_x, pad_y)
+    # the whole image lands centred inside the square
+    assert lb[0, 0] == pytest.approx(pad_x) and lb[0, 1] == pytest.approx(pad_y)
+    assert lb[0, 2] <= 384 + 0.5 and lb[0, 3] <= 384 + 0.5
+    np.testing.assert_allclose(boxes.from_letterbox(lb, ratio, pad_x, pad_y), corners, rtol=1e-5)
+    t = boxes.to_letterbox(torch.from_numpy(corners), ratio, pad_x, pad_y)
+    np.testing.assert_allclose(t.numpy(), lb, rtol=1e-6)
