@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from cattle_yolo.config import ConfigError, TrainConfig
+from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 from tune.space import SearchSettings, SearchSpace, check_base, load_space, settings_from_dict
 
 HERE = Path(__file__).resolve().parent
@@ -127,10 +127,7 @@ def _base_config(
     if args.smoke_test:
         values.update(SMOKE_CONFIG)
     values = TrainConfig.load(None, values).to_dict()
-    if args.overrides:
-        keys = {o.partition("=")[0].strip() for o in args.overrides}
-        set_values = TrainConfig.load(None, args.overrides).to_dict()
-        values.update({k: set_values[k] for k in keys})
+    values.update(parse_overrides(args.overrides))
     if args.data:
         values["data"] = args.data
     if values.get("data") and "://" not in values["data"]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cattle_yolo.config import ConfigError, TrainConfig
+from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -86,13 +86,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "strict", False):
         overrides["strict"] = True
     cfg = TrainConfig.load(args.config, overrides)
-    return TrainConfig.load(None, {**cfg.to_dict(), **_parse_overrides(args.overrides)})
-
-
-def _parse_overrides(items: list[str]) -> dict[str, Any]:
-    values = TrainConfig.load(None, items).to_dict() if items else {}
-    keys = {item.partition("=")[0].strip() for item in items}
-    return {k: values[k] for k in keys}
+    return TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(args.overrides)})
 
 
 def load_trained(weights: str, device: torch.device, overrides: list[str] | None = None):
@@ -103,7 +97,7 @@ def load_trained(weights: str, device: torch.device, overrides: list[str] | None
     ckpt = load_checkpoint(weights, map_location="cpu")
     cfg = TrainConfig.from_dict(ckpt["config"], source=weights)
     if overrides:
-        cfg = TrainConfig.load(None, {**cfg.to_dict(), **_parse_overrides(overrides)})
+        cfg = TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(overrides)})
     cfg = cfg.replace(pretrained=False)  # the checkpoint has the weights; never download
     model = CattleYOLO(len(ckpt["names"]), cfg)
     state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]

@@ -126,15 +126,24 @@ class TrainConfig:
         if isinstance(overrides, dict):
             values.update(overrides)
         else:
-            for item in overrides or []:
-                key, sep, raw = item.partition("=")
-                if not sep or not key:
-                    raise ConfigError(f"override {item!r}: expected key=value")
-                values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            values.update(parse_overrides(overrides or []))
         return cls.from_dict(values, source=str(path) if path is not None else "overrides")
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **{k: coerce(k, v, "replace") for k, v in changes.items()})
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{key: value}``, each value YAML-parsed and checked against the
+    key's type; cross-key checks happen when the whole config is built."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key = key.strip()
+        values[key] = coerce(key, yaml.safe_load(raw) if raw.strip() else None, "overrides")
+    return values
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -259,4 +268,12 @@ def _validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"key 'device' = {cfg.device!r} must be auto, cpu, cuda or cuda:N")
 
 
-__all__ = ["ConfigError", "TrainConfig", "FIELD_NAMES", "coerce", "check_key", "read_yaml_mapping"]
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "FIELD_NAMES",
+    "coerce",
+    "check_key",
+    "parse_overrides",
+    "read_yaml_mapping",
+]
