@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_outputs import raw_output
 from PIL import Image
 from torch import nn
 
@@ -69,21 +70,9 @@ class ScriptedModel(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         b = images.shape[0]
         self.batches.append(tuple(images.shape))
-        boxes = torch.zeros(b, self.anchors, 4)
-        obj = torch.full((b, self.anchors), -20.0)
-        cls = torch.full((b, self.anchors, len(NAMES)), -20.0)
-        for j in range(b):
-            for a, (c, box, *logit) in enumerate(self.script[self.seen + j]):
-                boxes[j, a] = torch.tensor(box, dtype=torch.float32)
-                obj[j, a], cls[j, a, c] = (logit or [20.0])[0], 20.0
+        out = raw_output(self.script[self.seen : self.seen + b], self.anchors, len(NAMES))
         self.seen += b
-        return {
-            "boxes": boxes,
-            "obj": obj,
-            "cls": cls,
-            "anchors": torch.zeros(self.anchors, 2),
-            "strides": torch.full((self.anchors,), 8.0),
-        }
+        return out
 
 
 def letterboxed(path: Path, boxes: np.ndarray) -> list[float]:
