@@ -3,23 +3,24 @@
 Ultralytics is a peer, never a dependency: it lives in its own environment (``--peer-python``,
 default ``.venv-peer/bin/python``; make it with
 ``python3.11 -m venv .venv-peer && .venv-peer/bin/pip install torch==2.14.1 torchvision==0.29.1
-ultralytics``). Both train from random init with the same data, imgsz, batch and epochs, on the CPU.
-The two runs alternate in rounds of ``--round-epochs`` epochs (Ultralytics resumes its own
-``last.pt``; cattle_yolo resumes its own), so the machine's noise hits both alike.
+ultralytics``). Both train from random init on the CPU with the same data, imgsz, batch and
+epochs, each with its own defaults otherwise (both accumulate gradients to an effective batch of
+64: Ultralytics through its nominal batch ``nbs=64``, cattle_yolo through ``accumulate=4``).
 
-    python benchmarks/peer_ultralytics.py --epochs 20          # the full comparison
-    python benchmarks/peer_ultralytics.py --smoke-test         # 1 epoch on 16 images
+The two trainings run as two processes that take turns, one epoch each, passing a baton through
+a file in the work folder: the one whose turn it is trains and validates one epoch while the
+other waits in its epoch-end callback (a 0.2 s sleep loop, no CPU). So the machine's noise hits
+both alike, and each side's epoch times are its own. Ultralytics reads the data through a folder
+of symbolic links under the work folder, so that its label caches are written there and not
+into the shared dataset.
 
-Status (2026-11-25): not yet validated. In a smoke run on 16 cattle-chute images the first
-round of both sides ran (cattle_yolo 28 s, Ultralytics 13 s for one epoch), but Ultralytics'
-resume for the second round did not finish within 10 minutes; the alternation needs another
-design before the full comparison is run (issue 4).
+    python benchmarks/peer_ultralytics.py                          # 20 epochs each, cattle-chute
+    python benchmarks/peer_ultralytics.py --smoke-test --data DIR  # 2 epochs each
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -30,11 +31,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
+SIDES = ("ours", "peer")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 # --------------------------------------------------------------------------- measured in-process
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matmul rate with torch, as the FLOP/s ceiling."""
+    """This machine's fp32 matmul rate with torch (its default threads), the FLOP/s ceiling."""
     import torch
 
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -45,8 +48,9 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def training_flops(model, imgsz: int, loss=None) -> float:
-    """FLOPs of one training image: forward and backward at batch 2, halved."""
+def training_flops(model, imgsz: int) -> float:
+    """FLOPs of one training image, forward and backward (batch 2, halved); the loss is left
+    out on both sides (about 1% of a step)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -54,19 +58,50 @@ def training_flops(model, imgsz: int, loss=None) -> float:
     x = torch.rand(2, 3, imgsz, imgsz)
     with FlopCounterMode(display=False) as counter:
         out = model(x)
-        (loss(out) if loss else sum(o.float().sum() for o in _leaves(out))).backward()
+        sum(o.float().sum() for o in _leaves(out)).backward()
+    model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2
 
 
 def _leaves(out):
     if isinstance(out, dict):
-        return [v for v in out.values() if getattr(v, "requires_grad", False)]
+        return [v for o in out.values() for v in _leaves(o)]
     if isinstance(out, list | tuple):
         return [v for o in out for v in _leaves(o)]
-    return [out]
+    return [out] if getattr(out, "requires_grad", False) else []
 
 
-def side_ours(args) -> dict:
+# --------------------------------------------------------------------------- the baton
+class Baton:
+    """Turn-taking between the two side processes through ``<dir>/turn``."""
+
+    def __init__(self, folder: Path, me: str) -> None:
+        self.folder, self.me = folder, me
+        self.other = SIDES[1 - SIDES.index(me)]
+
+    def wait(self) -> None:
+        """Block until it is my turn or the other side has finished."""
+        while (self.folder / "turn").read_text() != self.me:
+            if (self.folder / f"done-{self.other}").exists():
+                return
+            time.sleep(0.2)
+
+    def give(self) -> None:
+        tmp = self.folder / f"turn.{self.me}.tmp"
+        tmp.write_text(self.other)
+        tmp.replace(self.folder / "turn")
+
+    def finish(self) -> None:
+        (self.folder / f"done-{self.me}").write_text("")
+        self.give()
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- the two sides
+def side_ours(args, baton: Baton) -> dict:
     sys.path.insert(0, str(REPO))
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.model import CattleYOLO
@@ -76,88 +111,108 @@ def side_ours(args) -> dict:
         data=str(args.data), imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
         device="cpu", out=str(args.out), seed=0,
     )  # fmt: skip
-    result = {"flops_per_image": training_flops(CattleYOLO(1, cfg), args.imgsz)}
-    last = Path(args.out) / "models" / "last.pt"
-    history = []
-    stop_at = args.stop_at
+    flops = training_flops(CattleYOLO(1, cfg), args.imgsz)
+    epochs = []
 
-    class Pause(Exception):
-        pass
+    def callback(stats: dict) -> None:
+        epochs.append({
+            "epoch": stats["epoch"], "mAP50": stats["mAP50"], "mAP50_95": stats["mAP50_95"],
+            "train_s": stats["train_time"], "epoch_s": stats["epoch_time"],
+            "images": round(stats["train_time"] * stats["images_per_sec"]),
+        })  # fmt: skip
+        if stats["epoch"] < args.epochs:
+            baton.give()
+            baton.wait()
 
-    def callback(stats):
-        history.append(stats)
-        if stats["epoch"] >= stop_at and stats["epoch"] < args.epochs:
-            raise Pause
-
-    t0 = time.perf_counter()
-    with contextlib.suppress(Pause):
-        train(cfg, callbacks=[callback], resume_from=last if last.exists() else None)
-    result["wall_s"] = time.perf_counter() - t0
-    result["epochs"] = [
-        {k: s[k] for k in ("epoch", "mAP50", "mAP50_95", "images_per_sec", "epoch_time")}
-        for s in history
-    ]
-    return result
+    baton.wait()
+    train(cfg, callbacks=[callback])
+    return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb()}
 
 
-def side_peer(args) -> dict:
-    import torch
-    from ultralytics import YOLO
-
-    run = Path(args.out)
-    data_yaml = run.parent / "peer-data.yaml"
-    names = (Path(args.data) / "classes.txt").read_text().split()
-    data_yaml.write_text(
-        json.dumps({"path": str(args.data), "train": "train", "val": "val", "names": names})
-    )
-    last = run / "weights" / "last.pt"
-    result = {}
-    if not last.exists():
-        model = YOLO("yolov8n.yaml")
-        result["flops_per_image"] = training_flops(model.model, args.imgsz)
-        model = YOLO("yolov8n.yaml")
-    t0 = time.perf_counter()
-    common = dict(
-        data=str(data_yaml), imgsz=args.imgsz, batch=args.batch, device="cpu", workers=0,
-        pretrained=False, amp=False, plots=False, project=str(run.parent), name=run.name,
-        exist_ok=True, seed=0, verbose=False,
-    )  # fmt: skip
-    if last.exists():
-        # Ultralytics' resume continues to the epochs the run was started with; a paused run
-        # is started with epochs=stop_at and then extended by editing the checkpoint's args.
-        ckpt = torch.load(last, weights_only=False)
-        ckpt["train_args"]["epochs"] = args.stop_at
-        torch.save(ckpt, last)
-        YOLO(str(last)).train(resume=True, data=str(data_yaml))  # else it falls back to coco8
-    else:
-        model.train(epochs=args.stop_at, **common)
-    result["wall_s"] = time.perf_counter() - t0
+def side_peer(args, baton: Baton) -> dict:
     import csv
 
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    names = (Path(args.data) / "classes.txt").read_text().split()
+    data_dir = Path(args.out).parent / "peer-data"
+    for split in ("train", "val"):  # links, not copies: Ultralytics writes its caches beside
+        (data_dir / split).mkdir(parents=True, exist_ok=True)
+        for f in (Path(args.data) / split).iterdir():
+            link = data_dir / split / f.name
+            if f.suffix.lower() in (*IMAGE_SUFFIXES, ".txt") and not link.exists():
+                link.symlink_to(f.resolve())
+    data_yaml = data_dir / "data.yaml"
+    data_yaml.write_text(
+        json.dumps({"path": str(data_dir), "train": "train", "val": "val", "names": names})
+    )
+    flops = training_flops(DetectionModel("yolov8n.yaml", nc=len(names), verbose=False), args.imgsz)
+
+    times: dict[int, dict] = {}
+    t: dict[str, float] = {}
+
+    def on_train_epoch_start(trainer) -> None:
+        t["start"] = time.perf_counter()
+
+    def on_train_epoch_end(trainer) -> None:
+        t["train_end"] = time.perf_counter()
+
+    def on_fit_epoch_end(trainer) -> None:  # after validation and saving
+        epoch = trainer.epoch + 1
+        times[epoch] = {
+            "train_s": t["train_end"] - t["start"],
+            "epoch_s": time.perf_counter() - t["start"],
+            "images": len(trainer.train_loader.dataset),
+        }
+        if epoch < args.epochs:
+            baton.give()
+            baton.wait()
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", on_train_epoch_start)
+    model.add_callback("on_train_epoch_end", on_train_epoch_end)
+    model.add_callback("on_fit_epoch_end", on_fit_epoch_end)
+    run = Path(args.out)
+    baton.wait()
+    model.train(
+        data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
+        device="cpu", pretrained=False, amp=False, plots=False, val=True, seed=0,
+        project=str(run.parent), name=run.name, exist_ok=True, verbose=False,
+    )  # fmt: skip
     rows = list(csv.DictReader((run / "results.csv").open()))
-    result["epochs"] = [
+    epochs = [
         {
             "epoch": int(r["epoch"]),
             "mAP50": float(r["metrics/mAP50(B)"]),
             "mAP50_95": float(r["metrics/mAP50-95(B)"]),
+            **times[int(r["epoch"])],
         }
         for r in rows
     ]
-    return result
+    return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb()}
 
 
 # --------------------------------------------------------------------------- the driver
-def run_side(side: str, python: str, args, stop_at: int) -> dict:
-    cmd = [python, __file__, "--side", side, "--stop-at", str(stop_at), "--epochs",
-           str(args.epochs), "--imgsz", str(args.imgsz), "--batch", str(args.batch),
-           "--data", str(args.data), "--out", str(Path(args.workdir) / side)]  # fmt: skip
-    env = {**os.environ, "CATTLE_YOLO_NO_PROGRESS": "1", "YOLO_OFFLINE": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        raise RuntimeError(f"{side} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return out
+def summarize(result: dict, peak_gflops: float) -> dict:
+    """Throughput over every epoch but the first (start-up), accuracy of the last epoch."""
+    steady = result["epochs"][1:] or result["epochs"]
+    images = sum(e["images"] for e in steady)
+    train_s = sum(e["train_s"] for e in steady)
+    ips = images / train_s
+    last = result["epochs"][-1]
+    return {
+        "images_per_sec": ips,
+        "train_s_per_epoch": train_s / len(steady),
+        "epoch_s_with_val": sum(e["epoch_s"] for e in steady) / len(steady),
+        "gflops_per_image": result["flops_per_image"] / 1e9,
+        "achieved_gflops": ips * result["flops_per_image"] / 1e9,
+        "share_of_peak": ips * result["flops_per_image"] / 1e9 / peak_gflops,
+        "peak_rss_mb": result["peak_rss_mb"],
+        "last_mAP50": last["mAP50"],
+        "last_mAP50_95": last["mAP50_95"],
+        "best_mAP50_95": max(e["mAP50_95"] for e in result["epochs"]),
+    }
 
 
 def main() -> None:
@@ -166,7 +221,6 @@ def main() -> None:
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train/ and val/")
     p.add_argument("--epochs", type=int, default=20, help="epochs for both")
-    p.add_argument("--round-epochs", type=int, default=5, help="epochs per alternating round")
     p.add_argument("--imgsz", type=int, default=320, help="image size for both")
     p.add_argument("--batch", type=int, default=16, help="batch for both")
     p.add_argument(
@@ -175,58 +229,69 @@ def main() -> None:
         help="python with ultralytics",
     )
     p.add_argument("--workdir", default=str(REPO / "outputs" / "peer"), help="runs go here")
-    p.add_argument("--json", help="write the results here")
-    p.add_argument("--smoke-test", action="store_true", help="1 epoch each")
-    p.add_argument("--side", choices=("ours", "peer"), help=argparse.SUPPRESS)
-    p.add_argument("--stop-at", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--json", help="write the results here (default <workdir>/results.json)")
+    p.add_argument("--smoke-test", action="store_true", help="2 epochs each")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    workdir = Path(args.workdir)
     if args.side:
-        result = side_ours(args) if args.side == "ours" else side_peer(args)
-        print(json.dumps(result))
+        baton = Baton(workdir, args.side)
+        try:
+            result = (side_ours if args.side == "ours" else side_peer)(args, baton)
+        finally:
+            baton.finish()
+        (workdir / f"result-{args.side}.json").write_text(json.dumps(result, indent=2))
         return
     if not (args.data / "train").is_dir():
-        sys.exit(f"error: no dataset at {args.data}")
+        sys.exit(f"error: no dataset at {args.data} (a folder with train/ and val/)")
     if not Path(args.peer_python).exists():
         sys.exit(f"error: no peer environment at {args.peer_python} (see --help)")
     if args.smoke_test:
-        args.epochs, args.round_epochs = 1, 1
+        args.epochs = 2
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in ("turn", "done-ours", "done-peer", "result-ours.json", "result-peer.json"):
+        (workdir / stale).unlink(missing_ok=True)
     peak = matmul_peak_gflops()
-    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s")
-    sides = {"ours": sys.executable, "peer": args.peer_python}
-    results: dict[str, dict] = {s: {"epochs": [], "wall_s": 0.0} for s in sides}
-    stop = 0
-    while stop < args.epochs:
-        stop = min(args.epochs, stop + args.round_epochs)
-        for side, python in sides.items():  # alternate: ours then peer, every round
-            r = run_side(side, python, args, stop)
-            results[side]["epochs"] += [
-                e for e in r["epochs"] if e["epoch"] > len(results[side]["epochs"])
-            ]
-            results[side]["wall_s"] += r["wall_s"]
-            results[side].setdefault("flops_per_image", r.get("flops_per_image"))
-            results[side]["peak_rss_mb"] = max(
-                results[side].get("peak_rss_mb", 0), r["peak_rss_mb"]
-            )
-            print(f"{side}: {stop}/{args.epochs} epochs, {results[side]['wall_s']:.0f} s so far")
-    images = sum(1 for f in (args.data / "train").iterdir() if f.suffix.lower() in (".jpg", ".png"))
-    for side, r in results.items():
-        r["sec_per_epoch"] = r["wall_s"] / args.epochs
-        r["images_per_sec"] = images / r["sec_per_epoch"]
-        r["achieved_gflops"] = r["images_per_sec"] * r["flops_per_image"] / 1e9
-        r["share_of_peak"] = r["achieved_gflops"] / peak
-        last = r["epochs"][-1]
+    print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
+    (workdir / "turn").write_text("ours")
+    env = {**os.environ, "CATTLE_YOLO_NO_PROGRESS": "1", "YOLO_OFFLINE": "1"}
+    procs = {}
+    for side, python in (("ours", sys.executable), ("peer", args.peer_python)):
+        cmd = [python, __file__, "--side", side, "--epochs", str(args.epochs),
+               "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--data", str(args.data),
+               "--workdir", str(workdir), "--out", str(workdir / side)]  # fmt: skip
+        log = (workdir / f"{side}.log").open("w")
+        procs[side] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    t0 = time.perf_counter()
+    for side, proc in procs.items():
+        if proc.wait():
+            for other in procs.values():
+                other.kill()
+            sys.exit(f"error: the {side} side failed; see {workdir / f'{side}.log'}")
+    results = {s: json.loads((workdir / f"result-{s}.json").read_text()) for s in SIDES}
+    summary = {s: summarize(results[s], peak) for s in SIDES}
+    for side, r in summary.items():
         print(
-            f"{side}: {r['images_per_sec']:.2f} img/s, {r['sec_per_epoch']:.0f} s/epoch, "
-            f"{r['flops_per_image'] / 1e9:.2f} GFLOP/img, {r['achieved_gflops']:.1f} GFLOP/s "
-            f"({r['share_of_peak']:.0%} of peak), mAP50 {last['mAP50']:.3f}, "
-            f"mAP50-95 {last['mAP50_95']:.3f}, peak RSS {r['peak_rss_mb']:.0f} MB"
+            f"{side}: {r['images_per_sec']:.2f} img/s, {r['train_s_per_epoch']:.1f} s/epoch "
+            f"training ({r['epoch_s_with_val']:.1f} with val), {r['gflops_per_image']:.2f} "
+            f"GFLOP/img, {r['achieved_gflops']:.1f} GFLOP/s ({r['share_of_peak']:.0%} of peak), "
+            f"last mAP50 {r['last_mAP50']:.3f} mAP50-95 {r['last_mAP50_95']:.3f}, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
         )
-    o, q = results["ours"], results["peer"]
-    print(f"ratios ours/peer: img/s {o['images_per_sec'] / q['images_per_sec']:.2f}, "
-          f"FLOP/s {o['achieved_gflops'] / q['achieved_gflops']:.2f}")  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps({"matmul_peak_gflops": peak, **results}, indent=2))
+    o, q = summary["ours"], summary["peer"]
+    ratios = {
+        key: o[key] / q[key]
+        for key in ("images_per_sec", "achieved_gflops", "last_mAP50", "last_mAP50_95")
+        if q[key]
+    }
+    print("ratios ours/peer:", json.dumps({k: round(v, 3) for k, v in ratios.items()}))
+    out = Path(args.json) if args.json else workdir / "results.json"
+    out.write_text(json.dumps({
+        "matmul_peak_gflops": peak, "epochs": args.epochs, "imgsz": args.imgsz,
+        "batch": args.batch, "wall_s": time.perf_counter() - t0, "summary": summary,
+        "ratios": ratios, "runs": results,
+    }, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

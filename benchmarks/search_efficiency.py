@@ -65,8 +65,9 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
     from tune import report, search
 
     settings = space.settings.replace(
-        {"trials": args.trials, "epochs": args.epochs, "seed": seed}, "benchmark"
-    )
+        {"trials": args.trials, "epochs": args.epochs, "seed": seed,
+         "grace_period": min(space.settings.grace_period, args.epochs)}, "benchmark"
+    )  # fmt: skip
     cfg = base.replace(epochs=args.epochs, seed=seed)
     resources = search.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(cfg, datasets, settings, resources)

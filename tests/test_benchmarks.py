@@ -1,9 +1,15 @@
-"""The benchmark scripts stay runnable: each one's --smoke-test finishes and reports numbers."""
+"""The benchmark scripts stay runnable and their bookkeeping is right: smoke tests, and known
+answers for the anytime curve, the FLOP count, the turn-taking baton and the summaries."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,3 +26,84 @@ def test_train_throughput_smoke(tmp_path):
     assert rows[0]["images_per_sec"] > 0
     shares = [rows[0][f"share_{k}"] for k in ("data", "forward", "loss", "backward")]
     assert abs(sum(shares) - 1) < 1e-6
+
+
+def load(name: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeResult:
+    def __init__(self, rows):
+        self.metrics_dataframe = pd.DataFrame(rows)
+
+
+def test_anytime_curve_orders_epochs_by_time_and_skips_diverged_values():
+    se = load("search_efficiency")
+    a = FakeResult([
+        {"timestamp": 1, "epoch": 1, "mAP50_95": 0.1, "diverged": False},
+        {"timestamp": 4, "epoch": 2, "mAP50_95": 0.3, "diverged": False},
+    ])  # fmt: skip
+    b = FakeResult([
+        {"timestamp": 2, "epoch": 1, "mAP50_95": 0.2, "diverged": False},
+        {"timestamp": 3, "epoch": 2, "mAP50_95": 0.9, "diverged": True},  # worst, not 0.9
+    ])  # fmt: skip
+    curve = se.anytime([a, b], "mAP50_95")
+    assert curve == [(1, 0.1), (2, 0.2), (3, 0.2), (4, 0.3)]
+    assert se.epochs_to_reach(curve, 0.2) == 2
+    assert se.epochs_to_reach(curve, 0.31) is None
+
+
+def test_training_flops_of_a_linear_layer():
+    peer = load("peer_ultralytics")
+    layer = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5, bias=False))
+    # forward 2*48*5 per image; backward: the weight gradient only (the input needs none)
+    assert peer.training_flops(layer, 4) == 2 * 48 * 5 * 2
+
+
+def test_baton_alternates_two_sides_epoch_by_epoch(tmp_path):
+    peer = load("peer_ultralytics")
+    (tmp_path / "turn").write_text("ours")
+    order, lock = [], threading.Lock()
+
+    def side(name: str, epochs: int) -> None:
+        baton = peer.Baton(tmp_path, name)
+        baton.wait()
+        for epoch in range(1, epochs + 1):
+            with lock:
+                order.append((name, epoch))
+            if epoch < epochs:
+                baton.give()
+                baton.wait()
+        baton.finish()
+
+    threads = [threading.Thread(target=side, args=(n, e)) for n, e in (("ours", 3), ("peer", 2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    # the side with more epochs goes on alone once the other has finished
+    assert order == [("ours", 1), ("peer", 1), ("ours", 2), ("peer", 2), ("ours", 3)]
+
+
+def test_summary_leaves_out_the_first_epoch_and_takes_the_last_accuracy():
+    peer = load("peer_ultralytics")
+    run = {
+        "flops_per_image": 2e9,
+        "peak_rss_mb": 100.0,
+        "epochs": [
+            {"epoch": 1, "images": 10, "train_s": 100.0, "epoch_s": 110.0, "mAP50": 0.1,
+             "mAP50_95": 0.05},
+            {"epoch": 2, "images": 10, "train_s": 5.0, "epoch_s": 6.0, "mAP50": 0.4,
+             "mAP50_95": 0.2},
+            {"epoch": 3, "images": 10, "train_s": 5.0, "epoch_s": 6.0, "mAP50": 0.3,
+             "mAP50_95": 0.1},
+        ],
+    }  # fmt: skip
+    s = peer.summarize(run, peak_gflops=8.0)
+    assert s["images_per_sec"] == 2.0 and s["achieved_gflops"] == 4.0 and s["share_of_peak"] == 0.5
+    assert s["train_s_per_epoch"] == 5.0 and s["epoch_s_with_val"] == 6.0
+    assert (s["last_mAP50"], s["last_mAP50_95"], s["best_mAP50_95"]) == (0.3, 0.1, 0.2)
