@@ -61,6 +61,30 @@ def anytime(results, metric: str) -> list[tuple[int, float]]:
     return curve
 
 
+def blowups(results, settings) -> list[int]:
+    """Epochs trained by each trial whose history breaks a divergence rule at some epoch,
+    whether or not the strategy has the stopper: the same yardstick for all four."""
+    from tune.stoppers import divergence_rule
+
+    spent = []
+    for result in results:
+        df = result.metrics_dataframe
+        if df is None or "epoch" not in df:
+            continue
+        recs = [r for r in df.to_dict("records") if r.get("epoch") is not None]
+        losses = [r.get("train_loss", math.nan) for r in recs]
+        for i, rec in enumerate(recs):
+            val = rec.get("val_loss", 0.0)
+            rule = divergence_rule(
+                losses[: i + 1], settings.patience, settings.spike_ratio,
+                0.0 if val is None else val, settings.min_rise,
+            )  # fmt: skip
+            if rule or rec.get("diverged"):
+                spent.append(max(int(r["epoch"]) for r in recs))
+                break
+    return spent
+
+
 def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Path) -> dict:
     from tune import report, search
 
@@ -88,6 +112,7 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
         "epochs": sum(r.epochs_run for r in rows),
         "diverged_trials": sum(r.status == "diverged" for r in rows),
         "diverged_epochs": [r.epochs_run for r in rows if r.status == "diverged"],
+        "blowup_epochs": blowups(results, settings),
         "curve": curve,
         "best_params": best_row.params if best_row else {},
     }
@@ -177,6 +202,7 @@ def main() -> None:
             runs.append(run)
             print(f"{name:12s} seed {seed}: best {run['best']:.4f}, {run['epochs']} epochs, "
                   f"{run['diverged_trials']} diverged ({sum(run['diverged_epochs'])} epochs), "
+                  f"{len(run['blowup_epochs'])} blew up ({sum(run['blowup_epochs'])} epochs), "
                   f"{run['wall_s']:.0f} s", flush=True)  # fmt: skip
     ray.shutdown()
 
@@ -189,6 +215,11 @@ def main() -> None:
             "diverged_epochs_per_trial": (
                 sum(sum(r["diverged_epochs"]) for r in mine)
                 / max(1, sum(r["diverged_trials"] for r in mine))
+            ),
+            "blowup_trials": sum(len(r["blowup_epochs"]) for r in mine),
+            "blowup_epochs_per_trial": (
+                sum(sum(r["blowup_epochs"]) for r in mine)
+                / max(1, sum(len(r["blowup_epochs"]) for r in mine))
             ),
         }
     if "random_fifo" in args.strategies and "default" in args.strategies:

@@ -3,10 +3,12 @@ answers for the anytime curve, the FLOP count, the turn-taking baton and the sum
 
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -107,3 +109,16 @@ def test_summary_leaves_out_the_first_epoch_and_takes_the_last_accuracy():
     assert s["images_per_sec"] == 2.0 and s["achieved_gflops"] == 4.0 and s["share_of_peak"] == 0.5
     assert s["train_s_per_epoch"] == 5.0 and s["epoch_s_with_val"] == 6.0
     assert (s["last_mAP50"], s["last_mAP50_95"], s["best_mAP50_95"]) == (0.3, 0.1, 0.2)
+
+
+def test_blowups_use_the_divergence_rules_whether_or_not_the_stopper_ran():
+    se = load("search_efficiency")
+    settings = SimpleNamespace(patience=3, spike_ratio=3.0, min_rise=0.05)
+    healthy = FakeResult([{"epoch": e, "train_loss": 10.0 - e, "val_loss": 9.0} for e in (1, 2, 3)])
+    nan_val = FakeResult([  # finite training loss, overflowing outputs at epoch 2; ran 3 epochs
+        {"epoch": 1, "train_loss": 10.0, "val_loss": 9.0},
+        {"epoch": 2, "train_loss": 9.0, "val_loss": math.inf},
+        {"epoch": 3, "train_loss": 8.0, "val_loss": 9.0},
+    ])  # fmt: skip
+    spike = FakeResult([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 7.0}])
+    assert se.blowups([healthy, nan_val, spike], settings) == [3, 2]
