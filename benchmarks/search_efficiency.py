@@ -156,6 +156,9 @@ def plot(runs: list[dict], path: Path) -> None:
             run["strategy"] if not any(r["strategy"] == run["strategy"] for r in runs[:i]) else None
         )
         ax.step(xs, ys, where="post", color=colors[run["strategy"]], alpha=0.8, label=label)
+    fifo = [r["epochs"] for r in runs if r["strategy"] == "random_fifo"]
+    if fifo:
+        ax.axvline(max(fifo) / 3, color="k", ls=":", lw=1, label="1/3 of random_fifo's epochs")
     ax.set_xlabel("cumulative epochs trained")
     ax.set_ylabel("best val mAP50-95 so far")
     ax.set_title("anytime performance (one line per seed)")
@@ -180,7 +183,11 @@ def main() -> None:
     p.add_argument("--json", default=str(REPO / "outputs" / "search-efficiency" / "results.json"))
     p.add_argument("--no-holdout", action="store_true", help="skip the retrain on the test split")
     p.add_argument("--smoke-test", action="store_true", help="1 seed, 3 trials x 2 epochs")
+    p.add_argument("--replot", action="store_true", help="only redraw --plot from --json")
     args = p.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.json).read_text())["runs"], Path(args.plot))
+        return
     if args.smoke_test:
         args.trials, args.epochs, args.seeds = 3, 2, [0]
 
