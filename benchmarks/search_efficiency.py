@@ -200,7 +200,7 @@ def main() -> None:
     space = load_space(args.space)
     base = TrainConfig.load(None, {**TrainConfig().to_dict(), **space.fixed, "device": "cpu"})
     datasets = load_datasets(base, verbose=False)
-    storage = Path(args.storage)
+    storage = Path(args.storage).resolve()  # Ray takes a relative path for a URI
     ray.init(include_dashboard=False, log_to_driver=False)
     runs = []
     for seed in args.seeds:
