@@ -141,6 +141,7 @@ def train_one_epoch(
     amp_dtype = autocast_dtype(cfg, device)
     sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "obj": 0.0}
     finite_batches, skipped, images = 0, 0, 0
+    first_loss = float("nan")  # the epoch's first finite batch loss: where the epoch started
     phase = {"data": 0.0, "forward": 0.0, "loss": 0.0, "backward": 0.0}
     progress = _Progress(num_batches, f"epoch {epoch + 1}/{cfg.epochs}")
 
@@ -173,6 +174,8 @@ def train_one_epoch(
             detached = torch.stack([total, losses["box"], losses["cls"], losses["obj"]]).tolist()
             for key, value in zip(sums, detached, strict=True):
                 sums[key] += value
+            if finite_batches == 1:
+                first_loss = detached[0]
         else:
             skipped += 1
         images += imgs.shape[0]
@@ -208,6 +211,7 @@ def train_one_epoch(
         "train_box": mean["box"],
         "train_cls": mean["cls"],
         "train_obj": mean["obj"],
+        "first_step_loss": first_loss,
         "lr": optimizer.param_groups[0]["lr"],
         "skipped_steps": skipped,
         "train_batches": num_batches,

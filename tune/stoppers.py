@@ -7,7 +7,10 @@ The ``DivergenceStopper`` watches each trial's per-epoch training loss and stops
   outputs overflow: an absurd learning rate can keep the training loss finite but huge),
 - the loss has risen ``patience`` epochs in a row, by ``min_rise`` (a fraction) or more in all
   (a plateau's noise rises a little for a few epochs now and then: that is not divergence), or
-- the loss is more than ``spike_ratio`` times the trial's own best (lowest) earlier loss.
+- the loss is more than ``spike_ratio`` times the trial's own best (lowest) earlier loss, where
+  the loss of the trial's very first step counts as earlier: a learning rate that blows the
+  model up within the first epoch (mean loss 5894 from a first step of 11, then "falling")
+  is caught at epoch 1 instead of never.
 
 When a rule fires, the stopper rewrites that last result in place so that the searcher and the
 summary see a finite, worst-possible objective with ``diverged: True`` and the rule that fired:
@@ -23,7 +26,7 @@ from typing import Any
 
 from ray.tune import Stopper
 
-LOSS_KEY, VAL_LOSS_KEY = "train_loss", "val_loss"
+LOSS_KEY, VAL_LOSS_KEY, START_KEY = "train_loss", "val_loss", "first_step_loss"
 
 
 def divergence_rule(
@@ -32,9 +35,11 @@ def divergence_rule(
     spike_ratio: float,
     val_loss: float = 0.0,
     min_rise: float = 0.05,
+    start_loss: float | None = None,
 ) -> str | None:
     """Which rule the last epoch of ``losses`` (training loss per epoch, oldest first) breaks;
-    ``val_loss`` is that epoch's validation loss.
+    ``val_loss`` is that epoch's validation loss, ``start_loss`` the loss of the trial's first
+    training step (``None`` when unknown).
 
     Returns a short description of the rule, or ``None`` while the run looks healthy.
     """
@@ -45,7 +50,7 @@ def divergence_rule(
         return f"non-finite training loss ({last})"
     if not math.isfinite(val_loss):
         return f"non-finite validation loss ({val_loss}) with training loss {last:.4g}"
-    earlier = [x for x in losses[:-1] if math.isfinite(x)]
+    earlier = [x for x in [start_loss, *losses[:-1]] if x is not None and math.isfinite(x)]
     if earlier:
         best = min(earlier)
         if best > 0 and last > spike_ratio * best:
@@ -87,6 +92,7 @@ class DivergenceStopper(Stopper):
         self.patience, self.spike_ratio, self.min_rise = patience, spike_ratio, min_rise
         self.worst, self.objective = worst, objective
         self._losses: dict[str, dict[int, float]] = {}  # trial id -> epoch -> training loss
+        self._start: dict[str, float] = {}  # trial id -> loss of its first training step
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if result.get("diverged"):  # the trial itself reported a DivergedError
@@ -96,9 +102,12 @@ class DivergenceStopper(Stopper):
         history = self._losses.setdefault(trial_id, {})
         epoch = int(result.get("epoch", len(history) + 1))
         history[epoch] = float(result[LOSS_KEY])  # a retried epoch replaces its earlier value
+        if epoch == 1 and START_KEY in result:
+            self._start[trial_id] = float(result[START_KEY])
         losses = [history[e] for e in sorted(history) if e <= epoch]
         val_loss = float(result.get(VAL_LOSS_KEY, 0.0))
-        rule = divergence_rule(losses, self.patience, self.spike_ratio, val_loss, self.min_rise)
+        rule = divergence_rule(losses, self.patience, self.spike_ratio, val_loss, self.min_rise,
+                               self._start.get(trial_id))  # fmt: skip
         if rule is None:
             return False
         result.update({self.objective: self.worst, "diverged": True, "diverged_rule": rule})

@@ -104,6 +104,8 @@ def test_overfit_a_few_images(tmp_path):
     train(cfg, datasets=data, callbacks=[history.append])
     first, last = history[0]["train_loss"], history[-1]["train_loss"]
     assert last < 0.5 * first, (first, last)
+    # one batch per epoch: the epoch's first step is the whole epoch
+    assert all(h["first_step_loss"] == h["train_loss"] for h in history)
     assert history[-1]["mAP50"] > 0.5, [round(h["mAP50"], 3) for h in history[::10]]
 
 

@@ -86,3 +86,18 @@ def test_noise_on_a_healthy_trial_is_not_rising_even_with_patience_2():
     # the training losses of a healthy tiny trial that a strict "rose 2 epochs" rule had cut
     assert divergence_rule([10.18, 9.83, 10.19, 9.79, 9.84, 10.08], 2, 3.0) is None
     assert divergence_rule([10.18, 9.83, 10.19, 9.79, 9.84, 10.08], 2, 3.0, min_rise=0.0)
+
+
+def test_a_blow_up_inside_the_first_epoch_is_caught_at_epoch_1():
+    # measured: lr 7.6 took the loss from 11 at the first step to an epoch-1 mean of 5894,
+    # then it "fell" (531, 261, 108, ...): without the first step as a reference, never caught
+    assert divergence_rule([5894.0], 3, 3.0, start_loss=11.0).startswith("spike")
+    assert divergence_rule([5894.0, 531.0], 3, 3.0) is None
+    assert divergence_rule([9.8], 3, 3.0, start_loss=11.0) is None  # a healthy first epoch
+    stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
+    healthy = {"epoch": 1, "train_loss": 9.8, "first_step_loss": 11.0, "objective": 0.0}
+    blown = {"epoch": 1, "train_loss": 133.4, "first_step_loss": 11.2, "objective": 0.0}
+    assert not stopper("a", healthy)
+    assert stopper("b", blown) and blown["diverged"] is True
+    # the first step stays the reference on later epochs
+    assert stopper("a", {"epoch": 2, "train_loss": 40.0, "objective": 0.0})
