@@ -166,3 +166,13 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert (pred_out / "predictions.json").is_file()
     # --resume picks up last.pt of the same run and trains only the missing epochs
     assert run_cli([*args[:-2], "epochs=1", f"out={out}", "--resume"]) == 0
+
+
+def test_metrics_csv_keeps_its_columns_when_a_resumed_run_logs_more_keys(tmp_path):
+    from cattle_yolo.train import _append_metrics
+
+    (tmp_path / "metrics").mkdir()
+    _append_metrics(tmp_path, {"epoch": 1, "train_loss": 2.0, "out": "x"})
+    _append_metrics(tmp_path, {"epoch": 2, "train_loss": 1.5, "first_step_loss": 3.0})
+    rows = (tmp_path / "metrics" / "training_metrics.csv").read_text().splitlines()
+    assert rows == ["epoch,train_loss", "1,2.0", "2,1.5"]
