@@ -63,25 +63,21 @@ def anytime(results, metric: str) -> list[tuple[int, float]]:
 
 def blowups(results, settings) -> list[int]:
     """Epochs trained by each trial whose history breaks a divergence rule at some epoch,
-    whether or not the strategy has the stopper: the same yardstick for all four."""
-    from tune.stoppers import divergence_rule
+    whether or not the strategy has the stopper: the same yardstick for all four, replayed
+    through the search's own ``DivergenceStopper``."""
+    from tune.stoppers import DivergenceStopper
 
+    stopper = DivergenceStopper(
+        settings.patience, settings.spike_ratio, 0.0, "objective", settings.min_rise
+    )
     spent = []
-    for result in results:
+    for i, result in enumerate(results):
         df = result.metrics_dataframe
         if df is None or "epoch" not in df:
             continue
         recs = [r for r in df.to_dict("records") if r.get("epoch") is not None]
-        losses = [r.get("train_loss", math.nan) for r in recs]
-        for i, rec in enumerate(recs):
-            val = rec.get("val_loss", 0.0)
-            rule = divergence_rule(
-                losses[: i + 1], settings.patience, settings.spike_ratio,
-                0.0 if val is None else val, settings.min_rise,
-            )  # fmt: skip
-            if rule or rec.get("diverged"):
-                spent.append(max(int(r["epoch"]) for r in recs))
-                break
+        if any(stopper(str(i), dict(rec)) for rec in recs):  # stops at the first rule that fires
+            spent.append(max(int(r["epoch"]) for r in recs))
     return spent
 
 

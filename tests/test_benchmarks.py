@@ -122,3 +122,9 @@ def test_blowups_use_the_divergence_rules_whether_or_not_the_stopper_ran():
     ])  # fmt: skip
     spike = FakeResult([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 7.0}])
     assert se.blowups([healthy, nan_val, spike], settings) == [3, 2]
+    # blown up inside epoch 1 (first step 11, epoch mean 5894), then "falling": caught too
+    inside = FakeResult([
+        {"epoch": 1, "train_loss": 5894.0, "first_step_loss": 11.0, "val_loss": 9.0},
+        {"epoch": 2, "train_loss": 531.0, "first_step_loss": 600.0, "val_loss": 9.0},
+    ])  # fmt: skip
+    assert se.blowups([healthy, inside], settings) == [2]
