@@ -110,8 +110,10 @@ def _append_metrics(out: Path, stats: dict[str, Any]) -> None:
     row = {k: v for k, v in stats.items() if not isinstance(v, str)}
     csv_path = out / "metrics" / "training_metrics.csv"
     new = not csv_path.exists() or csv_path.stat().st_size == 0
-    # a resumed run keeps the columns its file started with (a newer version may log more keys)
-    fields = list(row) if new else next(csv.reader(csv_path.open(newline="")))
+    fields = list(row)
+    if not new:  # a resumed run keeps its file's columns (a newer version may log more keys)
+        with csv_path.open(newline="") as f:
+            fields = next(csv.reader(f))
     with csv_path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
