@@ -1,7 +1,9 @@
-"""Augmentation (train only): one scale-and-translate, an HSV colour matrix, a flip.
+"""Augmentation (train only): a mosaic of 4, one scale-and-translate, an HSV colour matrix, a flip.
 
-It works on one letterboxed (S, S, 3) uint8 image with pixel ``x1 y1 x2 y2`` boxes (M, 4);
-``DetectionDataset.with_augment`` in ``data.py`` applies it to each item.
+It works on letterboxed (S, S, 3) uint8 images with pixel ``x1 y1 x2 y2`` boxes (M, 4);
+``DetectionDataset.with_augment`` in ``data.py`` applies it to each item. A mosaic is a
+(2S, 2S, 3) canvas of 4 images meeting at a random centre; the scale-and-translate step then maps
+the canvas's centre to the output's and crops it to (S, S), as YOLOv8 does.
 """
 
 from __future__ import annotations
@@ -31,34 +33,93 @@ class Augment:
     hsv_v: float
     scale: float
     translate: float
+    mosaic: float = 0.0  # probability of a mosaic
+    mosaic_epochs: int = 0  # epochs 0 .. mosaic_epochs - 1 use mosaic (then close_mosaic)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Augment:
-        return cls(cfg.fliplr, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.scale, cfg.translate)
+        return cls(
+            cfg.fliplr, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.scale, cfg.translate,
+            cfg.mosaic, max(0, cfg.epochs - cfg.close_mosaic),
+        )  # fmt: skip
+
+
+def mosaic(
+    images: list[np.ndarray],
+    boxes: list[np.ndarray],
+    labels: list[np.ndarray],
+    centre: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Four (S, S, 3) uint8 images -> one (2S, 2S, 3) canvas, with their boxes mapped onto it.
+
+    The images meet at pixel ``centre`` (x, y) of the canvas: the first to its top left, then
+    top right, bottom left and bottom right; what falls off the canvas is cut, and the rest is
+    grey (``PAD_VALUE``). Boxes are pixel ``x1 y1 x2 y2`` (M_k, 4) per image; they move with
+    their image, are clipped to the part of it on the canvas, and are dropped (with their labels)
+    when under ``MIN_BOX_PIXELS`` wide or high or with less than ``MIN_VISIBLE`` of their area
+    left. Returns the canvas, boxes (M, 4) float32 and labels (M,).
+    """
+    size = images[0].shape[0]
+    canvas = np.full((2 * size, 2 * size, 3), PAD_VALUE, np.uint8)
+    xc, yc = centre
+    out_boxes, out_labels = [np.zeros((0, 4), np.float32)], [np.zeros(0, np.int64)]
+    for k, (im, b, lab) in enumerate(zip(images, boxes, labels, strict=True)):
+        x0 = xc - size if k % 2 == 0 else xc  # the image's top-left corner on the canvas
+        y0 = yc - size if k < 2 else yc
+        cx0, cy0 = max(x0, 0), max(y0, 0)
+        cx1, cy1 = min(x0 + size, 2 * size), min(y0 + size, 2 * size)
+        if cx1 <= cx0 or cy1 <= cy0:
+            continue
+        canvas[cy0:cy1, cx0:cx1] = im[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+        moved = b + np.array([x0, y0, x0, y0], np.float32)
+        keep, kept = _clip_boxes(moved, (cx0, cy0, cx1, cy1))
+        out_boxes.append(kept)
+        out_labels.append(lab[keep])
+    return canvas, np.concatenate(out_boxes), np.concatenate(out_labels).astype(np.int64)
+
+
+def _clip_boxes(moved: np.ndarray, window: tuple[float, float, float, float]):
+    """Clip pixel xyxy boxes (M, 4) to ``window`` (x0, y0, x1, y1) -> (keep mask, kept boxes):
+    a box is kept if at least ``MIN_BOX_PIXELS`` wide and high and ``MIN_VISIBLE`` of it shows."""
+    x0, y0, x1, y1 = window
+    clipped = np.stack(
+        [moved[:, 0].clip(x0, x1), moved[:, 1].clip(y0, y1),
+         moved[:, 2].clip(x0, x1), moved[:, 3].clip(y0, y1)], 1,
+    ).astype(np.float32)  # fmt: skip
+    w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
+    area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
+    keep = (w > MIN_BOX_PIXELS) & (h > MIN_BOX_PIXELS) & (w * h > MIN_VISIBLE * area)
+    return keep, clipped[keep]
 
 
 def augment(
-    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, aug: Augment, rng: np.random.Generator
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    aug: Augment,
+    rng: np.random.Generator,
+    out_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Augment one letterboxed image (S, S, 3) uint8 with pixel ``x1 y1 x2 y2`` boxes (M, 4).
+    """Augment one square (N, N, 3) uint8 image with pixel ``x1 y1 x2 y2`` boxes (M, 4) into an
+    (S, S, 3) image, ``S = out_size`` (default N; a mosaic canvas has N = 2S).
 
-    Draws the same 7 numbers from ``rng`` whatever is enabled. Boxes that end up mostly outside
-    the image or under ``MIN_BOX_PIXELS`` are dropped with their labels; the rest are clipped.
+    The input's centre maps to the output's, scaled by ``1 +- scale`` and shifted by up to
+    ``translate * S``. Draws the same 7 numbers from ``rng`` whatever is enabled. Boxes that end
+    up mostly outside the image or under ``MIN_BOX_PIXELS`` are dropped with their labels; the
+    rest are clipped.
     """
-    size = image.shape[0]
+    size_in = image.shape[0]
+    size = out_size or size_in
     u = rng.uniform(-1.0, 1.0, 6)
     flip = rng.random() < aug.fliplr
     im = Image.fromarray(image)
     s = 1.0 + aug.scale * u[0]
-    offset = size / 2 * (1 - s) + aug.translate * size * u[1:3]  # x' = s * x + offset
-    if aug.scale or aug.translate:
-        im = _scale_translate(im, s, offset)
+    offset = size / 2 - s * size_in / 2 + aug.translate * size * u[1:3]  # x' = s * x + offset
+    if aug.scale or aug.translate or size != size_in:
+        im = _scale_translate(im, s, offset, size)
         moved = boxes * s + np.tile(offset, 2).astype(np.float32)
-        clipped = moved.clip(0, size)
-        w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
-        area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
-        keep = (w > MIN_BOX_PIXELS) & (h > MIN_BOX_PIXELS) & (w * h > MIN_VISIBLE * area)
-        boxes, labels = clipped[keep], labels[keep]
+        keep, boxes = _clip_boxes(moved, (0, 0, size, size))
+        labels = labels[keep]
     if aug.hsv_h or aug.hsv_s or aug.hsv_v:
         matrix = _colour_matrix(aug.hsv_h * u[3], 1 + aug.hsv_s * u[4], 1 + aug.hsv_v * u[5])
         im = im.convert("RGB", matrix)
@@ -68,14 +129,15 @@ def augment(
     return np.asarray(im), boxes.astype(np.float32), labels
 
 
-def _scale_translate(im: Image.Image, s: float, offset: np.ndarray) -> Image.Image:
-    """Resample ``im`` so that a point x maps to ``s * x + offset``; the rest is padding."""
-    size = im.size[0]
+def _scale_translate(im: Image.Image, s: float, offset: np.ndarray, size: int) -> Image.Image:
+    """Resample square ``im`` into a ``size`` x ``size`` image so that a point x maps to
+    ``s * x + offset``; the rest is padding."""
+    size_in = im.size[0]
     x0, y0 = (max(0, round(v)) for v in offset)
-    x1, y1 = (min(size, round(v + s * size)) for v in offset)
+    x1, y1 = (min(size, round(v + s * size_in)) for v in offset)
     out = Image.new("RGB", (size, size), (PAD_VALUE,) * 3)
     if x1 > x0 and y1 > y0:  # resize only the part that stays in view
-        src = np.clip((np.array([x0, y0, x1, y1]) - np.tile(offset, 2)) / s, 0, size)
+        src = np.clip((np.array([x0, y0, x1, y1]) - np.tile(offset, 2)) / s, 0, size_in)
         part = im.resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR, box=tuple(src))
         out.paste(part, (x0, y0))
     return out

@@ -36,24 +36,31 @@ class TrainConfig:
     hsv_v: float = 0.4  # value gain jitter, +- fraction (train only)
     scale: float = 0.5  # random scale jitter, +- fraction (train only)
     translate: float = 0.1  # random translation, +- fraction of imgsz (train only)
+    mosaic: float = 1.0  # probability that a training image is a mosaic of 4 (train only)
+    close_mosaic: int = 10  # the last this many epochs train without mosaic
     workers: int = 0  # DataLoader worker processes; 0 loads in the training process
 
     # --- model ---
     pretrained: bool = False  # ImageNet weights for the ResNet18 backbone (needs the network once)
     neck_channels: int = 128  # channels of the neck and head at every level
-    dropout: float = 0.3  # channel dropout in the head, before the prediction convs
-    wh_clamp: float = 4.0  # box size decodes as exp(clamp(t, -wh_clamp, wh_clamp)) * stride
+    box_head: Literal["dfl", "exp"] = "dfl"  # dfl: distributions of the l/t/r/b distances
+    # (YOLOv8); exp: the seed's exp(clamp(t, -wh_clamp, wh_clamp)) * stride size
+    reg_max: int = 16  # bins of each DFL distance distribution, in strides (dfl head)
+    dropout: float = 0.0  # channel dropout in the head, before the prediction convs
+    wh_clamp: float = 4.0  # exp head: box size decodes as exp(clamp(t, -wh_clamp, wh_clamp)) * stride
 
-    # --- loss and positive assignment ---
-    iou_start: float = 0.25  # IoU threshold for a positive at epoch 0
-    iou_end: float = 0.45  # IoU threshold for a positive once the ramp is over
-    iou_ramp_epochs: int = 30  # epochs over which the threshold rises linearly
-    box_loss: Literal["giou", "ciou"] = "giou"  # torchvision.ops IoU loss for matched boxes
-    box_loss_weight: float = 7.5  # weight of the box term in the total loss
-    cls_loss_weight: float = 0.5  # weight of the focal class term in the total loss
-    obj_loss_weight: float = 1.0  # weight of the objectness BCE term in the total loss
-    focal_gamma: float = 2.0  # focusing exponent of the sigmoid focal class loss
-    focal_alpha: float = 0.25  # positive-class balance of the sigmoid focal class loss
+    # --- loss and positive assignment (task-aligned, see loss.py) ---
+    tal_topk: int = 10  # candidates per object: the top-k anchors by alignment inside it
+    tal_alpha: float = 0.5  # alignment = class score ** tal_alpha * IoU ** tal_beta
+    tal_beta: float = 6.0  # ... the IoU exponent
+    iou_start: float = 0.25  # IoU gate on the top-k candidates at epoch 0 (best one always kept)
+    iou_end: float = 0.45  # IoU gate once the ramp is over
+    iou_ramp_epochs: int = 30  # epochs over which the gate rises linearly
+    box_loss: Literal["giou", "ciou"] = "ciou"  # torchvision.ops IoU loss for matched boxes
+    box_loss_weight: float = 7.5  # weight of the IoU box term in the total loss
+    cls_loss_weight: float = 0.5  # weight of the quality focal class term in the total loss
+    dfl_loss_weight: float = 1.5  # weight of the distribution focal term (dfl head only)
+    focal_gamma: float = 2.0  # quality focal exponent: |y - sigmoid| ** gamma * BCE; 0 = BCE
 
     # --- optimisation ---
     epochs: int = 150  # training epochs
@@ -75,7 +82,7 @@ class TrainConfig:
     # --- evaluation and inference ---
     score_threshold: float = 0.25  # score for precision/recall/F1 and drawn boxes; never gates mAP
     conf_floor: float = 0.001  # lowest score kept for mAP, as COCO and Ultralytics do
-    nms_iou: float = 0.6  # IoU of class-wise NMS
+    nms_iou: float = 0.7  # IoU of class-wise NMS
     max_det: int = 300  # detections kept per image
 
     # --- run ---
@@ -172,7 +179,19 @@ def closest_key(key: str) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
+# Keys of earlier versions, each with what replaced it: a config that sets one is an error that
+# says so, not a silent change of meaning.
+RETIRED: dict[str, str] = {
+    "obj_loss_weight": "there is no objectness branch any more: the class score is trained "
+    "to be IoU-aware; weigh it with cls_loss_weight",
+    "focal_alpha": "the class loss is a quality focal loss on IoU-aware soft targets over all "
+    "anchors and has no class balance; use focal_gamma and cls_loss_weight",
+}
+
+
 def check_key(key: str, source: str = "config") -> None:
+    if key in RETIRED:
+        raise ConfigError(f"{source}: key {key!r} was retired: {RETIRED[key]}")
     if key not in FIELD_TYPES:
         raise ConfigError(f"{source}: unknown key {key!r}{closest_key(key)}")
 
@@ -219,6 +238,9 @@ _RANGES: list[tuple[str, float, float, bool, bool]] = [
     ("workers", 0, 64, True, True),
     ("threads", 0, 1024, True, True),
     ("neck_channels", 8, 1024, True, True),
+    ("reg_max", 2, 64, True, True),
+    ("mosaic", 0, 1, True, True),
+    ("close_mosaic", 0, 100_000, True, True),
     ("dropout", 0, 1, True, False),
     ("wh_clamp", 0, 20, False, True),
     ("iou_start", 0, 1, False, False),
@@ -226,9 +248,11 @@ _RANGES: list[tuple[str, float, float, bool, bool]] = [
     ("iou_ramp_epochs", 0, 10_000, True, True),
     ("box_loss_weight", 0, 1e3, True, True),
     ("cls_loss_weight", 0, 1e3, True, True),
-    ("obj_loss_weight", 0, 1e3, True, True),
+    ("dfl_loss_weight", 0, 1e3, True, True),
     ("focal_gamma", 0, 10, True, True),
-    ("focal_alpha", 0, 1, True, True),
+    ("tal_topk", 1, 1000, True, True),
+    ("tal_alpha", 0, 20, True, True),
+    ("tal_beta", 0, 20, True, True),
     ("epochs", 1, 100_000, True, True),
     ("batch", 1, 4096, True, True),
     ("accumulate", 1, 1024, True, True),

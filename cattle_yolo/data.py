@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from cattle_yolo import synthetic
-from cattle_yolo.augment import PAD_VALUE, Augment, augment
+from cattle_yolo.augment import PAD_VALUE, Augment, augment, mosaic
 from cattle_yolo.boxes import letterbox_params, to_letterbox
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.sources import (
@@ -140,7 +140,17 @@ class DetectionDataset(Dataset):
         image, boxes, labels = self.images[i], self.boxes[i], self.labels[i]
         if self.aug is not None:
             rng = np.random.default_rng([self.seed % 2**63, self.epoch, i])
-            image, boxes, labels = augment(image, boxes, labels, self.aug, rng)
+            # the same draws whether or not this item is a mosaic: reproducible either way
+            use_mosaic = rng.random() < self.aug.mosaic and self.epoch < self.aug.mosaic_epochs
+            others = rng.integers(0, len(self), 3)
+            centre = rng.uniform(0.5, 1.5, 2) * self.imgsz
+            if use_mosaic:
+                idx = [i, *others.tolist()]
+                image, boxes, labels = mosaic(
+                    [self.images[k] for k in idx], [self.boxes[k] for k in idx],
+                    [self.labels[k] for k in idx], (round(centre[0]), round(centre[1])),
+                )  # fmt: skip
+            image, boxes, labels = augment(image, boxes, labels, self.aug, rng, self.imgsz)
         target = np.concatenate([labels[:, None].astype(np.float32), boxes], axis=1)
         return (
             torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
@@ -149,8 +159,9 @@ class DetectionDataset(Dataset):
         )
 
     def with_augment(self, cfg: TrainConfig) -> DetectionDataset:
-        """A view sharing the arrays whose items are augmented with ``cfg``'s flip, HSV, scale
-        and translate; item ``i`` in epoch ``e`` is seeded by ``(cfg.seed, e, i)``."""
+        """A view sharing the arrays whose items are augmented with ``cfg``'s mosaic (until the
+        last ``close_mosaic`` epochs), scale and translate, HSV and flip; item ``i`` in epoch
+        ``e`` is seeded by ``(cfg.seed, e, i)``."""
         view = copy.copy(self)
         view.aug, view.seed = Augment.from_config(cfg), cfg.seed
         return view

@@ -139,7 +139,7 @@ def train_one_epoch(
     steps_per_epoch = math.ceil(num_batches / cfg.accumulate)
     step = epoch * steps_per_epoch
     amp_dtype = autocast_dtype(cfg, device)
-    sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "obj": 0.0}
+    sums = {"loss": 0.0, "box": 0.0, "cls": 0.0, "dfl": 0.0}
     finite_batches, skipped, images = 0, 0, 0
     first_loss = float("nan")  # the epoch's first finite batch loss: where the epoch started
     phase = {"data": 0.0, "forward": 0.0, "loss": 0.0, "backward": 0.0}
@@ -171,7 +171,7 @@ def train_one_epoch(
         if finite:
             scaler.scale(total / cfg.accumulate).backward()
             finite_batches += 1
-            detached = torch.stack([total, losses["box"], losses["cls"], losses["obj"]]).tolist()
+            detached = torch.stack([total, losses["box"], losses["cls"], losses["dfl"]]).tolist()
             for key, value in zip(sums, detached, strict=True):
                 sums[key] += value
             if finite_batches == 1:
@@ -210,7 +210,7 @@ def train_one_epoch(
         "train_loss": mean["loss"],
         "train_box": mean["box"],
         "train_cls": mean["cls"],
-        "train_obj": mean["obj"],
+        "train_dfl": mean["dfl"],
         "first_step_loss": first_loss,
         "lr": optimizer.param_groups[0]["lr"],
         "skipped_steps": skipped,

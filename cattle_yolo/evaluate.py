@@ -29,7 +29,7 @@ from cattle_yolo.engine import autocast, autocast_dtype
 from cattle_yolo.model import postprocess
 
 COCO_MAX_DETS = 300  # detections per image coco_metrics counts by default (COCO itself: 100)
-LOSS_KEYS = ("total", "box", "cls", "obj")  # loss terms averaged over batches as val_<key>
+LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches as val_<key>
 
 
 def _numpy(x: Any, dtype: type) -> np.ndarray:
@@ -272,10 +272,10 @@ def evaluate(
     ``loader`` yields ``(images, targets, indices)`` as ``data.collate`` builds them: images uint8
     (B, 3, S, S), targets float32 (N, 6) ``[img_idx, cls, x1, y1, x2, y2]`` pixel, and has
     ``loader.dataset.names``. ``loss_fn(outputs, targets, epoch)`` returns ``"box"``, ``"cls"``,
-    ``"obj"`` and ``"total"``. Detections are ``model.postprocess`` with ``cfg.conf_floor``,
+    ``"dfl"`` and ``"total"``. Detections are ``model.postprocess`` with ``cfg.conf_floor``,
     ``cfg.nms_iou`` and ``cfg.max_det``.
 
-    Returns python floats: ``val_loss``, ``val_box``, ``val_cls``, ``val_obj`` (means over
+    Returns python floats: ``val_loss``, ``val_box``, ``val_cls``, ``val_dfl`` (means over
     batches) and the ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``,
     ``recall``, ``f1``, ``AP50/<name>``). The model's train/eval mode is restored afterwards.
     """

@@ -1,25 +1,37 @@
-"""Positive assignment by a ramped IoU threshold, and the detection loss with named terms.
+"""Task-aligned positive assignment (YOLOv8's TAL) and the detection loss with named terms.
 
 Boxes are pixel ``x1 y1 x2 y2`` in the letterboxed image throughout. Targets come as ``collate``
 gives them, ``(N, 6)`` rows of ``[img_idx, cls, x1, y1, x2, y2]``; they are padded once to
 ``(B, M)`` with a mask, and everything after that is batched tensor code over the whole batch.
+
+The loss has three terms, each normalised by the sum of the assigner's target scores (so its
+scale does not depend on how many positives a batch has):
+
+- ``box``: the IoU loss (CIoU by default) of each positive, weighted by its target score;
+- ``cls``: a quality focal loss over every anchor against the IoU-aware soft targets,
+  ``|y - sigmoid(x)| ** focal_gamma * BCE(x, y)`` (plain BCE at ``focal_gamma = 0``);
+- ``dfl``: the distribution focal loss of each positive's four distance distributions, weighted
+  by its target score (zero for the exp head, which has no distributions).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.model import dfl_encode
 
-FORCED_ROUNDS = 4  # rounds in which GTs that lost a shared best prediction pick their next best
 MIN_GT_SIZE = 1e-3  # pixels; keeps CIoU's w/h of a degenerate target box finite
+EPS = 1e-9
 
 
 def iou_threshold(epoch: float, cfg: TrainConfig) -> float:
-    """IoU a prediction needs to be a positive: ``iou_start`` rising linearly to ``iou_end``.
+    """The IoU gate on the assigner's candidates: ``iou_start`` rising linearly to ``iou_end``.
 
     ``iou_start + min(epoch / iou_ramp_epochs, 1) * (iou_end - iou_start)``; no ramp when
     ``iou_ramp_epochs`` is 0.
@@ -65,83 +77,126 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, :, None] + area2[:, None, :] - inter
-    return inter / union
+    return inter / union.clamp(min=EPS)
 
 
+class Assignment(NamedTuple):
+    """What the assigner decided for every anchor; shapes ``(B, A)`` unless stated."""
+
+    fg: Tensor  # bool: the anchor is a positive
+    gt_index: Tensor  # long: GT slot of each positive (0 for the rest)
+    scores: Tensor  # (B, A, C) float: soft class targets, IoU-aware; 0 for negatives
+    ignore: Tensor  # bool: a top-k candidate the IoU gate held back: no class target at all
+
+
+def candidates(anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor) -> Tensor:
+    """``(B, M, A)`` bool: anchors whose point lies strictly inside each real object.
+
+    An object that holds no anchor point (smaller than a stride-8 cell, between points) takes
+    the anchor nearest its centre, so every object has at least one candidate.
+    """
+    ax, ay = anchors[:, 0], anchors[:, 1]
+    gt = gt_boxes
+    inside = (ax > gt[..., 0:1]) & (ax < gt[..., 2:3]) & (ay > gt[..., 1:2]) & (ay < gt[..., 3:4])
+    centre = (gt[..., :2] + gt[..., 2:]) / 2  # (B, M, 2)
+    nearest = torch.cdist(centre, anchors[None].expand(gt.shape[0], -1, -1)).argmin(-1)  # (B, M)
+    lonely = ~inside.any(-1)
+    inside = inside | (F.one_hot(nearest, anchors.shape[0]).bool() & lonely[..., None])
+    return inside & gt_mask[..., None]
+
+
+@torch.no_grad()
 def assign(
+    scores: Tensor,
     pred_boxes: Tensor,
     anchors: Tensor,
     gt_boxes: Tensor,
     gt_labels: Tensor,
     gt_mask: Tensor,
-    thr: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Match predictions to ground truth, batched over images, GTs and predictions.
+    topk: int,
+    alpha: float,
+    beta: float,
+    iou_gate: float,
+) -> Assignment:
+    """Task-aligned assignment, batched over images, objects and anchors.
 
     Args:
-        pred_boxes: ``(B, A, 4)`` predicted pixel xyxy (detached here).
-        anchors: ``(A, 2)`` pixel cell centres (x, y).
-        gt_boxes: ``(B, M, 4)`` pixel xyxy, padded; ``gt_labels`` ``(B, M)``; ``gt_mask`` ``(B, M)``
-            bool, True for real boxes. ``gt_labels`` is not used by the rule; it is taken for a
-            uniform signature.
-        thr: IoU a prediction needs (see ``iou_threshold``).
+        scores: ``(B, A, C)`` predicted class probabilities (after the sigmoid).
+        pred_boxes: ``(B, A, 4)`` predicted pixel xyxy.
+        anchors: ``(A, 2)`` pixel anchor points (x, y).
+        gt_boxes: ``(B, M, 4)`` pixel xyxy, padded; ``gt_labels`` ``(B, M)`` long; ``gt_mask``
+            ``(B, M)`` bool, True for real objects.
+        topk, alpha, beta: ``TrainConfig.tal_topk``, ``tal_alpha``, ``tal_beta``.
+        iou_gate: IoU a top-k candidate needs to be a positive (``iou_threshold``).
 
-    Rule: a prediction is positive for GT ``j`` if its anchor centre lies strictly inside GT ``j``
-    and IoU(prediction, GT ``j``) >= ``thr``; matched to several GTs it takes the one with the
-    highest IoU. In addition every real GT takes its best-IoU prediction (among anchors inside it,
-    over all anchors if none is inside) as a positive, overriding the threshold match. Where
-    several GTs pick the same prediction the highest IoU wins (ties: lowest GT index) and the
-    others pick again among the predictions not yet taken, for up to ``FORCED_ROUNDS`` rounds.
-
-    Returns:
-        ``pos`` ``(B, A)`` bool, ``gt_index`` ``(B, A)`` long (GT slot of each positive, 0 for
-        negatives) and ``iou`` ``(B, A)`` float32 (IoU with that GT, 0 for negatives).
+    Rule:
+        1. Candidates of an object are the anchors inside it (``candidates``).
+        2. Their alignment is ``score(object's class) ** alpha * IoU(pred, object) ** beta``; the
+           ``topk`` best candidates by alignment are the object's top-k.
+        3. The IoU gate: a top-k candidate is kept if its IoU is at least ``iou_gate``; the
+           object's best candidate (top-1) is always kept. A gated-out candidate is ignored
+           (no class target), not turned into a negative.
+        4. An anchor kept by several objects goes to the one where it is a top-1, then to the
+           highest IoU (ties: the lowest object slot). An object left without any positive
+           then takes its best candidate that no object holds.
+        5. Soft class targets: each object's alignments are rescaled so that its best positive
+           gets its best positive IoU, and a positive's target is that value at its object's class.
     """
-    del gt_labels
-    pred = pred_boxes.detach().float()
-    gt = gt_boxes.float()
-    iou = batched_box_iou(gt, pred)  # (B, M, A)
-    ax, ay = anchors[:, 0].float(), anchors[:, 1].float()
-    inside = (
-        (ax > gt[..., 0:1]) & (ax < gt[..., 2:3]) & (ay > gt[..., 1:2]) & (ay < gt[..., 3:4])
-    ) & gt_mask[..., None]  # (B, M, A)
+    batch, num_anchors, _ = scores.shape
+    num_gt = gt_boxes.shape[1]
+    iou = batched_box_iou(gt_boxes, pred_boxes.float())  # (B, M, A)
+    cand = candidates(anchors, gt_boxes, gt_mask)  # (B, M, A)
+    label_idx = gt_labels[:, :, None].expand(-1, -1, num_anchors)  # (B, M, A)
+    cls_score = scores.float().transpose(1, 2).gather(1, label_idx)  # (B, M, A)
+    align = cls_score.pow(alpha) * iou.pow(beta)  # (B, M, A)
 
-    # Threshold match: the best-IoU GT among those the anchor is inside with IoU >= thr.
-    cand = inside & (iou >= thr)
-    _, thr_gt = torch.where(cand, iou, -1.0).max(dim=1)  # (B, A)
-    pos = cand.any(dim=1)
+    # 2. top-k by alignment among candidates (non-candidates rank below every candidate)
+    k = min(topk, num_anchors)
+    top_idx = torch.where(cand, align, -1.0).topk(k, dim=-1).indices  # (B, M, k)
+    in_topk = torch.zeros_like(cand).scatter_(-1, top_idx, True) & cand  # (B, M, A)
+    best = F.one_hot(top_idx[..., 0], num_anchors).bool() & cand  # (B, M, A) each object's top-1
 
-    # Forced match: each GT's best prediction; anchors inside the GT outrank every outside one.
-    rank = torch.where(inside, iou, iou - 2.0)
-    rank = torch.where(gt_mask[..., None], rank, -4.0)
-    need = gt_mask.clone()  # (B, M) GTs still without their forced prediction
-    slots = torch.arange(need.shape[1], device=need.device)
-    taken = torch.zeros_like(pos)
-    forced_gt = torch.zeros_like(thr_gt)
-    for _ in range(FORCED_ROUNDS):
-        best = torch.where(taken[:, None, :], -3.0, rank).argmax(dim=2)  # (B, M)
-        proposes = F.one_hot(best, rank.shape[2]).bool() & need[..., None] & ~taken[:, None, :]
-        winner = torch.where(proposes, iou, -1.0).argmax(dim=1)  # (B, A)
-        won_here = proposes.any(dim=1)
-        forced_gt = torch.where(won_here, winner, forced_gt)
-        taken = taken | won_here
-        need = need & ~(proposes & (winner[:, None, :] == slots[:, None])).any(dim=2)
+    # 3. the IoU gate
+    kept = in_topk & ((iou >= iou_gate) | best)  # (B, M, A)
 
-    gt_index = torch.where(taken, forced_gt, torch.where(pos, thr_gt, 0))
-    pos = pos | taken
-    matched_iou = iou.gather(1, gt_index[:, None, :]).squeeze(1)
-    return pos, gt_index, torch.where(pos, matched_iou, 0.0)
+    # 4. one object per anchor: a top-1 claim beats any other, then the higher IoU
+    priority = torch.where(kept, iou + 2.0 * best, -1.0)  # (B, M, A)
+    owner = priority.argmax(dim=1)  # (B, A)
+    fg = kept.any(dim=1)  # (B, A)
+    pos = F.one_hot(owner, num_gt).transpose(1, 2).bool() & kept  # (B, M, A)
+    orphan = gt_mask & ~pos.any(-1)  # (B, M) objects that lost all their anchors
+    if bool(orphan.any()):
+        spare = torch.where(cand & ~fg[:, None, :], align, -1.0)  # (B, M, A)
+        value, idx = spare.max(-1)  # (B, M)
+        take = orphan & (value >= 0)
+        rescue = F.one_hot(idx, num_anchors).bool() & take[..., None]  # (B, M, A)
+        # two orphans of one image wanting the same spare anchor: the lower slot keeps it
+        first = rescue & (rescue.cumsum(1) == 1)
+        pos = pos | first
+        fg = pos.any(dim=1)
+    gt_index = pos.float().argmax(dim=1)  # (B, A)
+
+    # 5. IoU-aware soft targets
+    align = align * pos  # (B, M, A)
+    best_align = align.amax(-1, keepdim=True)  # (B, M, 1)
+    best_iou = (iou * pos).amax(-1, keepdim=True)  # (B, M, 1)
+    quality = (align * best_iou / (best_align + EPS)).amax(dim=1)  # (B, A)
+    labels = gt_labels.gather(1, gt_index)  # (B, A)
+    target = F.one_hot(labels, scores.shape[-1]).float() * (quality * fg)[..., None]
+    ignore = in_topk.any(dim=1) & ~fg
+    return Assignment(fg, gt_index, target, ignore)
 
 
 class DetectionLoss(nn.Module):
-    """Box (GIoU/CIoU), class (sigmoid focal) and objectness (BCE) terms, batched.
+    """Box (CIoU/GIoU), class (quality focal) and DFL terms over a batch, with TAL positives.
 
     ``forward(outputs, targets, epoch)`` takes the model's output dict (``"boxes"`` ``(B, A, 4)``
-    pixel xyxy, ``"obj"`` ``(B, A)``, ``"cls"`` ``(B, A, C)``, ``"anchors"`` ``(A, 2)``), targets
-    ``(N, 6)`` ``[img_idx, cls, x1, y1, x2, y2]`` pixel, and the (fractional) epoch for the IoU
-    ramp. Returns ``"box"``, ``"cls"``, ``"obj"`` (each already weighted), ``"total"`` (their sum)
-    and ``"num_pos"`` (long scalar tensor). Every term is computed in float32 and normalized by
-    ``max(1, num_pos)``; with no positives the box term is exactly 0.
+    pixel xyxy, ``"cls"`` ``(B, A, C)`` logits, ``"anchors"`` ``(A, 2)``, ``"strides"`` ``(A,)``,
+    and with the dfl head ``"dist"`` ``(B, A, 4, reg_max)`` logits), targets ``(N, 6)``
+    ``[img_idx, cls, x1, y1, x2, y2]`` pixel, and the (fractional) epoch for the IoU gate.
+    Returns ``"box"``, ``"cls"``, ``"dfl"`` (each already weighted), ``"total"`` (their sum) and
+    ``"num_pos"`` (long scalar tensor). Every term is computed in float32 and divided by
+    ``max(1, sum of target scores)``; with no objects the box and DFL terms are exactly 0.
     """
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
@@ -159,48 +214,75 @@ class DetectionLoss(nn.Module):
     ) -> dict[str, Tensor]:
         cfg = self.cfg
         boxes = outputs["boxes"]
-        device_type = boxes.device.type
-        with torch.autocast(device_type=device_type, enabled=False):
+        with torch.autocast(device_type=boxes.device.type, enabled=False):
             boxes = boxes.float()
-            obj = outputs["obj"].float()
             cls = outputs["cls"].float()
+            anchors, strides = outputs["anchors"].float(), outputs["strides"].float()
             gt_boxes, gt_labels, gt_mask = pad_targets(targets.to(boxes.device), boxes.shape[0])
-            pos, gt_index, _ = assign(
-                boxes, outputs["anchors"], gt_boxes, gt_labels, gt_mask, iou_threshold(epoch, cfg)
-            )
-            num_pos = pos.sum()
-            norm = num_pos.clamp(min=1).float()
+            a = assign(
+                cls.detach().sigmoid(), boxes.detach(), anchors, gt_boxes, gt_labels, gt_mask,
+                cfg.tal_topk, cfg.tal_alpha, cfg.tal_beta, iou_threshold(epoch, cfg),
+            )  # fmt: skip
+            norm = a.scores.sum().clamp(min=1.0)
+            weight = a.scores.sum(-1)  # (B, A): a positive's target score, 0 elsewhere
+
+            # Class: every anchor but the ignored ones, against the soft targets.
+            bce = F.binary_cross_entropy_with_logits(cls, a.scores, reduction="none")
+            if cfg.focal_gamma > 0:
+                gap = (a.scores - cls.sigmoid()).abs().clamp(min=1e-12)
+                bce = bce * gap.pow(cfg.focal_gamma)
+            cls_loss = torch.where(a.ignore[..., None], 0.0, bce).sum() / norm
 
             # Box: every anchor gets a well-defined target (negatives: their own detached box),
             # so there is no boolean indexing (no host sync) and no NaN to mask out.
-            matched = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
+            matched = gt_boxes.gather(1, a.gt_index[..., None].expand(-1, -1, 4))
             matched = torch.cat(
                 [matched[..., :2], torch.max(matched[..., 2:], matched[..., :2] + MIN_GT_SIZE)], -1
             )
-            target_boxes = torch.where(pos[..., None], matched, boxes.detach())
+            target_boxes = torch.where(a.fg[..., None], matched, boxes.detach())
             per_box = self.box_loss_fn(boxes, target_boxes, reduction="none")
-            box = torch.where(pos, per_box, 0.0).sum() / norm
+            box = (per_box * weight).sum() / norm
 
-            labels = gt_labels.gather(1, gt_index)  # (B, A)
-            classes = torch.arange(self.num_classes, device=cls.device)
-            onehot = (labels[..., None] == classes).float()
-            focal = sigmoid_focal_loss(
-                cls, onehot, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="none"
-            ).sum(-1)
-            cls_loss = torch.where(pos, focal, 0.0).sum() / norm
-
-            obj_loss = F.binary_cross_entropy_with_logits(obj, pos.float(), reduction="sum") / norm
+            dfl = boxes.new_zeros(())
+            if "dist" in outputs:
+                dist = outputs["dist"].float()
+                dfl = (dfl_loss(dist, dfl_encode(target_boxes, anchors, strides, dist.shape[-1]))
+                       * weight).sum() / norm  # fmt: skip
 
             box = cfg.box_loss_weight * box
             cls_loss = cfg.cls_loss_weight * cls_loss
-            obj_loss = cfg.obj_loss_weight * obj_loss
+            dfl = cfg.dfl_loss_weight * dfl
         return {
             "box": box,
             "cls": cls_loss,
-            "obj": obj_loss,
-            "total": box + cls_loss + obj_loss,
-            "num_pos": num_pos,
+            "dfl": dfl,
+            "total": box + cls_loss + dfl,
+            "num_pos": a.fg.sum(),
         }
 
 
-__all__ = ["DetectionLoss", "assign", "batched_box_iou", "iou_threshold", "pad_targets"]
+def dfl_loss(dist: Tensor, target: Tensor) -> Tensor:
+    """Distribution focal loss: ``(B, A, 4, R)`` logits, ``(B, A, 4)`` distances in bins, in
+    ``[0, R - 1)`` -> ``(B, A)``, the mean over the four sides of the cross-entropy with the two
+    bins around the target, weighted by nearness (a target of 2.3 is 0.7 of bin 2, 0.3 of bin 3).
+    """
+    left = target.floor().long().clamp(max=dist.shape[-1] - 2)
+    w_right = target - left
+    logp = dist.log_softmax(-1)
+    ce = -(
+        logp.gather(-1, left[..., None]).squeeze(-1) * (1 - w_right)
+        + logp.gather(-1, left[..., None] + 1).squeeze(-1) * w_right
+    )
+    return ce.mean(-1)
+
+
+__all__ = [
+    "Assignment",
+    "DetectionLoss",
+    "assign",
+    "batched_box_iou",
+    "candidates",
+    "dfl_loss",
+    "iou_threshold",
+    "pad_targets",
+]

@@ -4,8 +4,14 @@ Box formats: the model takes float images ``(B, 3, S, S)`` in [0, 1] (letterboxe
 pixel ``x1 y1 x2 y2`` boxes in that ``S`` x ``S`` image. Every anchor is one grid cell centre at
 strides 8, 16 and 32; levels are concatenated stride 8 first, each in row-major (y, x) order.
 
-Per anchor the head predicts ``t_x, t_y, t_w, t_h``, an objectness logit and ``C`` class logits,
-decoded as ``centre = anchor + t_xy * stride`` and ``size = exp(clamp(t_wh, -c, c)) * stride``.
+Per anchor the head predicts ``C`` class logits (no objectness: the class score is trained to be
+IoU-aware) and a box, in one of two forms (``TrainConfig.box_head``):
+
+- ``dfl`` (YOLOv8): for each of the left, top, right and bottom distances from the anchor point a
+  distribution over ``reg_max`` bins ``0 .. reg_max - 1`` strides; the distance is its mean
+  (``dfl_decode``), and the distribution itself is trained by the DFL term of the loss.
+- ``exp`` (the seed's): ``centre = anchor + t_xy * stride``,
+  ``size = exp(clamp(t_wh, -wh_clamp, wh_clamp)) * stride``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from cattle_yolo.config import TrainConfig
 
-PRIOR_PROB = 0.01  # initial sigmoid of objectness and class logits (RetinaNet prior)
+OBJECTS_PRIOR = 5.0  # objects per image the class bias assumes at init, spread over a level
+DFL_BIAS = 1.0  # initial DFL logits: every bin alike, as Ultralytics starts
 MAX_NMS_CANDIDATES = 3000  # (anchor, class) pairs per image kept by score before NMS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,12 +88,23 @@ class FPNPAN(nn.Module):
 
 
 class DecoupledHead(nn.Module):
-    """One level's head: a box branch (4 box params + objectness) and a class branch (C logits).
+    """One level's head: a box branch and a class branch of two convs each, then 1x1 predictions.
 
-    Output ``(B, 5 + C, H, W)``: channels ``t_x, t_y, t_w, t_h, obj, cls_0 .. cls_{C-1}``.
+    Output ``(B, box_channels + C, H, W)``: the box channels (``4 * reg_max`` DFL logits, side
+    major: all bins of the left distance first; or ``t_x, t_y, t_w, t_h``), then ``C`` class
+    logits. Biases start as Ultralytics': the class logit at the prior of ``OBJECTS_PRIOR``
+    objects per image over the level's ``(imgsz / stride) ** 2`` cells, the DFL logits uniform.
     """
 
-    def __init__(self, channels: int, num_classes: int, dropout: float) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_classes: int,
+        box_channels: int,
+        dropout: float,
+        stride: int,
+        imgsz: int,
+    ) -> None:
         super().__init__()
         self.box_branch = nn.Sequential(
             conv_bn_act(channels, channels), conv_bn_act(channels, channels)
@@ -94,19 +112,16 @@ class DecoupledHead(nn.Module):
         self.cls_branch = nn.Sequential(
             conv_bn_act(channels, channels), conv_bn_act(channels, channels)
         )
-        self.dropout = nn.Dropout2d(dropout)
-        self.box_pred = nn.Conv2d(channels, 5, 1)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.box_pred = nn.Conv2d(channels, box_channels, 1)
         self.cls_pred = nn.Conv2d(channels, num_classes, 1)
-        # Small prediction weights start every box near its prior (one stride, on the anchor);
-        # the biases make sigmoid(obj) = sigmoid(cls) = PRIOR_PROB so the many negatives do not
-        # swamp the first steps.
-        prior_bias = -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
+        # Small prediction weights start every box at its prior (uniform DFL bins, or one stride
+        # on the anchor for the exp head).
         for conv in (self.box_pred, self.cls_pred):
             nn.init.normal_(conv.weight, std=0.01)
-            nn.init.zeros_(conv.bias)
-        with torch.no_grad():
-            self.box_pred.bias[4] = prior_bias
-            self.cls_pred.bias.fill_(prior_bias)
+        prior = min(0.5, OBJECTS_PRIOR / num_classes / (imgsz / stride) ** 2)
+        nn.init.constant_(self.box_pred.bias, DFL_BIAS if box_channels != 4 else 0.0)
+        nn.init.constant_(self.cls_pred.bias, math.log(prior / (1 - prior)))
 
     def forward(self, x: Tensor) -> Tensor:
         box = self.box_pred(self.dropout(self.box_branch(x)))
@@ -128,8 +143,27 @@ def make_anchors(
     return torch.cat(centres), torch.cat(level_strides)
 
 
+def dfl_decode(dist_logits: Tensor, anchors: Tensor, strides: Tensor) -> Tensor:
+    """``(B, A, 4, reg_max)`` DFL logits -> ``(B, A, 4)`` pixel xyxy, in float32.
+
+    Each side's distance (left, top, right, bottom, in strides) is the mean of the softmax over
+    bins ``0 .. reg_max - 1``; ``anchors`` ``(A, 2)`` pixel points, ``strides`` ``(A,)``.
+    """
+    bins = torch.arange(dist_logits.shape[-1], device=dist_logits.device, dtype=torch.float32)
+    ltrb = dist_logits.float().softmax(-1) @ bins * strides[:, None]
+    return torch.cat([anchors - ltrb[..., :2], anchors + ltrb[..., 2:]], dim=-1)
+
+
+def dfl_encode(boxes: Tensor, anchors: Tensor, strides: Tensor, reg_max: int) -> Tensor:
+    """Pixel xyxy ``(..., A, 4)`` -> the l, t, r, b distances ``(..., A, 4)`` from each anchor in
+    strides, clipped to ``[0, reg_max - 1 - 0.01]`` (the span DFL can represent); the inverse of
+    ``dfl_decode`` for distances inside that span."""
+    ltrb = torch.cat([anchors - boxes[..., :2], boxes[..., 2:] - anchors], dim=-1)
+    return (ltrb / strides[:, None]).clamp(0, reg_max - 1 - 0.01)
+
+
 def decode_boxes(raw_box: Tensor, anchors: Tensor, strides: Tensor, wh_clamp: float) -> Tensor:
-    """``(B, A, 4)`` t_x, t_y, t_w, t_h -> ``(B, A, 4)`` pixel xyxy, computed in float32.
+    """The exp head: ``(B, A, 4)`` t_x, t_y, t_w, t_h -> ``(B, A, 4)`` pixel xyxy, in float32.
 
     ``anchors`` ``(A, 2)`` pixel cell centres, ``strides`` ``(A,)``.
     """
@@ -147,8 +181,8 @@ class CattleYOLO(nn.Module):
     returns a dict:
 
     - ``"boxes"`` ``(B, A, 4)`` float32 pixel xyxy in the ``S`` x ``S`` input,
-    - ``"obj"`` ``(B, A)`` float32 objectness logits,
     - ``"cls"`` ``(B, A, C)`` float32 class logits,
+    - ``"dist"`` ``(B, A, 4, reg_max)`` float32 DFL logits (dfl head only),
     - ``"anchors"`` ``(A, 2)`` float32 pixel cell centres (x, y),
     - ``"strides"`` ``(A,)`` float32 stride of each anchor,
 
@@ -162,11 +196,15 @@ class CattleYOLO(nn.Module):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        self.wh_clamp = cfg.wh_clamp
+        self.box_head, self.reg_max, self.wh_clamp = cfg.box_head, cfg.reg_max, cfg.wh_clamp
+        self.box_channels = 4 * cfg.reg_max if cfg.box_head == "dfl" else 4
         self.backbone = build_backbone(cfg.pretrained)
         self.neck = FPNPAN(BACKBONE_CHANNELS, cfg.neck_channels)
         self.heads = nn.ModuleList(
-            DecoupledHead(cfg.neck_channels, num_classes, cfg.dropout) for _ in self.strides
+            DecoupledHead(
+                cfg.neck_channels, num_classes, self.box_channels, cfg.dropout, s, cfg.imgsz
+            )
+            for s in self.strides
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -202,13 +240,14 @@ class CattleYOLO(nn.Module):
             [o.permute(0, 2, 3, 1).reshape(o.shape[0], -1, o.shape[1]) for o in outs], 1
         )
         raw = raw.float()  # decode and return float32 even under autocast
-        return {
-            "boxes": decode_boxes(raw[..., :4], anchors, strides, self.wh_clamp),
-            "obj": raw[..., 4],
-            "cls": raw[..., 5:],
-            "anchors": anchors,
-            "strides": strides,
-        }
+        box, cls = raw[..., : self.box_channels], raw[..., self.box_channels :]
+        out = {"cls": cls, "anchors": anchors, "strides": strides}
+        if self.box_head == "dfl":
+            out["dist"] = box.reshape(*box.shape[:2], 4, self.reg_max)
+            out["boxes"] = dfl_decode(out["dist"], anchors, strides)
+        else:
+            out["boxes"] = decode_boxes(box, anchors, strides, self.wh_clamp)
+        return out
 
 
 @torch.no_grad()
@@ -221,16 +260,14 @@ def postprocess(
 ) -> list[dict[str, Tensor]]:
     """Model outputs -> per-image detections after class-wise NMS.
 
-    Scores are ``sigmoid(obj) * sigmoid(cls)``; every (anchor, class) pair scoring above
+    Scores are ``sigmoid(cls)``; every (anchor, class) pair scoring above
     ``conf_floor`` is a candidate (multi-label, as Ultralytics validation), capped to the
     ``max_candidates`` best per image before ``torchvision.ops.batched_nms``; at most ``max_det``
     detections are kept, best first. Returns per image ``"boxes"`` ``(K, 4)`` float32 pixel xyxy,
     ``"scores"`` ``(K,)`` float32 and ``"labels"`` ``(K,)`` long.
     """
     boxes = outputs["boxes"].float()
-    scores = torch.sigmoid(outputs["obj"].float())[..., None] * torch.sigmoid(
-        outputs["cls"].float()
-    )
+    scores = torch.sigmoid(outputs["cls"].float())
     batch, num_anchors, num_classes = scores.shape
     k = min(max_candidates, num_anchors * num_classes)
     top_scores, top_idx = scores.reshape(batch, -1).topk(k, dim=1)  # sorted, best first
@@ -246,4 +283,12 @@ def postprocess(
     return results
 
 
-__all__ = ["CattleYOLO", "postprocess", "decode_boxes", "make_anchors", "build_backbone"]
+__all__ = [
+    "CattleYOLO",
+    "build_backbone",
+    "decode_boxes",
+    "dfl_decode",
+    "dfl_encode",
+    "make_anchors",
+    "postprocess",
+]

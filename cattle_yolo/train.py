@@ -126,7 +126,7 @@ def _append_metrics(out: Path, stats: dict[str, Any]) -> None:
 def _summary_line(stats: dict[str, Any], epochs: int) -> str:
     return (
         f"epoch {stats['epoch']}/{epochs} loss={stats['train_loss']:.4f} "
-        f"(box={stats['train_box']:.4f} cls={stats['train_cls']:.4f} obj={stats['train_obj']:.4f}) "
+        f"(box={stats['train_box']:.4f} cls={stats['train_cls']:.4f} dfl={stats['train_dfl']:.4f}) "
         f"val_loss={stats['val_loss']:.4f} mAP50={stats['mAP50']:.4f} "
         f"mAP50-95={stats['mAP50_95']:.4f} P={stats['precision']:.3f} R={stats['recall']:.3f} "
         f"lr={stats['lr']:.2e} {stats['epoch_time']:.1f}s {stats['images_per_sec']:.1f} img/s"

@@ -1,4 +1,5 @@
-"""Augmentation: flip, scale and translate move boxes with the image, HSV jitter, dropped boxes."""
+"""Augmentation: mosaic, flip, scale and translate move boxes with the image, HSV jitter,
+dropped boxes, and mosaic closing for the last epochs."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import numpy as np
 import torch
 from test_data import tiny
 
-from cattle_yolo.augment import Augment, augment
+from cattle_yolo.augment import PAD_VALUE, Augment, augment, mosaic
 from cattle_yolo.config import TrainConfig
 
-NO_AUG = dict(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0)
+NO_AUG = dict(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, mosaic=0.0)
 
 
 def test_flip_maps_boxes() -> None:
@@ -74,3 +75,84 @@ def test_hsv_jitter_keeps_grey_grey_and_changes_colour() -> None:
         image, np.zeros((0, 4), np.float32), np.zeros(0), bright, FixedRng([0] * 5 + [1], 1.0)
     )
     assert np.abs(out[4:].astype(int) - 140).max() <= 1
+
+
+def boxes_from_pixels(image: np.ndarray, colours: list[tuple[int, int, int]]) -> list:
+    """The bounding box (x1, y1, x2, y2) of each colour's pixels, None where it is absent."""
+    found = []
+    for colour in colours:
+        ys, xs = np.nonzero((np.abs(image.astype(int) - colour) <= 8).all(-1))
+        found.append(None if len(xs) == 0 else [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return found
+
+
+def drawn(size: int, box: list[int], colour: tuple[int, int, int]) -> np.ndarray:
+    image = np.full((size, size, 3), 30, np.uint8)
+    x1, y1, x2, y2 = box
+    image[y1:y2, x1:x2] = colour
+    return image
+
+
+COLOURS = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]
+
+
+def test_mosaic_places_four_images_around_the_centre() -> None:
+    boxes = [[8, 8, 40, 40], [30, 20, 60, 50], [2, 4, 20, 30], [10, 34, 50, 62]]
+    images = [drawn(64, b, c) for b, c in zip(boxes, COLOURS, strict=True)]
+    canvas, out, labels = mosaic(
+        images, [np.array([b], np.float32) for b in boxes], [np.array([k]) for k in range(4)],
+        centre=(70, 60),
+    )  # fmt: skip
+    assert canvas.shape == (128, 128, 3)
+    # image k's top-left corner lands at (70 - 64 or 70, 60 - 64 or 60), cut at the canvas edge
+    shift = [(6, -4), (70, -4), (6, 60), (70, 60)]
+    expected = []
+    for (x1, y1, x2, y2), (dx, dy) in zip(boxes, shift, strict=True):
+        lo_x, lo_y, hi_x, hi_y = max(0, dx), max(0, dy), min(128, dx + 64), min(128, dy + 64)
+        expected.append([max(x1 + dx, lo_x), max(y1 + dy, lo_y),
+                         min(x2 + dx, hi_x), min(y2 + dy, hi_y)])  # fmt: skip
+    assert expected[0] == [14, 4, 46, 36] and expected[1] == [100, 16, 128, 46]  # cut at x 128
+    np.testing.assert_allclose(out, expected)
+    assert labels.tolist() == [0, 1, 2, 3]
+    assert boxes_from_pixels(canvas, COLOURS) == expected  # pixels and boxes agree
+    assert (canvas[:, :6] == PAD_VALUE).all()  # left of the left images: grey
+
+
+def test_mosaic_then_crop_keeps_boxes_on_their_pixels() -> None:
+    """A dataset item that is a mosaic: every box returned covers its colour's drawn pixels."""
+    size = 96
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(24):
+        boxes = []
+        for _ in range(4):
+            xy = rng.uniform(0, 56, 2)
+            boxes.append([*np.round(xy).astype(int), *np.round(xy + rng.uniform(20, 40, 2)).astype(int)])
+        images = [drawn(size, b, c) for b, c in zip(boxes, COLOURS, strict=True)]
+        canvas, out, labels = mosaic(
+            images, [np.array([b], np.float32) for b in boxes], [np.array([k]) for k in range(4)],
+            centre=tuple(int(v) for v in rng.uniform(0.5, 1.5, 2) * size),
+        )  # fmt: skip
+        aug = Augment(0.0, 0.0, 0.0, 0.0, scale=0.3, translate=0.1, mosaic=1.0, mosaic_epochs=1)
+        image, moved, kept = augment(canvas, out, labels, aug, np.random.default_rng(trial), size)
+        assert image.shape == (size, size, 3)
+        seen = boxes_from_pixels(image, [COLOURS[k] for k in kept])
+        for box, pixels in zip(moved, seen, strict=True):
+            if min(box[2] - box[0], box[3] - box[1]) < 4:
+                continue  # a sliver: its few pixels are all blended at the edge
+            assert pixels is not None
+            np.testing.assert_allclose(box, pixels, atol=1.5)  # bilinear edges
+            checked += 1
+    assert checked > 20
+
+
+def test_mosaic_closes_for_the_last_epochs() -> None:
+    cfg = TrainConfig(**{**NO_AUG, "mosaic": 1.0}, epochs=5, close_mosaic=2)
+    ds = tiny().with_augment(cfg)
+    plain = [ds.images[i] for i in range(len(ds))]
+    for epoch, expect_mosaic in [(0, True), (2, True), (3, False), (4, False)]:
+        ds.set_epoch(epoch)
+        image = ds[0][0].permute(1, 2, 0).numpy()
+        assert (not np.array_equal(image, plain[0])) == expect_mosaic, epoch
+    ds.set_epoch(1)
+    assert torch.equal(ds[1][0], ds[1][0])  # seeded: the same item twice is the same mosaic

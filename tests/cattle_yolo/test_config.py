@@ -9,9 +9,8 @@ def test_defaults_are_the_hand_fixed_values():
     expected = {
         "lr": 1e-3, "weight_decay": 5e-4, "batch": 4, "accumulate": 4, "warmup_epochs": 10,
         "warmup_start_fraction": 0.5, "iou_start": 0.25, "iou_end": 0.45, "iou_ramp_epochs": 30,
-        "score_threshold": 0.25, "focal_gamma": 2.0, "focal_alpha": 0.25, "box_loss_weight": 7.5,
-        "cls_loss_weight": 0.5, "obj_loss_weight": 1.0, "dropout": 0.3, "wh_clamp": 4.0,
-        "imgsz": 384, "epochs": 150,
+        "score_threshold": 0.25, "focal_gamma": 2.0, "box_loss_weight": 7.5,
+        "cls_loss_weight": 0.5, "wh_clamp": 4.0, "imgsz": 384, "epochs": 150,
     }  # fmt: skip
     for key, value in expected.items():
         assert getattr(cfg, key) == value, key
@@ -69,3 +68,14 @@ def test_bad_override():
 def test_frozen():
     with pytest.raises(AttributeError):
         TrainConfig().lr = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("key", "replacement"), [("obj_loss_weight", "cls_loss_weight"),
+                                                  ("focal_alpha", "focal_gamma")])  # fmt: skip
+def test_retired_keys_name_their_replacement(tmp_path, key, replacement):
+    (tmp_path / "old.yaml").write_text(f"{key}: 0.5\n")
+    with pytest.raises(ConfigError, match=f"{key}.*retired.*{replacement}") as err:
+        TrainConfig.load(tmp_path / "old.yaml")
+    assert str(tmp_path / "old.yaml") in str(err.value)
+    with pytest.raises(ConfigError, match="retired"):
+        TrainConfig.load(overrides=[f"{key}=0.5"])
