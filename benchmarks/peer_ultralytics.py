@@ -14,7 +14,14 @@ both alike, and each side's epoch times are its own. Ultralytics reads the data 
 of symbolic links under the work folder, so that its label caches are written there and not
 into the shared dataset.
 
+Both are scored with the same ruler as well as Ultralytics' own: after every epoch YOLOv8n's
+EMA weights (its saved ``last.pt``) detect on the val images at conf 0.001, NMS IoU 0.7, at most
+300 per image, and ``cattle_yolo.evaluate.coco_metrics`` (pycocotools) scores those detections
+against the same ground truth cattle_yolo's own validation uses.
+
     python benchmarks/peer_ultralytics.py                          # 20 epochs each, cattle-chute
+    python benchmarks/peer_ultralytics.py --epochs 30 --device cuda --imgsz 640
+    python benchmarks/peer_ultralytics.py --ours-batch 16 --ours-accumulate 4   # YOLOv8n's batch
     python benchmarks/peer_ultralytics.py --smoke-test --data DIR  # 2 epochs each
 """
 
@@ -24,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -108,15 +116,18 @@ def side_ours(args, baton: Baton) -> dict:
     from cattle_yolo.train import train
 
     cfg = TrainConfig(
-        data=str(args.data), imgsz=args.imgsz, batch=args.batch, epochs=args.epochs,
-        device="cpu", out=str(args.out), seed=0,
+        data=str(args.data), imgsz=args.imgsz, epochs=args.epochs, device=args.device,
+        out=str(args.out), seed=0, workers=args.workers,
     )  # fmt: skip
+    if args.ours_batch:  # else the project's defaults (batch 4 x accumulate 4)
+        cfg = cfg.replace(batch=args.ours_batch, accumulate=args.ours_accumulate)
     flops = training_flops(CattleYOLO(1, cfg), args.imgsz)
     epochs = []
 
     def callback(stats: dict) -> None:
         epochs.append({
             "epoch": stats["epoch"], "mAP50": stats["mAP50"], "mAP50_95": stats["mAP50_95"],
+            "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
             "train_s": stats["train_time"], "epoch_s": stats["epoch_time"],
             "images": round(stats["train_time"] * stats["images_per_sec"]),
         })  # fmt: skip
@@ -126,7 +137,10 @@ def side_ours(args, baton: Baton) -> dict:
 
     baton.wait()
     train(cfg, callbacks=[callback])
-    return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb()}
+    for f in Path(args.out, "models").glob("*.pt"):  # metrics are read; weights are not kept
+        f.unlink()
+    return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb(),
+            "config": cfg.to_dict()}  # fmt: skip
 
 
 def side_peer(args, baton: Baton) -> dict:
@@ -158,6 +172,12 @@ def side_peer(args, baton: Baton) -> dict:
     def on_train_epoch_end(trainer) -> None:
         t["train_end"] = time.perf_counter()
 
+    val_files = sorted(
+        str(f) for f in (data_dir / "val").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+    )
+    detections_dir = Path(args.workdir) / "peer-detections"
+    detections_dir.mkdir(parents=True, exist_ok=True)
+
     def on_fit_epoch_end(trainer) -> None:  # after validation and saving
         epoch = trainer.epoch + 1
         times[epoch] = {
@@ -165,6 +185,7 @@ def side_peer(args, baton: Baton) -> dict:
             "epoch_s": time.perf_counter() - t["start"],
             "images": len(trainer.train_loader.dataset),
         }
+        export_detections(trainer.last, val_files, detections_dir / f"epoch{epoch}.json", args)
         if epoch < args.epochs:
             baton.give()
             baton.wait()
@@ -177,7 +198,8 @@ def side_peer(args, baton: Baton) -> dict:
     baton.wait()
     model.train(
         data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-        device="cpu", pretrained=False, amp=False, plots=False, val=True, seed=0,
+        device=args.device if args.device != "cuda" else 0, pretrained=False,
+        amp=args.device != "cpu", plots=False, val=True, seed=0, workers=args.workers,
         project=str(run.parent), name=run.name, exist_ok=True, verbose=False,
     )  # fmt: skip
     rows = list(csv.DictReader((run / "results.csv").open()))
@@ -191,6 +213,50 @@ def side_peer(args, baton: Baton) -> dict:
         for r in rows
     ]
     return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb()}
+
+
+def export_detections(weights: Path, files: list[str], out: Path, args) -> None:
+    """YOLOv8n's detections on ``files`` at conf 0.001 (pixel xyxy in the original images),
+    as JSON: one ``{"file", "boxes", "scores", "labels"}`` per image."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights))
+    device = args.device if args.device != "cuda" else 0
+    rows = []
+    for r in model.predict(files, conf=0.001, iou=0.7, max_det=300, imgsz=args.imgsz,
+                           device=device, verbose=False, stream=True, batch=16):  # fmt: skip
+        b = r.boxes
+        rows.append({"file": r.path, "boxes": b.xyxy.tolist(), "scores": b.conf.tolist(),
+                     "labels": b.cls.long().tolist()})  # fmt: skip
+    out.write_text(json.dumps(rows))
+
+
+def same_ruler(workdir: Path, data: Path, imgsz: int) -> dict[int, dict]:
+    """Score each epoch's exported YOLOv8n detections with ``cattle_yolo.evaluate.coco_metrics``
+    against the val ground truth cattle_yolo's own validation uses (boxes mapped into the same
+    letterboxed space; a letterbox is a uniform scale and shift, so every IoU is unchanged)."""
+    import numpy as np
+
+    sys.path.insert(0, str(REPO))
+    from cattle_yolo.boxes import to_letterbox
+    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.data import load_datasets
+    from cattle_yolo.evaluate import coco_metrics
+
+    val = load_datasets(TrainConfig(data=str(data), imgsz=imgsz), verbose=False).val
+    index = {Path(f).name: k for k, f in enumerate(val.files)}
+    targets = [{"boxes": b, "labels": lab} for b, lab in zip(val.boxes, val.labels, strict=True)]
+    scored = {}
+    for path in sorted((workdir / "peer-detections").glob("epoch*.json")):
+        detections = [{"boxes": np.zeros((0, 4)), "scores": [], "labels": []} for _ in targets]
+        for row in json.loads(path.read_text()):
+            k = index[Path(row["file"]).name]
+            boxes = np.asarray(row["boxes"], np.float64).reshape(-1, 4)
+            detections[k] = {"boxes": to_letterbox(boxes, *val.letterbox[k]),
+                             "scores": row["scores"], "labels": row["labels"]}  # fmt: skip
+        m = coco_metrics(detections, targets, val.names, max_dets=300)
+        scored[int(path.stem[5:])] = {"mAP50": m["mAP50"], "mAP50_95": m["mAP50_95"]}
+    return scored
 
 
 # --------------------------------------------------------------------------- the driver
@@ -212,6 +278,8 @@ def summarize(result: dict, peak_gflops: float) -> dict:
         "last_mAP50": last["mAP50"],
         "last_mAP50_95": last["mAP50_95"],
         "best_mAP50_95": max(e["mAP50_95"] for e in result["epochs"]),
+        "mAP50_95_at": {e["epoch"]: e["mAP50_95"] for e in result["epochs"]
+                        if e["epoch"] in (10, 20, 30)},  # fmt: skip
     }
 
 
@@ -222,7 +290,12 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train/ and val/")
     p.add_argument("--epochs", type=int, default=20, help="epochs for both")
     p.add_argument("--imgsz", type=int, default=320, help="image size for both")
-    p.add_argument("--batch", type=int, default=16, help="batch for both")
+    p.add_argument("--batch", type=int, default=16, help="Ultralytics' batch (it steps every 64)")
+    p.add_argument("--ours-batch", type=int, default=0,
+                   help="cattle_yolo's batch; 0 = the project's default (4, accumulate 4)")
+    p.add_argument("--ours-accumulate", type=int, default=4, help="with --ours-batch")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, for both")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers, for both")
     p.add_argument(
         "--peer-python",
         default=str(REPO / ".venv-peer" / "bin" / "python"),
@@ -245,14 +318,15 @@ def main() -> None:
         return
     if not (args.data / "train").is_dir():
         sys.exit(f"error: no dataset at {args.data} (a folder with train/ and val/)")
-    if not Path(args.peer_python).exists():
+    if not (Path(args.peer_python).exists() or shutil.which(args.peer_python)):
         sys.exit(f"error: no peer environment at {args.peer_python} (see --help)")
     if args.smoke_test:
         args.epochs = 2
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("turn", "done-ours", "done-peer", "result-ours.json", "result-peer.json"):
         (workdir / stale).unlink(missing_ok=True)
-    peak = matmul_peak_gflops()
+    shutil.rmtree(workdir / "peer-detections", ignore_errors=True)
+    peak = matmul_peak_gflops() if args.device == "cpu" else float("nan")
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s", flush=True)
     (workdir / "turn").write_text("ours")
     env = {**os.environ, "CATTLE_YOLO_NO_PROGRESS": "1", "YOLO_OFFLINE": "1"}
@@ -260,6 +334,8 @@ def main() -> None:
     for side, python in (("ours", sys.executable), ("peer", args.peer_python)):
         cmd = [python, __file__, "--side", side, "--epochs", str(args.epochs),
                "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--data", str(args.data),
+               "--ours-batch", str(args.ours_batch), "--ours-accumulate", str(args.ours_accumulate),
+               "--device", args.device, "--workers", str(args.workers),
                "--workdir", str(workdir), "--out", str(workdir / side)]  # fmt: skip
         log = (workdir / f"{side}.log").open("w")
         procs[side] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -270,6 +346,10 @@ def main() -> None:
                 other.kill()
             sys.exit(f"error: the {side} side failed; see {workdir / f'{side}.log'}")
     results = {s: json.loads((workdir / f"result-{s}.json").read_text()) for s in SIDES}
+    ruler = same_ruler(workdir, args.data, args.imgsz)
+    for e in results["peer"]["epochs"]:  # Ultralytics' own figure stays beside ours
+        e["own_mAP50"], e["own_mAP50_95"] = e["mAP50"], e["mAP50_95"]
+        e.update(ruler[e["epoch"]])
     summary = {s: summarize(results[s], peak) for s in SIDES}
     for side, r in summary.items():
         print(
@@ -287,9 +367,14 @@ def main() -> None:
     }
     print("ratios ours/peer:", json.dumps({k: round(v, 3) for k, v in ratios.items()}))
     out = Path(args.json) if args.json else workdir / "results.json"
+    print("val mAP50-95 by epoch (same ruler), ours / YOLOv8n (Ultralytics' own):")
+    for o_e, p_e in zip(results["ours"]["epochs"], results["peer"]["epochs"], strict=True):
+        print(f"  {o_e['epoch']:3d}  {o_e['mAP50_95']:.4f} / {p_e['mAP50_95']:.4f} "
+              f"({p_e['own_mAP50_95']:.4f})")  # fmt: skip
     out.write_text(json.dumps({
         "matmul_peak_gflops": peak, "epochs": args.epochs, "imgsz": args.imgsz,
-        "batch": args.batch, "wall_s": time.perf_counter() - t0, "summary": summary,
+        "batch": args.batch, "ours_batch": args.ours_batch, "device": args.device,
+        "wall_s": time.perf_counter() - t0, "summary": summary,
         "ratios": ratios, "runs": results,
     }, indent=2))  # fmt: skip
 

@@ -9,20 +9,18 @@ def raw_output(per_image: list[list[tuple]], anchors: int, num_classes: int) -> 
     """The ``CattleYOLO.forward`` dict whose decoded boxes are exactly ``per_image``.
 
     ``per_image[j]`` lists image j's detections as ``(class, box)`` with a near-certain score,
-    or ``(class, box, objectness logit)``; boxes are pixel xyxy in the letterboxed image. Each
+    or ``(class, box, class logit)``; boxes are pixel xyxy in the letterboxed image. Each
     image needs at most ``anchors`` detections; unused anchors score ~0.
     """
     b = len(per_image)
     boxes = torch.zeros(b, anchors, 4)
-    obj = torch.full((b, anchors), -20.0)
     cls = torch.full((b, anchors, num_classes), -20.0)
     for j, detections in enumerate(per_image):
         for a, (c, box, *logit) in enumerate(detections):
             boxes[j, a] = torch.tensor(box, dtype=torch.float32)
-            obj[j, a], cls[j, a, c] = (logit or [20.0])[0], 20.0
+            cls[j, a, c] = (logit or [20.0])[0]
     return {
         "boxes": boxes,
-        "obj": obj,
         "cls": cls,
         "anchors": torch.zeros(anchors, 2),
         "strides": torch.full((anchors,), 8.0),

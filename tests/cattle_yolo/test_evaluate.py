@@ -231,8 +231,8 @@ class FakeModel(nn.Module):
 def fake_loss(outputs, targets, epoch):
     # box = number of target boxes in the batch, so its mean over batches is known.
     box = torch.tensor(float(len(targets)))
-    cls, obj = torch.tensor(2.0), torch.tensor(epoch)
-    return {"box": box, "cls": cls, "obj": obj, "total": box + cls + obj, "num_pos": box}
+    cls, dfl = torch.tensor(2.0), torch.tensor(epoch)
+    return {"box": box, "cls": cls, "dfl": dfl, "total": box + cls + dfl, "num_pos": box}
 
 
 def test_evaluate_with_fake_model() -> None:
@@ -249,17 +249,17 @@ def test_evaluate_with_fake_model() -> None:
     # batches hold 3, 1 and 1 boxes
     assert stats["val_box"] == pytest.approx(5 / 3)
     assert stats["val_cls"] == pytest.approx(2.0)
-    assert stats["val_obj"] == pytest.approx(3.0)
+    assert stats["val_dfl"] == pytest.approx(3.0)
     assert stats["val_loss"] == pytest.approx(5 / 3 + 5.0)
     assert all(type(v) is float for v in stats.values())
-    assert {"val_loss", "val_box", "val_cls", "val_obj", "mAP75", "f1"} <= stats.keys()
+    assert {"val_loss", "val_box", "val_cls", "val_dfl", "mAP75", "f1"} <= stats.keys()
 
 
 def test_evaluate_scores_a_blind_model_zero() -> None:
     class Blind(FakeModel):
         def forward(self, images):
             out = super().forward(images)
-            out["obj"] = torch.full_like(out["obj"], -20.0)  # every score under the floor
+            out["cls"] = torch.full_like(out["cls"], -20.0)  # every score under the floor
             return out
 
     loader = DataLoader(FakeSet(), batch_size=4, collate_fn=collate)

@@ -30,8 +30,8 @@ def test_output_shapes_and_anchors(model: CattleYOLO, imgsz: int) -> None:
     out = model(torch.rand(2, 3, imgsz, imgsz))
     a = num_anchors(imgsz)
     assert out["boxes"].shape == (2, a, 4)
-    assert out["obj"].shape == (2, a)
     assert out["cls"].shape == (2, a, 2)
+    assert out["dist"].shape == (2, a, 4, CFG.reg_max)
     assert out["anchors"].shape == (a, 2)
     assert out["strides"].shape == (a,)
     for v in out.values():
@@ -44,8 +44,12 @@ def test_output_shapes_and_anchors(model: CattleYOLO, imgsz: int) -> None:
     assert out["anchors"][-1].tolist() == [imgsz - 16.0, imgsz - 16.0]
     counts = [(out["strides"] == s).sum().item() for s in (8, 16, 32)]
     assert counts == [(imgsz // s) ** 2 for s in (8, 16, 32)]
-    # Prior init: every objectness and class probability starts near 0.01.
-    assert torch.allclose(torch.sigmoid(out["obj"]), torch.full_like(out["obj"], 0.01), atol=0.01)
+    # Prior init, as Ultralytics': 5 objects per image over a level's cells at the config's
+    # imgsz, split over the classes; DFL bins uniform, so each box reaches 7.5 strides each way.
+    prior = 5 / 2 / (CFG.imgsz / out["strides"]) ** 2
+    assert torch.allclose(torch.sigmoid(out["cls"]), prior[:, None].expand(a, 2), rtol=0.05)
+    ltrb = torch.cat([out["anchors"] - out["boxes"][..., :2], out["boxes"][..., 2:] - out["anchors"]], -1)
+    assert torch.allclose(ltrb / out["strides"][:, None], torch.tensor(7.5), atol=0.1)
 
 
 def test_anchor_cache_reused(model: CattleYOLO) -> None:
@@ -75,7 +79,7 @@ def test_decode_clamps_huge_sizes() -> None:
 
 
 def test_model_decode_with_zeroed_head(model: CattleYOLO) -> None:
-    net = CattleYOLO(1, CFG.replace(wh_clamp=2.0)).eval()
+    net = CattleYOLO(1, CFG.replace(wh_clamp=2.0, box_head="exp")).eval()
     with torch.no_grad():
         for head in net.heads:
             head.box_pred.weight.zero_()
@@ -98,7 +102,7 @@ def test_channels_last_and_autocast_match(model: CattleYOLO) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             amp = model(x)
     assert torch.allclose(ref["boxes"], cl["boxes"], atol=1e-3)
-    assert torch.allclose(ref["obj"], cl["obj"], atol=1e-4)
+    assert torch.allclose(ref["cls"], cl["cls"], atol=1e-4)
     assert amp["boxes"].dtype == torch.float32 and amp["cls"].dtype == torch.float32
     assert torch.isfinite(amp["boxes"]).all()
 
@@ -134,9 +138,9 @@ def test_pretrained_loads_weights_when_available(monkeypatch) -> None:
     assert torch.equal(net.backbone.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
 
 
-def fake_outputs(boxes: torch.Tensor, probs_obj: torch.Tensor, probs_cls: torch.Tensor) -> dict:
-    """Outputs dict from probabilities (logit = inverse sigmoid)."""
-    return {"boxes": boxes, "obj": torch.logit(probs_obj), "cls": torch.logit(probs_cls)}
+def fake_outputs(boxes: torch.Tensor, probs_box: torch.Tensor, probs_cls: torch.Tensor) -> dict:
+    """Outputs dict whose class scores are ``probs_box[..., None] * probs_cls``."""
+    return {"boxes": boxes, "cls": torch.logit(probs_box[..., None] * probs_cls)}
 
 
 def test_postprocess_floor_nms_and_multilabel() -> None:

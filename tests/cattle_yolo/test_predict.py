@@ -59,7 +59,7 @@ def test_collect_sources_errors_name_the_path(tmp_path: Path) -> None:
 class ScriptedModel(nn.Module):
     """Returns, for the n-th image it is shown, the letterbox-space boxes ``script[n]``.
 
-    Each entry is ``(class, box)`` (near-certain score) or ``(class, box, objectness logit)``.
+    Each entry is ``(class, box)`` (near-certain score) or ``(class, box, class logit)``.
     """
 
     def __init__(self, script: list[list[tuple]]) -> None:

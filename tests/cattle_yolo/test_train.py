@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -33,7 +34,7 @@ def test_outputs_layout_and_metrics(tmp_path):
     result = train(cfg, callbacks=[seen.append])
     out = tmp_path / "run"
     assert [s["epoch"] for s in seen] == [1, 2]
-    for key in ("train_loss", "train_box", "train_cls", "train_obj", "lr", "val_loss", "mAP50",
+    for key in ("train_loss", "train_box", "train_cls", "train_dfl", "lr", "val_loss", "mAP50",
                 "mAP50_95", "precision", "recall", "f1", "epoch_time", "images_per_sec"):  # fmt: skip
         assert key in seen[-1], key
     assert (out / "models" / "last.pt").is_file() and (out / "models" / "best.pt").is_file()
@@ -82,8 +83,8 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 def test_non_finite_loss_raises_diverged(tmp_path, monkeypatch):
     def nan_loss(self, outputs, targets, epoch):
-        nan = outputs["obj"].sum() * float("nan")
-        return {"box": nan, "cls": nan, "obj": nan, "total": nan, "num_pos": nan}
+        nan = outputs["cls"].sum() * float("nan")
+        return {"box": nan, "cls": nan, "dfl": nan, "total": nan, "num_pos": nan}
 
     monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
     with pytest.raises(DivergedError, match="epoch 1"):
@@ -91,21 +92,23 @@ def test_non_finite_loss_raises_diverged(tmp_path, monkeypatch):
 
 
 def test_overfit_a_few_images(tmp_path):
-    """A few images, a few hundred steps: the loss falls by more than half and mAP50 > 0.5."""
+    """A few images, a hundred steps: val mAP50 ends above 0.5 from about 0 at the first epoch.
+    (The loss is no measure under task-aligned targets: it grows with the target scores, which
+    are the IoUs of the predicted boxes.)"""
     cfg = tiny(
-        tmp_path, imgsz=128, neck_channels=32, epochs=100, warmup_epochs=3, dropout=0.0,
-        fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, lr=3e-3,
-        iou_start=0.1, iou_end=0.3, iou_ramp_epochs=30, ema_tau=20.0,
+        tmp_path, imgsz=128, neck_channels=32, epochs=100, warmup_epochs=3,
+        fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, mosaic=0.0,
+        lr=3e-3, iou_start=0.1, iou_end=0.3, iou_ramp_epochs=30, ema_tau=20.0,
     )  # fmt: skip
     full = load_datasets(cfg)
     few = full.train.subset(range(4))  # one batch: 100 epochs are 100 optimizer steps
     data = Datasets(train=few, val=few, test=None, names=full.names, name="overfit")
     history = []
     train(cfg, datasets=data, callbacks=[history.append])
-    first, last = history[0]["train_loss"], history[-1]["train_loss"]
-    assert last < 0.5 * first, (first, last)
+    assert all(math.isfinite(h["train_loss"]) for h in history)
     # one batch per epoch: the epoch's first step is the whole epoch
     assert all(h["first_step_loss"] == h["train_loss"] for h in history)
+    assert history[0]["mAP50"] < 0.2
     assert history[-1]["mAP50"] > 0.5, [round(h["mAP50"], 3) for h in history[::10]]
 
 
@@ -141,8 +144,8 @@ def test_cli_cuda_without_gpu_exits_2(tmp_path, capsys):
 
 def test_cli_diverged_exits_3(tmp_path, capsys, monkeypatch):
     def nan_loss(self, outputs, targets, epoch):
-        nan = outputs["obj"].sum() * float("nan")
-        return {"box": nan, "cls": nan, "obj": nan, "total": nan, "num_pos": nan}
+        nan = outputs["cls"].sum() * float("nan")
+        return {"box": nan, "cls": nan, "dfl": nan, "total": nan, "num_pos": nan}
 
     monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
     args = ["train", *[f"{k}={v}" for k, v in TINY.items()], f"out={tmp_path / 'run'}"]
