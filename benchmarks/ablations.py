@@ -70,8 +70,9 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train/ and val/")
     p.add_argument("--imgsz", type=int, default=256, help="image size")
     p.add_argument("--epochs", type=int, default=15, help="epochs per run")
@@ -127,8 +128,11 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     base = by_name.get("baseline", [float("nan")])
     base_score = sum(base) / len(base)
     return {
-        name: {"score": sum(v) / len(v), "delta": sum(v) / len(v) - base_score,
-               "per_seed": [round(x, 4) for x in v]}  # fmt: skip
+        name: {
+            "score": sum(v) / len(v),
+            "delta": sum(v) / len(v) - base_score,
+            "per_seed": [round(x, 4) for x in v],
+        }  # fmt: skip
         for name, v in by_name.items()
     }
 

@@ -278,8 +278,9 @@ def summarize(result: dict, peak_gflops: float) -> dict:
         "last_mAP50": last["mAP50"],
         "last_mAP50_95": last["mAP50_95"],
         "best_mAP50_95": max(e["mAP50_95"] for e in result["epochs"]),
-        "mAP50_95_at": {e["epoch"]: e["mAP50_95"] for e in result["epochs"]
-                        if e["epoch"] in (10, 20, 30)},  # fmt: skip
+        "mAP50_95_at": {
+            e["epoch"]: e["mAP50_95"] for e in result["epochs"] if e["epoch"] in (10, 20, 30)
+        },  # fmt: skip
     }
 
 
@@ -291,8 +292,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20, help="epochs for both")
     p.add_argument("--imgsz", type=int, default=320, help="image size for both")
     p.add_argument("--batch", type=int, default=16, help="Ultralytics' batch (it steps every 64)")
-    p.add_argument("--ours-batch", type=int, default=0,
-                   help="cattle_yolo's batch; 0 = the project's default (4, accumulate 4)")
+    p.add_argument(
+        "--ours-batch",
+        type=int,
+        default=0,
+        help="cattle_yolo's batch; 0 = the project's default (4, accumulate 4)",
+    )
     p.add_argument("--ours-accumulate", type=int, default=4, help="with --ours-batch")
     p.add_argument("--device", default="cpu", help="cpu or cuda, for both")
     p.add_argument("--workers", type=int, default=0, help="data loader workers, for both")

@@ -36,7 +36,7 @@ def run_case(imgsz: int, device_name: str, images: int, batch: int, data: str | 
 
     cfg = TrainConfig(
         imgsz=imgsz, batch=batch, accumulate=1, epochs=2, device=device_name,
-        synthetic_images=images, data=data,
+        synthetic_images=images, data=data, close_mosaic=0,  # both epochs with mosaic
     )  # fmt: skip
     device = resolve_device(cfg.device)
     torch.manual_seed(0)

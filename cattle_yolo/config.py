@@ -47,7 +47,9 @@ class TrainConfig:
     # (YOLOv8); exp: the seed's exp(clamp(t, -wh_clamp, wh_clamp)) * stride size
     reg_max: int = 16  # bins of each DFL distance distribution, in strides (dfl head)
     dropout: float = 0.0  # channel dropout in the head, before the prediction convs
-    wh_clamp: float = 4.0  # exp head: box size decodes as exp(clamp(t, -wh_clamp, wh_clamp)) * stride
+    wh_clamp: float = (
+        4.0  # exp head: box size decodes as exp(clamp(t, -wh_clamp, wh_clamp)) * stride
+    )
 
     # --- loss and positive assignment (task-aligned, see loss.py) ---
     tal_topk: int = 10  # candidates per object: the top-k anchors by alignment inside it

@@ -166,8 +166,11 @@ def train_one_epoch(
         losses = loss_fn(outputs, targets, epoch + i / num_batches)
         total = losses["total"]
         t3 = sync()
-        # One host sync per micro-batch: needed to decide whether to back-propagate at all.
-        finite = bool(torch.isfinite(total))
+        # One host sync per micro-batch: needed to decide whether to back-propagate at all. A
+        # collapsed step (the loss's "dead": no target left to learn from) counts as skipped.
+        finite = bool(
+            torch.isfinite(total) & ~losses.get("dead", torch.tensor(False)).to(total.device)
+        )
         if finite:
             scaler.scale(total / cfg.accumulate).backward()
             finite_batches += 1

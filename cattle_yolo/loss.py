@@ -194,8 +194,9 @@ class DetectionLoss(nn.Module):
     pixel xyxy, ``"cls"`` ``(B, A, C)`` logits, ``"anchors"`` ``(A, 2)``, ``"strides"`` ``(A,)``,
     and with the dfl head ``"dist"`` ``(B, A, 4, reg_max)`` logits), targets ``(N, 6)``
     ``[img_idx, cls, x1, y1, x2, y2]`` pixel, and the (fractional) epoch for the IoU gate.
-    Returns ``"box"``, ``"cls"``, ``"dfl"`` (each already weighted), ``"total"`` (their sum) and
-    ``"num_pos"`` (long scalar tensor). Every term is computed in float32 and divided by
+    Returns ``"box"``, ``"cls"``, ``"dfl"`` (each already weighted), ``"total"`` (their sum),
+    ``"num_pos"`` (long scalar tensor) and ``"dead"`` (bool scalar tensor: objects present but
+    every target score 0, so the step cannot learn; the engine skips it). Every term is computed in float32 and divided by
     ``max(1, sum of target scores)``; with no objects the box and DFL terms are exactly 0.
     """
 
@@ -252,12 +253,16 @@ class DetectionLoss(nn.Module):
             box = cfg.box_loss_weight * box
             cls_loss = cfg.cls_loss_weight * cls_loss
             dfl = cfg.dfl_loss_weight * dfl
+            # Collapsed: objects present but every alignment 0 (class scores underflowed, as a
+            # too-high learning rate does): TAL gives no target, so nothing can be learnt.
+            dead = gt_mask.any() & (a.scores.sum() == 0)
         return {
             "box": box,
             "cls": cls_loss,
             "dfl": dfl,
             "total": box + cls_loss + dfl,
             "num_pos": a.fg.sum(),
+            "dead": dead,
         }
 
 

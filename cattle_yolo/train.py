@@ -223,7 +223,7 @@ def _train(
         if train_stats["skipped_steps"] > cfg.max_skipped_fraction * steps:
             raise DivergedError(
                 f"{train_stats['skipped_steps']} of {steps} steps skipped for non-finite "
-                f"loss or gradients (limit {cfg.max_skipped_fraction:.0%})",
+                f"loss or gradients, or class scores collapsed to 0 (limit {cfg.max_skipped_fraction:.0%})",
                 epoch + 1,
             )
         eval_model = ema.module if ema is not None else model

@@ -127,7 +127,9 @@ def test_mosaic_then_crop_keeps_boxes_on_their_pixels() -> None:
         boxes = []
         for _ in range(4):
             xy = rng.uniform(0, 56, 2)
-            boxes.append([*np.round(xy).astype(int), *np.round(xy + rng.uniform(20, 40, 2)).astype(int)])
+            boxes.append(
+                [*np.round(xy).astype(int), *np.round(xy + rng.uniform(20, 40, 2)).astype(int)]
+            )
         images = [drawn(size, b, c) for b, c in zip(boxes, COLOURS, strict=True)]
         canvas, out, labels = mosaic(
             images, [np.array([b], np.float32) for b in boxes], [np.array([k]) for k in range(4)],

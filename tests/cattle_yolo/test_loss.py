@@ -233,9 +233,10 @@ def test_dfl_encode_decode_round_trip() -> None:
     assert torch.allclose(encoded, ltrb, atol=1e-4)
     # a distribution on the two bins around each distance decodes to it exactly
     left = encoded.floor()
-    probs = F.one_hot(left.long(), reg_max) * (left + 1 - encoded)[..., None] + F.one_hot(
-        left.long() + 1, reg_max
-    ) * (encoded - left)[..., None]
+    probs = (
+        F.one_hot(left.long(), reg_max) * (left + 1 - encoded)[..., None]
+        + F.one_hot(left.long() + 1, reg_max) * (encoded - left)[..., None]
+    )
     decoded = dfl_decode(probs.clamp(min=1e-12).log(), ANCHORS, STRIDES)
     assert torch.allclose(decoded, boxes, atol=1e-3)
     # ... and it is where DFL is lowest: moving the mass one bin costs more
@@ -376,3 +377,17 @@ def test_model_loss_backward_finite_and_overfits_one_batch(box_head: str) -> Non
     for b in range(2):
         gt = targets[targets[:, 0] == b, 2:]
         assert (box_iou(gt, dets[b]["boxes"][:5]).max(1).values > 0.5).all(), b
+
+
+def test_collapsed_class_scores_mark_the_step_dead() -> None:
+    """Scores underflowed to 0 (a blown-up learning rate): every alignment, so every target, is
+    0 and the step cannot learn; the loss says so and the engine skips such steps."""
+    gen = torch.Generator().manual_seed(7)
+    targets, preds = random_targets(gen, [2, 1]), random_preds(gen, 2)
+    loss_fn = DetectionLoss(TrainConfig(), 2)
+    alive = loss_fn(make_outputs(preds), targets, 0.0)
+    out = make_outputs(preds)
+    out["cls"] = torch.full_like(out["cls"], -200.0)
+    dead = loss_fn(out, targets, 0.0)
+    assert not alive["dead"] and dead["dead"]
+    assert not loss_fn(out, torch.zeros(0, 6), 0.0)["dead"]  # no objects: nothing to collapse

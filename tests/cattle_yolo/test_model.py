@@ -48,7 +48,9 @@ def test_output_shapes_and_anchors(model: CattleYOLO, imgsz: int) -> None:
     # imgsz, split over the classes; DFL bins uniform, so each box reaches 7.5 strides each way.
     prior = 5 / 2 / (CFG.imgsz / out["strides"]) ** 2
     assert torch.allclose(torch.sigmoid(out["cls"]), prior[:, None].expand(a, 2), rtol=0.05)
-    ltrb = torch.cat([out["anchors"] - out["boxes"][..., :2], out["boxes"][..., 2:] - out["anchors"]], -1)
+    ltrb = torch.cat(
+        [out["anchors"] - out["boxes"][..., :2], out["boxes"][..., 2:] - out["anchors"]], -1
+    )
     assert torch.allclose(ltrb / out["strides"][:, None], torch.tensor(7.5), atol=0.1)
 
 
