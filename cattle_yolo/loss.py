@@ -4,14 +4,20 @@ Boxes are pixel ``x1 y1 x2 y2`` in the letterboxed image throughout. Targets com
 gives them, ``(N, 6)`` rows of ``[img_idx, cls, x1, y1, x2, y2]``; they are padded once to
 ``(B, M)`` with a mask, and everything after that is batched tensor code over the whole batch.
 
-The loss has three terms, each normalised by the sum of the assigner's target scores (so its
-scale does not depend on how many positives a batch has):
+The loss has three terms, none of whose scale depends on how many positives a batch has:
 
-- ``box``: the IoU loss (CIoU by default) of each positive, weighted by its target score;
+- ``box``: the IoU loss (CIoU by default) of the positives, their mean weighted by target score;
 - ``cls``: a quality focal loss over every anchor against the IoU-aware soft targets,
-  ``|y - sigmoid(x)| ** focal_gamma * BCE(x, y)`` (plain BCE at ``focal_gamma = 0``);
-- ``dfl``: the distribution focal loss of each positive's four distance distributions, weighted
-  by its target score (zero for the exp head, which has no distributions).
+  ``|y - sigmoid(x)| ** focal_gamma * BCE(x, y)`` (plain BCE at ``focal_gamma = 0``), divided by
+  ``max(1, sum of target scores)``;
+- ``dfl``: the distribution focal loss of the positives' four distance distributions, their
+  mean weighted by target score (zero for the exp head, which has no distributions).
+
+Box and DFL are weighted *means*, not sums divided by ``max(1, sum of target scores)`` as
+Ultralytics divides them: early in training the target scores (IoUs) are small and grow, and
+with the ``max(1, .)`` the loss grew 2-3x over the first epochs while the model improved, which
+made the training loss useless to the search's divergence rules (every trial of ``make demo``
+was stopped as a spike).
 """
 
 from __future__ import annotations
@@ -196,8 +202,9 @@ class DetectionLoss(nn.Module):
     ``[img_idx, cls, x1, y1, x2, y2]`` pixel, and the (fractional) epoch for the IoU gate.
     Returns ``"box"``, ``"cls"``, ``"dfl"`` (each already weighted), ``"total"`` (their sum),
     ``"num_pos"`` (long scalar tensor) and ``"dead"`` (bool scalar tensor: objects present but
-    every target score 0, so the step cannot learn; the engine skips it). Every term is computed in float32 and divided by
-    ``max(1, sum of target scores)``; with no objects the box and DFL terms are exactly 0.
+    every target score 0, so the step cannot learn; the engine skips it). Every term is
+    computed in float32 (the module docstring gives the normalisation); with no objects the box
+    and DFL terms are exactly 0.
     """
 
     def __init__(self, cfg: TrainConfig, num_classes: int) -> None:
@@ -226,6 +233,7 @@ class DetectionLoss(nn.Module):
             )  # fmt: skip
             norm = a.scores.sum().clamp(min=1.0)
             weight = a.scores.sum(-1)  # (B, A): a positive's target score, 0 elsewhere
+            weight_sum = weight.sum().clamp(min=EPS)
 
             # Class: every anchor but the ignored ones, against the soft targets.
             bce = F.binary_cross_entropy_with_logits(cls, a.scores, reduction="none")
@@ -242,13 +250,13 @@ class DetectionLoss(nn.Module):
             )
             target_boxes = torch.where(a.fg[..., None], matched, boxes.detach())
             per_box = self.box_loss_fn(boxes, target_boxes, reduction="none")
-            box = (per_box * weight).sum() / norm
+            box = (per_box * weight).sum() / weight_sum
 
             dfl = boxes.new_zeros(())
             if "dist" in outputs:
                 dist = outputs["dist"].float()
                 dfl = (dfl_loss(dist, dfl_encode(target_boxes, anchors, strides, dist.shape[-1]))
-                       * weight).sum() / norm  # fmt: skip
+                       * weight).sum() / weight_sum  # fmt: skip
 
             box = cfg.box_loss_weight * box
             cls_loss = cfg.cls_loss_weight * cls_loss
