@@ -22,7 +22,14 @@ from pathlib import Path
 import yaml
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
-from tune.space import SearchSettings, SearchSpace, check_base, load_space, settings_from_dict
+from tune.space import (
+    SearchSettings,
+    SearchSpace,
+    check_base,
+    for_metric,
+    load_space,
+    settings_from_dict,
+)
 
 HERE = Path(__file__).resolve().parent
 EXIT_NO_RESULT, EXIT_BAD_INPUT = 1, 2
@@ -34,7 +41,10 @@ SMOKE_CONFIG = {"imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch"
 SMOKE_SETTINGS = {"trials": 2, "epochs": 2, "grace_period": 1}
 # Flags that override a setting of the space file's `search:` section.
 SETTING_FLAGS = ("metric", "mode", "trials", "epochs", "grace_period", "reduction_factor",
-                 "patience", "min_rise", "spike_ratio", "seed")  # fmt: skip
+                 "patience", "min_rise", "spike_ratio", "seed", "objective", "objective_window",
+                 "confirm", "confirm_seeds")  # fmt: skip
+# Settings a resumed search may change: more trials extend it; confirmation runs after it.
+RESUME_CHANGEABLE = ("trials", "confirm", "confirm_seeds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spike-ratio", type=float,
                    help="divergence: stop a trial whose training loss exceeds this multiple of its best")  # fmt: skip
     s.add_argument("--seed", type=int, help="seeds the TPE sampler and every trial's training")
+    s.add_argument("--objective", choices=("best", "last_mean"),
+                   help="a trial's objective from its per-epoch metric: best (best epoch) or "
+                   "last_mean (mean of the last --objective-window epochs) (search.objective)")  # fmt: skip
+    s.add_argument("--objective-window", type=int, help="last_mean: epochs averaged (default 3)")
+    s.add_argument("--confirm", type=int, metavar="K",
+                   help="after the search, retrain the top K configs and the default on fresh "
+                   "seeds, and export the best by mean (search.confirm; 0 = off)")  # fmt: skip
+    s.add_argument("--confirm-seeds", type=int, metavar="S",
+                   help="fresh seeds per confirmed config (search.confirm_seeds, default 3)")  # fmt: skip
+    s.add_argument("--warm-start", metavar="EXPERIMENT",
+                   help="seed a new search's Optuna study with the finished trials of an "
+                   "earlier experiment on the same space (its folder, or its name in --storage)")  # fmt: skip
     s.add_argument("--smoke-test", action="store_true",
                    help="a tiny search (64 px images, 2 trials of 2 epochs) to try things in a minute")  # fmt: skip
 
@@ -89,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder or cloud URI holding experiments; with several nodes it must be "
                    "shared storage (default ./ray_results)")  # fmt: skip
     o.add_argument("--resume", action="store_true",
-                   help="continue an interrupted search (it must exist); finished trials are kept")  # fmt: skip
+                   help="continue an interrupted search (it must exist); finished trials are kept; "
+                   "a larger --trials extends a finished one")  # fmt: skip
     o.add_argument("--export", help="also write the best config to this YAML file")
     o.add_argument("--dashboard-host", default="127.0.0.1",
                    help="address the Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes "
@@ -115,6 +138,15 @@ class Plan:
     path: str  # experiment folder or URI
     report_dir: Path  # where results.csv, best_config.yaml and plots go (always local)
     resume: bool
+    notes: list[str]  # said once before the search starts
+    warm_start: Path | None = None  # the earlier study's journal file
+    extend_to: int = 0  # resume: the new trial count of a search that is extended
+
+    @property
+    def journal(self) -> Path:
+        from tune.study import JOURNAL_FILE
+
+        return self.report_dir / JOURNAL_FILE
 
 
 def _base_config(
@@ -137,6 +169,49 @@ def _base_config(
         values["data"] = str(data)
     values.update(epochs=settings.epochs, seed=settings.seed, out=None)
     return TrainConfig.from_dict(values, source="base config")
+
+
+def _refuse_changes(args: argparse.Namespace, plan: Plan, fresh: Plan) -> None:
+    """On resume the saved space, settings and base config hold; a flag that would change one
+    of them is refused rather than ignored (only ``RESUME_CHANGEABLE`` settings may change)."""
+    where = f"--resume of {plan.path}"
+    given = {k for k in SETTING_FLAGS if getattr(args, k) is not None}
+    for key in sorted(given - set(RESUME_CHANGEABLE)):
+        old, new = getattr(plan.settings, key), getattr(fresh.settings, key)
+        if old != new:
+            raise ConfigError(f"{where}: --{key.replace('_', '-')} {new} differs from the saved "
+                              f"{old}; a search keeps its settings (start a new --name instead)")  # fmt: skip
+    if args.space and (fresh.space.knobs, fresh.space.fixed, fresh.space.points) != (
+        plan.space.knobs, plan.space.fixed, plan.space.points
+    ):
+        raise ConfigError(f"{where}: --space {args.space} differs from the saved space.yaml; "
+                          "a search keeps its space (start a new --name instead)")  # fmt: skip
+    if args.config or args.overrides or args.data:
+        old, new = plan.base.to_dict(), fresh.base.to_dict()
+        changed = [k for k in new if old.get(k) != new[k]]
+        if changed:
+            raise ConfigError(f"{where}: --config/--set/--data change {', '.join(changed)} from "
+                              "the saved base config; a search keeps its base config")  # fmt: skip
+    if args.warm_start:
+        raise ConfigError(f"{where}: --warm-start only seeds a new search")
+    if fresh.settings.trials < plan.settings.trials:
+        raise ConfigError(f"{where}: --trials {fresh.settings.trials} is below the saved "
+                          f"{plan.settings.trials}; a search can be extended, not shortened")  # fmt: skip
+
+
+def _warm_start_journal(args: argparse.Namespace, storage: str) -> Path | None:
+    if not args.warm_start:
+        return None
+    from tune.study import JOURNAL_FILE
+
+    folder = Path(args.warm_start).expanduser()
+    if not folder.is_dir() and "://" not in storage:
+        folder = Path(storage) / args.warm_start
+    journal = folder / JOURNAL_FILE if folder.is_dir() else folder
+    if not journal.is_file():
+        raise ConfigError(f"--warm-start {args.warm_start}: no {JOURNAL_FILE} there (nor in "
+                          f"{storage}); give an experiment folder of an earlier search")  # fmt: skip
+    return journal.resolve()
 
 
 def plan_search(args: argparse.Namespace) -> Plan:
@@ -163,13 +238,26 @@ def plan_search(args: argparse.Namespace) -> Plan:
     resume = can_restore(path)
     if args.resume and not resume:
         raise ConfigError(f"--resume: no search to resume at {path}")
+    plan = Plan(space, settings, base, storage, name, path, report_dir, resume, [])
     if resume and (report_dir / SAVED_SETTINGS).is_file():
         # The searcher and scheduler come back from the experiment; so must their settings.
-        space = load_space(report_dir / SAVED_SPACE)
         saved = yaml.safe_load((report_dir / SAVED_SETTINGS).read_text())
-        settings = settings_from_dict(saved["settings"], str(report_dir / SAVED_SETTINGS))
-        base = TrainConfig.from_dict(saved["base"], source=str(report_dir / SAVED_SETTINGS))
-    return Plan(space, settings, base, storage, name, path, report_dir, resume)
+        fresh = plan
+        plan = Plan(
+            load_space(report_dir / SAVED_SPACE),
+            settings_from_dict(saved["settings"], str(report_dir / SAVED_SETTINGS)),
+            TrainConfig.from_dict(saved["base"], source=str(report_dir / SAVED_SETTINGS)),
+            storage, name, path, report_dir, resume, [],
+        )  # fmt: skip
+        _refuse_changes(args, plan, fresh)
+        keep = {k: getattr(fresh.settings, k) for k in RESUME_CHANGEABLE}
+        if fresh.settings.trials > plan.settings.trials:
+            plan.extend_to = fresh.settings.trials
+        plan.settings = plan.settings.replace(keep, "command line")
+    else:
+        plan.warm_start = _warm_start_journal(args, storage)
+    plan.space, plan.notes = for_metric(plan.space, plan.settings.metric)
+    return plan
 
 
 def save_plan(plan: Plan) -> None:
@@ -184,6 +272,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
 
     from cattle_yolo.data import DataError, load_datasets
     from tune import report, search
+    from tune.study import finished_trials
 
     ctx = search.init_ray(args.address, not args.no_dashboard, args.dashboard_host,
                           args.dashboard_port, trial_logs=not args.quiet)  # fmt: skip
@@ -199,19 +288,30 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         t0 = time.perf_counter()
         datasets = load_datasets(plan.base)  # decoded once, shared through the object store
         print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
-        trainable = search.make_trainable(plan.base, datasets, plan.settings, resources)
+        trainable = search.make_trainable(plan.base, datasets, plan.settings, resources,
+                                          threshold_range=plan.space.threshold_range())  # fmt: skip
         if plan.resume:
+            if plan.extend_to:
+                search.extend_trials(plan.path, plan.extend_to)
+                print(f"extending the search to {plan.extend_to} trials", flush=True)
             print(f"resuming the search at {plan.path}: finished trials are kept, unfinished "
                   "and errored ones continue from their last checkpoint", flush=True)  # fmt: skip
+            save_plan(plan)  # the trial count or the confirmation may have changed
             tuner = search.restore_tuner(plan.path, trainable)
         else:
             save_plan(plan)
+            warm = finished_trials(plan.warm_start, plan.space) if plan.warm_start else None
+            if warm is not None:
+                print(f"warm start: the study begins with {len(warm)} finished trial(s) of "
+                      f"{plan.warm_start}", flush=True)  # fmt: skip
             tuner, notes = search.build_tuner(
                 trainable, plan.space, plan.base, plan.settings, resources, plan.name,
                 plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
+                journal=plan.journal, warm_trials=warm,
             )  # fmt: skip
             for note in notes:
                 print(f"note: {note}", flush=True)
+        print(f"Optuna study: {plan.journal} (optuna-dashboard {plan.journal})", flush=True)
         results = tuner.fit()
         rows = report.trial_rows(results, plan.settings)
         export = Path(args.export) if args.export else None
@@ -222,12 +322,45 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
             print(f"the search was interrupted; continue it with the same command or --resume "
                   f"--name {plan.name}", flush=True)  # fmt: skip
             return 130
-        return 0 if report.pick_best(rows, plan.settings.mode) else EXIT_NO_RESULT
+        if report.pick_best(rows, plan.settings.mode) is None:
+            return EXIT_NO_RESULT
+        if plan.settings.confirm > 0:
+            return _confirm(args, plan, rows, trainable, resources, export)
+        return 0
     except (search.SearchSetupError, ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         ray.shutdown()  # stops a Ray this driver started; only disconnects from a cluster
+
+
+def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object,
+             resources: object, export: Path | None) -> int:  # fmt: skip
+    """Retrain the top configs and the default on fresh seeds; export the best by mean."""
+    from tune import confirm, search
+
+    settings = plan.settings
+    candidates = confirm.pick_candidates(rows, plan.space, settings, plan.base, settings.confirm)
+    seeds = confirm.fresh_seeds(settings, settings.confirm_seeds)
+    path = search.experiment_path(plan.storage, plan.name + confirm.CONFIRM_SUFFIX)
+    print(f"confirming {len(candidates) - 1} config(s) and the default on seeds {seeds}: "
+          f"{len(candidates) * len(seeds)} runs of {settings.epochs} epochs", flush=True)  # fmt: skip
+    if search.can_restore(path):
+        tuner = search.restore_tuner(path, trainable)
+    else:
+        tuner = confirm.build_confirm_tuner(
+            trainable, candidates, seeds, settings, resources.concurrent, plan.name,
+            plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
+        )  # fmt: skip
+    results = tuner.fit()
+    confirm.attach_runs(candidates, results, settings)
+    lines = confirm.report(candidates, seeds, plan.space, settings, plan.base, plan.report_dir,
+                           plan.name, export)  # fmt: skip
+    print("\n".join(lines), flush=True)
+    if any(r.status == "unfinished" for c in candidates for r in c.runs):
+        print("the confirmation was interrupted; the same command continues it", flush=True)
+        return 130
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for note in plan.notes:
+        print(f"note: {note}", flush=True)
     return run(args, plan)
 
 

@@ -16,6 +16,7 @@ import contextlib
 import io
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,9 +73,10 @@ def _flatten(
     )
 
 
-def _empty_metrics(names: Sequence[str], gt_labels: np.ndarray) -> dict[str, float]:
+def _empty_metrics(names: Sequence[str], gt_labels: np.ndarray, low: float) -> dict[str, float]:
     """Zeros for every metric; AP50 is 0.0 for classes with ground truth and nan for the rest."""
     out = {"mAP50_95": 0.0, "mAP50": 0.0, "mAP75": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
+    out.update(F1=0.0, F1_threshold=low, F1_precision=0.0, F1_recall=0.0)
     present = np.bincount(gt_labels, minlength=len(names)) > 0
     for k, name in enumerate(names):
         out[f"AP50/{name}"] = 0.0 if present[k] else math.nan
@@ -88,6 +90,7 @@ def coco_metrics(
     score_threshold: float = 0.25,
     image_sizes: Sequence[tuple[int, int]] | None = None,
     max_dets: int = COCO_MAX_DETS,
+    threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, float]:
     """COCO box metrics of ``detections`` against ``targets``, one dict per image in both lists.
 
@@ -100,6 +103,7 @@ def coco_metrics(
         score_threshold: detections scoring at least this count for precision, recall and F1.
         image_sizes: optional (width, height) per image, recorded in the COCO image entries.
         max_dets: detections per image COCOeval counts (the model's ``max_det``; at least 100).
+        threshold_range: (low, high) bounds of the F1-best threshold the sweep may choose.
 
     Returns:
         ``mAP50_95``, ``mAP50``, ``mAP75`` (as COCOeval.summarize computes them: area "all",
@@ -107,7 +111,9 @@ def coco_metrics(
         ``max_dets`` detections per image); ``precision``, ``recall``, ``f1`` at ``score_threshold``, where a
         detection is a true positive if COCOeval's greedy matching (highest score first, same
         class, IoU >= 0.5) paired it with a ground-truth box; ``AP50/<name>`` per class, **nan**
-        for a class with no ground-truth box (COCO leaves such a class out of the mean).
+        for a class with no ground-truth box (COCO leaves such a class out of the mean);
+        ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``: the score threshold chosen
+        after training, the one with the best F1 over all classes (see ``f1_sweep``).
         Edge cases: no ground truth at all gives mAP 0 (COCO itself would give -1) and
         precision 0; no detections at all gives zeros (and nan AP50 for classes without boxes).
         Precision with no detection above the threshold is 0, as Ultralytics reports it.
@@ -125,7 +131,7 @@ def coco_metrics(
     )
     if len(gt_labels) == 0 or len(dt_labels) == 0:
         # loadRes cannot take an empty result list, and with no ground truth COCOeval reports -1.
-        return _empty_metrics(names, gt_labels)
+        return _empty_metrics(names, gt_labels, threshold_range[0])
 
     # COCO ids: image i -> i + 1, class k -> k + 1, annotations from 1 (COCOeval reads a matched
     # ground-truth id of 0 as "unmatched", so no id may be 0).
@@ -181,7 +187,7 @@ def coco_metrics(
         "mAP50": _mean_valid(precision[iou50]),
         "mAP75": _mean_valid(precision[iou75]),
     }
-    out.update(_threshold_metrics(ev, score_threshold))
+    out.update(_threshold_metrics(ev, score_threshold, threshold_range))
     for k, name in enumerate(names):
         col = precision[iou50, :, k]
         out[f"AP50/{name}"] = math.nan if (col < 0).all() else float(col.mean())
@@ -194,7 +200,9 @@ def _mean_valid(precision: np.ndarray) -> float:
     return float(valid.mean()) if valid.size else 0.0
 
 
-def _threshold_metrics(ev: COCOeval, score_threshold: float) -> dict[str, float]:
+def _threshold_metrics(
+    ev: COCOeval, score_threshold: float, threshold_range: tuple[float, float]
+) -> dict[str, float]:
     """Precision, recall and F1 at a score threshold from COCOeval's own IoU-0.5 matches.
 
     COCOeval matches greedily, highest score first, so the matches of the detections above the
@@ -216,12 +224,48 @@ def _threshold_metrics(ev: COCOeval, score_threshold: float) -> dict[str, float]
             ignored.append(np.asarray(e["dtIgnore"])[0].astype(bool))
             n_gt += int((np.asarray(e["gtIgnore"]) == 0).sum())
     s, m, ig = np.concatenate(scores), np.concatenate(matched), np.concatenate(ignored)
-    kept = (s >= score_threshold) & ~ig
+    s, m = s[~ig], m[~ig]
+    kept = s >= score_threshold
     tp = int((kept & m).sum())
     precision = tp / max(int(kept.sum()), 1)
     recall = tp / max(n_gt, 1)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    out = {"precision": precision, "recall": recall, "f1": f1}
+    out.update(f1_sweep(s, m, n_gt, *threshold_range))
+    return out
+
+
+def f1_sweep(
+    scores: np.ndarray, matched: np.ndarray, n_gt: int, low: float = 0.0, high: float = 1.0
+) -> dict[str, float]:
+    """The score threshold in ``[low, high]`` with the highest F1, chosen after training.
+
+    ``scores`` (N,) are the detections' scores and ``matched`` (N,) whether each is a true
+    positive at IoU 0.5 (COCOeval's greedy matching, which does not depend on the threshold);
+    ``n_gt`` counts the ground-truth boxes. Every distinct score in the range is a candidate
+    threshold (keeping the detections scoring at least it), and so are ``low`` and ``high``;
+    ties go to the higher threshold (fewer detections for the same F1).
+
+    Returns ``F1`` (the best F1), ``F1_threshold`` and the ``F1_precision`` and ``F1_recall``
+    there. With no detection or no ground truth, F1 is 0 at threshold ``low``.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s, tp = scores[order], np.cumsum(matched[order])
+    # Candidate t keeps the detections with score >= t: the first k of the sorted list.
+    candidates = np.unique(np.concatenate([s[(s >= low) & (s <= high)], [low, high]]))
+    kept = np.searchsorted(-s, -candidates, side="right")  # count of scores >= t
+    tps = np.where(kept > 0, tp[np.maximum(kept - 1, 0)] if len(s) else 0, 0)
+    precision = tps / np.maximum(kept, 1)
+    recall = tps / max(n_gt, 1)
+    total = precision + recall
+    f1 = np.where(total > 0, 2 * precision * recall / np.maximum(total, 1e-12), 0.0)
+    best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the highest threshold among equal F1s
+    return {
+        "F1": float(f1[best]),
+        "F1_threshold": float(candidates[best]),
+        "F1_precision": float(precision[best]),
+        "F1_recall": float(recall[best]),
+    }
 
 
 def split_detections(dets: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
@@ -266,6 +310,7 @@ def evaluate(
     cfg: TrainConfig,
     device: torch.device | str,
     epoch: float,
+    detections_out: dict[str, list] | None = None,
 ) -> dict[str, float]:
     """Validation loss and COCO metrics of ``model`` over ``loader``.
 
@@ -277,7 +322,9 @@ def evaluate(
 
     Returns python floats: ``val_loss``, ``val_box``, ``val_cls``, ``val_dfl`` (means over
     batches) and the ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``,
-    ``recall``, ``f1``, ``AP50/<name>``). The model's train/eval mode is restored afterwards.
+    ``recall``, ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``,
+    ``AP50/<name>``). The model's train/eval mode is restored afterwards. ``detections_out``, if
+    given, receives the per-image ``"detections"`` and ``"targets"`` that were scored.
     """
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)
@@ -316,7 +363,51 @@ def evaluate(
     stats.update(
         coco_metrics(detections, ground_truth, names, cfg.score_threshold, max_dets=cfg.max_det)
     )
+    if detections_out is not None:
+        detections_out.update(detections=detections, targets=ground_truth)
     return stats
 
 
-__all__ = ["coco_metrics", "evaluate", "split_detections", "COCO_MAX_DETS"]
+def save_detections(
+    path: Path, detections: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]
+) -> None:
+    """Write scored detections and their ground truth (pixel xyxy, per image) to one ``.npz``,
+    atomically: what a threshold chosen after training is computed from."""
+    d_img, d_boxes, d_labels, d_scores = _flatten(detections, 1 << 30, "detections", True)
+    g_img, g_boxes, g_labels, _ = _flatten(targets, 1 << 30, "targets", False)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        images=len(targets),
+        det_image=d_img,
+        det_boxes=d_boxes.astype(np.float32),
+        det_labels=d_labels,
+        det_scores=d_scores.astype(np.float32),
+        gt_image=g_img,
+        gt_boxes=g_boxes.astype(np.float32),
+        gt_labels=g_labels,
+    )
+    tmp.replace(path)
+
+
+def load_detections(path: Path) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Read ``save_detections``' file back as (detections, targets) per image."""
+    with np.load(path) as f:
+        n = int(f["images"])
+
+        def per_image(prefix: str, keys: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+            index = f[f"{prefix}_image"]
+            return [{k: f[f"{prefix}_{k}"][index == i] for k in keys} for i in range(n)]
+
+        return per_image("det", ("boxes", "scores", "labels")), per_image("gt", ("boxes", "labels"))
+
+
+__all__ = [
+    "coco_metrics",
+    "evaluate",
+    "f1_sweep",
+    "load_detections",
+    "save_detections",
+    "split_detections",
+    "COCO_MAX_DETS",
+]

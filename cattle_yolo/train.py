@@ -3,7 +3,8 @@
 Each epoch: ``train_one_epoch`` then ``evaluate`` on the EMA weights, one stats dict appended to
 ``<out>/metrics/training_metrics.csv`` and ``<out>/metrics/training_metrics.jsonl``, one summary
 line in ``<out>/logs/train.log``, ``last.pt`` (and ``best.pt`` by val mAP50-95) in
-``<out>/models/``, and the stats handed to every callback. The search plugs in as a callback;
+``<out>/models/`` with best.pt's val detections in ``<out>/metrics/best_val_detections.npz``,
+and the stats handed to every callback. The search plugs in as a callback;
 this module never imports Ray.
 """
 
@@ -31,7 +32,7 @@ from cattle_yolo.engine import (
     save_checkpoint,
     train_one_epoch,
 )
-from cattle_yolo.evaluate import evaluate
+from cattle_yolo.evaluate import evaluate, save_detections
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
 
@@ -40,6 +41,7 @@ log = logging.getLogger("cattle_yolo")
 
 # Keys of a checkpoint's config that may differ on resume: they do not change the result.
 RESUME_MUTABLE = ("device", "workers", "out", "data", "threads")
+BEST_DETECTIONS = "best_val_detections.npz"  # in <out>/metrics/: best.pt's val detections
 
 
 class DivergedError(RuntimeError):
@@ -129,6 +131,7 @@ def _summary_line(stats: dict[str, Any], epochs: int) -> str:
         f"(box={stats['train_box']:.4f} cls={stats['train_cls']:.4f} dfl={stats['train_dfl']:.4f}) "
         f"val_loss={stats['val_loss']:.4f} mAP50={stats['mAP50']:.4f} "
         f"mAP50-95={stats['mAP50_95']:.4f} P={stats['precision']:.3f} R={stats['recall']:.3f} "
+        f"F1={stats['F1']:.3f}@{stats['F1_threshold']:.3f} "
         f"lr={stats['lr']:.2e} {stats['epoch_time']:.1f}s {stats['images_per_sec']:.1f} img/s"
         + (f" skipped={stats['skipped_steps']}" if stats["skipped_steps"] else "")
     )
@@ -227,7 +230,8 @@ def _train(
                 epoch + 1,
             )
         eval_model = ema.module if ema is not None else model
-        val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1)
+        scored: dict[str, list] = {}
+        val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1, scored)
         stats = {"epoch": epoch + 1, **train_stats, **val_stats}
         stats["epoch_time"] = time.perf_counter() - t0
         improved = stats["mAP50_95"] > best
@@ -255,6 +259,10 @@ def _train(
         save_checkpoint(state, last)
         if improved:  # the same bytes: link them rather than serialise twice
             link_checkpoint(last, out / "models" / "best.pt")
+            # best.pt's val detections: a score threshold can be chosen from them after training
+            save_detections(
+                out / "metrics" / BEST_DETECTIONS, scored["detections"], scored["targets"]
+            )
         stats["checkpoint"], stats["out"] = str(last), str(out)
         _append_metrics(out, stats)
         log.info(_summary_line(stats, cfg.epochs))

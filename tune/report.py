@@ -26,6 +26,7 @@ import yaml
 from cattle_yolo.config import TrainConfig
 from tune.space import SearchSettings, SearchSpace, resolve_trial_config, trial_values
 
+THRESHOLD_KEYS = ("threshold", "threshold_P", "threshold_R", "threshold_F1")
 STATUS_COLORS = {
     "completed": "tab:green",
     "stopped by ASHA": "tab:orange",
@@ -47,6 +48,9 @@ class TrialRow:
     path: str  # the trial's folder
     threads: int = 0  # torch CPU threads the trial trained with (exact CPU repeats need the same)
     history: list[dict[str, float]] = field(default_factory=list)  # per-epoch epoch/loss/metric
+    # best.pt's score threshold chosen after training, with its P, R and F1 (threshold_P ...)
+    threshold: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config as sampled
 
 
 def trial_status(
@@ -107,6 +111,8 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
             epochs_run=max([h["epoch"] for h in history], default=int(metrics.get("epoch") or 0)),
             status=status, detail=detail, path=str(result.path),
             threads=int(metrics.get("threads") or 0), history=history,
+            threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
+            config=dict(result.config or {}),
         ))  # fmt: skip
     return sorted(rows, key=lambda r: r.name)
 
@@ -127,12 +133,23 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def objective_label(settings: SearchSettings) -> str:
+    """How the summary names a trial's objective, e.g. ``best mAP50_95`` or
+    ``mean last 3 mAP50_95``."""
+    if settings.objective == "last_mean":
+        return f"mean last {settings.objective_window} {settings.metric}"
+    return f"best {settings.metric}"
+
+
 def summary_table(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings) -> str:
     """The end-of-search table: trial, sampled values, best metric and epoch, epochs, status."""
-    header = ["trial", *space.knobs, f"best {settings.metric}", "best epoch", "epochs", "status"]
+    header = ["trial", *space.knobs, objective_label(settings), "at epoch", "epochs",
+              "threshold", "P", "R", "F1", "status"]  # fmt: skip
     body = [
         [r.name, *(_fmt(r.params.get(k)) for k in space.knobs), _fmt(r.best),
-         str(r.best_epoch or "-"), str(r.epochs_run), r.status + (f": {r.detail}" if r.detail else "")]
+         str(r.best_epoch or "-"), str(r.epochs_run),
+         *(_fmt(r.threshold.get(k)) for k in THRESHOLD_KEYS),
+         r.status + (f": {r.detail}" if r.detail else "")]
         for r in rows
     ]  # fmt: skip
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=False)]
@@ -148,28 +165,33 @@ def summary_table(rows: list[TrialRow], space: SearchSpace, settings: SearchSett
 def write_csv(
     rows: list[TrialRow], space: SearchSpace, settings: SearchSettings, path: Path
 ) -> None:
-    fields = ["trial", *space.knobs, f"best_{settings.metric}", "best_epoch", "epochs_run",
-              "status", "detail", "path"]  # fmt: skip
+    fields = ["trial", *space.knobs, "objective", "objective_epoch", "epochs_run",
+              *THRESHOLD_KEYS, "status", "detail", "path"]  # fmt: skip
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields)
         for r in rows:
             writer.writerow([r.name, *(r.params.get(k) for k in space.knobs), r.best,
-                             r.best_epoch, r.epochs_run, r.status, r.detail, r.path])  # fmt: skip
+                             r.best_epoch, r.epochs_run, *(r.threshold.get(k) for k in THRESHOLD_KEYS),
+                             r.status, r.detail, r.path])  # fmt: skip
 
 
 def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
     """The best trial's complete config, ready for ``cattle_yolo train --config``: its own run
-    folder and device are cleared so a new run neither overwrites the trial nor pins a device."""
+    folder and device are cleared so a new run neither overwrites the trial nor pins a device,
+    and ``score_threshold`` is the one the trial chose after training (its F1-best on val)."""
     cfg = resolve_trial_config(base, row.params, out=None, device="auto")
+    if "threshold" in row.threshold:  # chosen after training on best.pt's val detections
+        cfg = cfg.replace(score_threshold=row.threshold["threshold"])
     # On CPU a trial repeats exactly only with its own thread count: record it in the config.
     return cfg.replace(threads=row.threads) if row.threads and not cfg.threads else cfg
 
 
 def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path: Path,
-                experiment: str) -> None:  # fmt: skip
-    """Write ``{config: <TrainConfig>, checkpoint, trial, metric, value, epoch}``:
-    ``TrainConfig.load`` reads the ``config`` section and ignores the rest."""
+                experiment: str, confirmed: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Write ``{config: <TrainConfig>, checkpoint, trial, metric, value, epoch, ...}``:
+    ``TrainConfig.load`` reads the ``config`` section and ignores the rest. ``confirmed``: the
+    config's mean and sd over fresh seeds, when a confirmation ran."""
     checkpoint = Path(row.path) / "run" / "models" / "best.pt"
     doc = {
         "config": best_config(row, base).to_dict(),
@@ -177,11 +199,14 @@ def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path
         "trial": row.name,
         "experiment": experiment,
         "metric": settings.metric,
+        "objective": objective_label(settings),
         "value": row.best,
         "epoch": row.best_epoch,
         "threads": row.threads,
+        **({"confirmed": confirmed} if confirmed else {}),
+        **row.threshold,
     }
-    header = (f"# Best trial {row.name} of {experiment}: {settings.metric} {_fmt(row.best)} at "
+    header = (f"# Best trial {row.name} of {experiment}: {objective_label(settings)} {_fmt(row.best)} at "
               f"epoch {row.best_epoch}.\n# Train with it (config.threads is the trial's CPU thread "
               f"count, so a CPU run repeats it exactly):\n"
               f"#   python -m cattle_yolo train --config {path.name}\n")  # fmt: skip
@@ -198,7 +223,7 @@ def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSetting
     import optuna
 
     distributions = {}
-    for key, dist in space.knobs.items():
+    for key, dist in space.knobs.items():  # a post-hoc knob (score_threshold) is not listed
         if dist.kind == "choice":
             distributions[key] = optuna.distributions.CategoricalDistribution(list(dist.choices))
         elif dist.kind == "int":
@@ -207,7 +232,7 @@ def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSetting
             distributions[key] = optuna.distributions.FloatDistribution(
                 dist.low, dist.high, log=dist.kind == "loguniform")  # fmt: skip
     usable = [r for r in rows if r.best is not None and r.status != "errored"
-              and all(k in r.params and space.knobs[k].contains(r.params[k]) for k in distributions)]  # fmt: skip
+              and all(k in r.params and d.contains(r.params[k]) for k, d in space.knobs.items())]  # fmt: skip
     if len(usable) < 4:
         return None, f"needs at least 4 finished trials, have {len(usable)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -341,15 +366,23 @@ def write_report(rows: list[TrialRow], space: SearchSpace, settings: SearchSetti
         (r for r in rows if all(r.params.get(k) == getattr(base, k) for k in space.knobs)), None
     )
     if default is not None:
-        lines.append(f"hand-fixed default: {default.name}, {settings.metric} {_fmt(default.best)} "
-                     f"at epoch {default.best_epoch} ({default.status})")  # fmt: skip
+        lines.append(f"hand-fixed default: {default.name}, {objective_label(settings)} "
+                     f"{_fmt(default.best)} at epoch {default.best_epoch} ({default.status})")  # fmt: skip
     lines.append(f"results: {folder / 'results.csv'}")
     best = pick_best(rows, settings.mode)
     if best is None:
         lines.append("no trial finished without diverging or erroring: no best config to export")
     else:
-        lines.append(f"best trial: {best.name}, {settings.metric} {_fmt(best.best)} at epoch "
-                     f"{best.best_epoch}: " + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs))  # fmt: skip
+        lines.append(f"best trial: {best.name}, {objective_label(settings)} {_fmt(best.best)} at "
+                     f"epoch {best.best_epoch}: " + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs))  # fmt: skip
+        t = best.threshold
+        if t and t.get("threshold_F1", 0) > 0:
+            lines.append(f"  score threshold {_fmt(t.get('threshold'))} (P {_fmt(t.get('threshold_P'))}, "
+                         f"R {_fmt(t.get('threshold_R'))}, F1 {_fmt(t.get('threshold_F1'))} on val), "
+                         "chosen after training on best.pt's val detections")  # fmt: skip
+        elif t:
+            lines.append(f"  score threshold {_fmt(t.get('threshold'))}: the config's own, as no "
+                         "threshold gives a true positive on val")  # fmt: skip
         for target in [folder / "best_config.yaml", *([export] if export else [])]:
             export_best(best, base, settings, target, experiment)
             lines.append(f"best config: {target}")

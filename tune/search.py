@@ -23,12 +23,12 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
-from ray.tune.search.optuna import OptunaSearch
 
 from cattle_yolo.config import TrainConfig
 from tune.space import DefineByRun, SearchSettings, SearchSpace, first_points
 from tune.stoppers import DivergenceStopper
-from tune.trainable import OBJECTIVE, train_trial
+from tune.study import StudySearch, journal_storage, make_sampler
+from tune.trainable import OBJECTIVE, RUNG_SCORE, train_trial
 
 # Tune checkpoints to keep per trial. On a filesystem path they hold a few bytes (the weights
 # are the run folder's last.pt), so all are kept: Tune's experiment state lags its deletions,
@@ -202,9 +202,16 @@ def trial_name(trial: Any) -> str:
     return prefix + trial.trial_id
 
 
-def make_trainable(base: TrainConfig, datasets: Any, settings: SearchSettings,
-                   resources: Resources, extra_callbacks: tuple = ()) -> Any:  # fmt: skip
-    """The trial function with the shared data in the object store and its resources."""
+def make_trainable(
+    base: TrainConfig,
+    datasets: Any,
+    settings: SearchSettings,
+    resources: Resources,
+    extra_callbacks: tuple = (),
+    threshold_range: tuple[float, float] | None = (0.0, 1.0),
+) -> Any:
+    """The trial function with the shared data in the object store and its resources.
+    ``threshold_range``: see ``SearchSpace.threshold_range``."""
     with_data = tune.with_parameters(
         train_trial,
         base=base.to_dict(),
@@ -212,30 +219,37 @@ def make_trainable(base: TrainConfig, datasets: Any, settings: SearchSettings,
         metric=settings.metric,
         mode=settings.mode,
         worst=settings.worst,
+        objective=settings.objective,
+        window=settings.objective_window,
+        threshold_range=threshold_range,
         extra_callbacks=extra_callbacks,
     )
     return tune.with_resources(with_data, resources.per_trial())
 
 
-def make_searcher(space: SearchSpace, base: TrainConfig, settings: SearchSettings,
-                  concurrent: int, sampler: str = "tpe") -> tuple[ConcurrencyLimiter, list[str]]:  # fmt: skip
-    """Seeded TPE (or, for comparisons, random) over the define-by-run space, the default config
-    first; returns notes too."""
-    import optuna
-
+def make_searcher(
+    space: SearchSpace,
+    base: TrainConfig,
+    settings: SearchSettings,
+    concurrent: int,
+    sampler: str = "tpe",
+    journal: Path | None = None,
+    study_name: str = "search",
+    warm_trials: list | None = None,
+) -> tuple[ConcurrencyLimiter, list[str]]:
+    """Optuna over the define-by-run space, the default config first, the study persisted in
+    ``journal`` (in memory when None) and seeded with ``warm_trials``; returns notes too."""
     points, notes = first_points(space, base)
-    if sampler == "random":
-        optuna_sampler = optuna.samplers.RandomSampler(seed=settings.seed)
-    else:
-        # TPE's default of 10 random start-up trials is most of a 12-16 trial search.
-        startup = min(10, max(3, settings.trials // 4))
-        optuna_sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup)
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=DefineByRun(space.knobs),
         metric=OBJECTIVE,
         mode=settings.mode,
         points_to_evaluate=points,
-        sampler=optuna_sampler,
+        sampler=make_sampler(settings, concurrent, sampler),
+        storage=journal_storage(journal) if journal is not None else None,
+        study_name=study_name,
+        max_epochs=settings.epochs,
+        warm_trials=warm_trials,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=concurrent), notes
 
@@ -243,12 +257,14 @@ def make_searcher(space: SearchSpace, base: TrainConfig, settings: SearchSetting
 def progress_reporter(space: SearchSpace, settings: SearchSettings) -> tune.CLIReporter:
     """The terminal table: running and finished trials, knob values, epoch, loss and metric."""
     return tune.CLIReporter(
+        metric=OBJECTIVE,
+        mode=settings.mode,
         parameter_columns=list(space.knobs),
         metric_columns={"epoch": "epoch", "train_loss": "loss",
                         settings.metric: settings.metric, OBJECTIVE: f"best {settings.metric}"},
         max_report_frequency=15,
         max_progress_rows=40,
-        sort_by_metric=True,  # by the Tuner's metric and mode
+        sort_by_metric=True,
     )  # fmt: skip
 
 
@@ -265,15 +281,23 @@ def build_tuner(
     sampler: str = "tpe",
     asha: bool = True,
     divergence: bool = True,
+    journal: Path | None = None,
+    warm_trials: list | None = None,
 ) -> tuple[tune.Tuner, list[str]]:
     """A new Tuner for the whole search; returns notes about the first point too.
 
-    ``sampler="random"``, ``asha=False`` (FIFO: every trial runs to the end) and
-    ``divergence=False`` exist for the plain strategies of benchmarks/search_efficiency.py.
+    Optuna optimises ``objective``; ASHA compares ``rung_score`` (the objective with ties
+    broken by val loss), so the Tuner itself has no metric. ``journal`` is the Optuna study's
+    file and ``warm_trials`` an earlier study's finished trials. ``sampler="random"``,
+    ``asha=False`` (FIFO: every trial runs to the end) and ``divergence=False`` exist for the
+    plain strategies of benchmarks/search_efficiency.py.
     """
-    searcher, notes = make_searcher(space, base, settings, resources.concurrent, sampler)
+    searcher, notes = make_searcher(space, base, settings, resources.concurrent, sampler,
+                                    journal, name, warm_trials)  # fmt: skip
     scheduler = (
         ASHAScheduler(
+            metric=RUNG_SCORE,
+            mode=settings.mode,
             time_attr="epoch",
             max_t=settings.epochs,
             grace_period=settings.grace_period,
@@ -290,8 +314,6 @@ def build_tuner(
         else None
     )
     tune_config = tune.TuneConfig(
-        metric=OBJECTIVE,
-        mode=settings.mode,
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=settings.trials,
@@ -326,3 +348,27 @@ def restore_tuner(path: str, trainable: Any) -> tune.Tuner:
     their last checkpoint, errored ones are retried from their last checkpoint too."""
     return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
                               resume_errored=True)  # fmt: skip
+
+
+def extend_trials(path: str, trials: int) -> None:
+    """Raise a saved search's trial count so that a restored Tuner samples more trials.
+
+    Tune keeps the count in its search state (``search_gen_state-*.json``, a cloudpickle; the
+    last name wins); ``Tuner.restore`` cannot change it, so it is rewritten here, atomically,
+    before restoring.
+    """
+    if is_uri(path):
+        raise SearchSetupError(
+            f"--trials: extending a search is supported on a filesystem path, not {path}"
+        )
+    from ray import cloudpickle
+
+    states = sorted(Path(path).glob("search_gen_state-*.json"))
+    if not states:
+        raise SearchSetupError(f"--trials: no search state in {path} to extend")
+    newest = states[-1]
+    state = cloudpickle.loads(newest.read_bytes())
+    state["total_samples"], state["finished"] = trials, False
+    tmp = newest.with_name(f".{newest.name}.tmp")
+    tmp.write_bytes(cloudpickle.dumps(state))
+    tmp.replace(newest)

@@ -31,8 +31,14 @@ SECTIONS = ("search", "space", "points")
 # Per-epoch stats a search may optimise, with their natural direction.
 METRICS = {
     "mAP50_95": "max", "mAP50": "max", "mAP75": "max", "precision": "max", "recall": "max",
-    "f1": "max", "val_loss": "min", "train_loss": "min",
+    "f1": "max", "F1": "max", "val_loss": "min", "train_loss": "min",
 }  # fmt: skip
+# Metrics read at cfg.score_threshold: only under these is score_threshold a training knob.
+THRESHOLD_METRICS = ("precision", "recall", "f1")
+# A trial's objective, from its per-epoch metric (the value ASHA's rungs, Optuna and the export
+# all see): ``best`` is the best single epoch so far; ``last_mean`` is the mean of the last
+# ``objective_window`` epochs (fewer at the start), which one lucky epoch cannot win.
+OBJECTIVES = ("best", "last_mean")
 
 # Keys fixed for the whole search: the dataset is decoded once at these settings and shared.
 FIXED_ONLY = {
@@ -49,7 +55,8 @@ NOT_IN_SPACE = {
     "seed": "the seed is search.seed (--seed)",
 }
 IOU_END_FRACTION = "iou_end_fraction"  # the Optuna parameter behind a searched iou_end
-DERIVED_KEYS = (IOU_END_FRACTION,)  # trial-config keys that are not TrainConfig fields
+CONFIRM_ID = "confirm_id"  # which confirmed config a confirmation run retrains
+DERIVED_KEYS = (IOU_END_FRACTION, CONFIRM_ID)  # trial-config keys that are not TrainConfig fields
 
 
 class SpaceError(ConfigError):
@@ -100,6 +107,10 @@ class SearchSettings:
     min_rise: float = 0.05  # divergence: ... by at least this fraction over those epochs
     spike_ratio: float = 3.0  # divergence: training loss above this multiple of its own best
     seed: int = 0  # TPE sampler and every trial's training seed
+    objective: str = "best"  # best | last_mean: a trial's objective from its per-epoch metric
+    objective_window: int = 3  # last_mean: epochs averaged
+    confirm: int = 0  # after the search: retrain the top `confirm` configs and the default ...
+    confirm_seeds: int = 3  # ... on this many fresh seeds each
 
     @property
     def worst(self) -> float:
@@ -121,6 +132,42 @@ class SearchSpace:
     fixed: dict[str, Any]  # config values fixed for every trial
     points: tuple[dict[str, Any], ...] = ()  # extra configs to try after the default
     settings: SearchSettings = field(default_factory=SearchSettings)
+    # Knobs chosen after training instead of sampled (score_threshold under an mAP metric).
+    post_hoc: dict[str, Distribution] = field(default_factory=dict)
+
+    def threshold_range(self) -> tuple[float, float] | None:
+        """The range the F1-best threshold is chosen in; None when score_threshold is a
+        sampled knob or fixed by the space (then the trial keeps its own value)."""
+        if "score_threshold" in self.knobs or "score_threshold" in self.fixed:
+            return None
+        dist = self.post_hoc.get("score_threshold")
+        if dist is None:
+            return (0.0, 1.0)
+        if dist.kind == "choice":
+            return (float(min(dist.choices)), float(max(dist.choices)))
+        return (float(dist.low), float(dist.high))
+
+
+def for_metric(space: SearchSpace, metric: str) -> tuple[SearchSpace, list[str]]:
+    """The space as the search runs it under ``metric``: a searched ``score_threshold`` is not
+    sampled unless the metric is read at that threshold (precision, recall, f1); it is chosen
+    after training instead, the F1-best on the best epoch's val detections within its range.
+    Returns the space and the note to print once."""
+    dist = space.knobs.get("score_threshold")
+    if dist is None or metric in THRESHOLD_METRICS:
+        return space, []
+    knobs = {k: v for k, v in space.knobs.items() if k != "score_threshold"}
+    points = tuple({k: v for k, v in p.items() if k != "score_threshold"} for p in space.points)
+    note = (
+        f"{space.path}: score_threshold {dist.describe()} is not sampled: it cannot change "
+        f"{metric}, so each trial chooses it after training (the F1-best threshold on its best "
+        "epoch's val detections, within that range)"
+    )
+    if not knobs:
+        raise SpaceError(f"{space.path}: space searches only score_threshold, which {metric} "
+                         "does not depend on; search a training knob too")  # fmt: skip
+    return dataclasses.replace(space, knobs=knobs, points=points,
+                               post_hoc={"score_threshold": dist}), [note]  # fmt: skip
 
 
 def _suggest_name(key: str, options: tuple[str, ...] | list[str]) -> str:
@@ -154,11 +201,25 @@ def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
         )
     if s.mode not in ("max", "min"):
         raise bad("mode", "max or min")
-    for key in ("trials", "epochs", "grace_period", "patience"):
+    if s.objective not in OBJECTIVES:
+        raise SpaceError(
+            f"{source}: objective {s.objective!r} is not one of {', '.join(OBJECTIVES)}"
+            f"{_suggest_name(str(s.objective), OBJECTIVES)}"
+        )
+    for key in (
+        "trials",
+        "epochs",
+        "grace_period",
+        "patience",
+        "objective_window",
+        "confirm_seeds",
+    ):
         if not is_int(getattr(s, key)) or getattr(s, key) < 1:
             raise bad(key, "an integer >= 1")
     if not is_int(s.seed):
         raise bad("seed", "an integer")
+    if not is_int(s.confirm) or s.confirm < 0:
+        raise bad("confirm", "an integer >= 0 (0: no confirmation)")
     if not is_num(s.reduction_factor) or s.reduction_factor <= 1:
         raise bad("reduction_factor", "a number > 1")
     if not is_num(s.min_rise) or s.min_rise < 0:

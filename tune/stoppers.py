@@ -6,7 +6,9 @@ The ``DivergenceStopper`` watches each trial's per-epoch training loss and stops
 - the loss is not finite (NaN or inf), or the validation loss is not finite (the model's
   outputs overflow: an absurd learning rate can keep the training loss finite but huge),
 - the loss has risen ``patience`` epochs in a row, by ``min_rise`` (a fraction) or more in all
-  (a plateau's noise rises a little for a few epochs now and then: that is not divergence), or
+  (a plateau's noise rises a little for a few epochs now and then: that is not divergence),
+  counting only epochs from the end of the learning-rate warmup on (the loss of a healthy run
+  may rise while the learning rate climbs: 5.96, 6.66, 6.84, then down to 4.1), or
 - the loss is more than ``spike_ratio`` times the trial's own best (lowest) earlier loss, where
   the loss of the trial's very first step counts as earlier: a learning rate that blows the
   model up within the first epoch (mean loss 5894 from a first step of 11, then "falling")
@@ -27,6 +29,7 @@ from typing import Any
 from ray.tune import Stopper
 
 LOSS_KEY, VAL_LOSS_KEY, START_KEY = "train_loss", "val_loss", "first_step_loss"
+WARMUP_KEY = "warmup_epochs"  # the trial's warmup length, reported with every result
 
 
 def divergence_rule(
@@ -36,10 +39,12 @@ def divergence_rule(
     val_loss: float = 0.0,
     min_rise: float = 0.05,
     start_loss: float | None = None,
+    warmup_epochs: float = 0.0,
 ) -> str | None:
-    """Which rule the last epoch of ``losses`` (training loss per epoch, oldest first) breaks;
-    ``val_loss`` is that epoch's validation loss, ``start_loss`` the loss of the trial's first
-    training step (``None`` when unknown).
+    """Which rule the last epoch of ``losses`` (training loss per epoch from epoch 1, oldest
+    first) breaks; ``val_loss`` is that epoch's validation loss, ``start_loss`` the loss of the
+    trial's first training step (``None`` when unknown). The rising rule's window starts no
+    earlier than the last warmup epoch (``ceil(warmup_epochs)``).
 
     Returns a short description of the rule, or ``None`` while the run looks healthy.
     """
@@ -55,7 +60,8 @@ def divergence_rule(
         best = min(earlier)
         if best > 0 and last > spike_ratio * best:
             return f"spike: training loss {last:.4g} > {spike_ratio:g} x its best {best:.4g}"
-    if len(losses) > patience:
+    first = len(losses) - patience  # epoch of the window's first loss (epochs count from 1)
+    if len(losses) > patience and first >= math.ceil(warmup_epochs):
         window = losses[-patience - 1 :]
         rising = all(b > a for a, b in zip(window, window[1:], strict=False))
         if rising and last > (1 + min_rise) * window[0]:
@@ -107,7 +113,7 @@ class DivergenceStopper(Stopper):
         losses = [history[e] for e in sorted(history) if e <= epoch]
         val_loss = float(result.get(VAL_LOSS_KEY, 0.0))
         rule = divergence_rule(losses, self.patience, self.spike_ratio, val_loss, self.min_rise,
-                               self._start.get(trial_id))  # fmt: skip
+                               self._start.get(trial_id), float(result.get(WARMUP_KEY, 0.0)))  # fmt: skip
         if rule is None:
             return False
         result.update({self.objective: self.worst, "diverged": True, "diverged_rule": rule})

@@ -40,7 +40,8 @@ from ray import tune
 from cattle_yolo.config import TrainConfig
 from tune.space import resolve_trial_config
 
-OBJECTIVE = "objective"  # the result key Tune, ASHA and Optuna optimise
+OBJECTIVE = "objective"  # the result key Optuna optimises and the export ranks by
+RUNG_SCORE = "rung_score"  # what ASHA compares: the objective with ties broken by val loss
 STATE_FILE = "search_state.json"  # reporter state stored in each Tune checkpoint
 CHECKPOINT_FILE = "last.pt"
 
@@ -48,21 +49,89 @@ CHECKPOINT_FILE = "last.pt"
 class EpochReporter:
     """Training callback: one ``tune.report`` with a checkpoint per epoch.
 
-    ``weights_in_checkpoint``: also put ``last.pt`` in the Tune checkpoint (cloud storage).
+    Args:
+        metric, mode: the per-epoch stat the search optimises and its direction.
+        worst: the objective of a trial with no finite value yet (and of a diverged one).
+        objective: ``best`` (best epoch so far) or ``last_mean`` (mean of the last ``window``
+            epochs; a non-finite epoch counts as ``worst``), see ``tune.space.OBJECTIVES``.
+        threshold_range: where the trial's score threshold is chosen after training (the
+            F1-best on best.pt's val detections); ``None`` keeps the config's own threshold.
+        names, max_det: class names and detections per image, to score saved detections.
+        weights_in_checkpoint: also put ``last.pt`` in the Tune checkpoint (cloud storage).
+        own_threshold: the trial config's ``score_threshold``, reported when
+            ``threshold_range`` is None.
+        warmup_epochs: passed on in every result for the divergence rules.
     """
 
-    def __init__(self, metric: str, mode: str, worst: float, weights_in_checkpoint: bool) -> None:
+    def __init__(
+        self,
+        metric: str,
+        mode: str,
+        worst: float,
+        weights_in_checkpoint: bool,
+        objective: str = "best",
+        window: int = 3,
+        threshold_range: tuple[float, float] | None = (0.0, 1.0),
+        names: Sequence[str] = (),
+        max_det: int = 300,
+        own_threshold: float = 0.25,
+        warmup_epochs: float = 0.0,
+    ) -> None:
         self.metric, self.mode, self.worst = metric, mode, worst
+        self.objective, self.window = objective, window
+        self.threshold_range, self.names, self.max_det = threshold_range, list(names), max_det
+        self.own_threshold, self.warmup_epochs = own_threshold, warmup_epochs
         self.weights_in_checkpoint = weights_in_checkpoint
+        self.values: dict[int, float] = {}  # epoch -> the metric's value
         self.best: float | None = None
         self.best_epoch = 0
+        self.threshold: dict[str, float] = {}  # best.pt's chosen threshold and its P, R, F1
         self.epoch = 0  # last epoch reported
         self.resumed_from_epoch = 0
 
-    def _better(self, value: float) -> bool:
-        if self.best is None:
+    def _better(self, value: float, than: float | None) -> bool:
+        if than is None:
             return True
-        return value > self.best if self.mode == "max" else value < self.best
+        return value > than if self.mode == "max" else value < than
+
+    def objective_value(self) -> tuple[float, int]:
+        """(objective, the epoch it is read at) from the values reported so far."""
+        if self.objective == "last_mean" and self.values:
+            last = sorted(self.values)[-self.window :]
+            vals = [self.values[e] if math.isfinite(self.values[e]) else self.worst for e in last]
+            return sum(vals) / len(vals), last[-1]
+        return (self.best, self.best_epoch) if self.best is not None else (self.worst, 0)
+
+    def rung_score(self, objective: float, val_loss: float) -> float:
+        """What ASHA compares at a rung: the objective, with ties broken by val loss.
+
+        ``objective -/+ 1e-6 * v / (1 + v)`` for mode max/min, ``v`` the epoch's val loss
+        (non-finite counts as infinite): the term lies in [0, 1e-6), so it only orders trials
+        whose objectives are equal to within 1e-6 (all 0.000 early on), and the lower val loss
+        ranks first.
+        """
+        v = val_loss if math.isfinite(val_loss) and val_loss >= 0 else math.inf
+        tie = 1.0 if math.isinf(v) else v / (1.0 + v)
+        return objective - 1e-6 * tie if self.mode == "max" else objective + 1e-6 * tie
+
+    def _choose_threshold(self, stats: dict[str, Any]) -> dict[str, float]:
+        """The score threshold of the weights in best.pt (this epoch's), with P, R and F1."""
+        if self.threshold_range is None:
+            return {"threshold": self.own_threshold, "threshold_P": stats.get("precision", 0.0),
+                    "threshold_R": stats.get("recall", 0.0), "threshold_F1": stats.get("f1", 0.0)}  # fmt: skip
+        found = stats
+        if tuple(self.threshold_range) != (0.0, 1.0):
+            from cattle_yolo.evaluate import coco_metrics, load_detections
+            from cattle_yolo.train import BEST_DETECTIONS
+
+            saved = Path(stats["out"]) / "metrics" / BEST_DETECTIONS
+            dets, targets = load_detections(saved)
+            found = coco_metrics(dets, targets, self.names, max_dets=self.max_det,
+                                 threshold_range=self.threshold_range)  # fmt: skip
+        # No threshold gives a true positive: nothing to choose from, keep the config's own.
+        threshold = found["F1_threshold"] if found["F1"] > 0 else self.own_threshold
+        return {"threshold": threshold, "threshold_P": found["F1_precision"],
+                "threshold_R": found["F1_recall"], "threshold_F1": found["F1"]}  # fmt: skip
 
     def metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The numbers of an epoch's stats plus the search's own keys."""
@@ -72,14 +141,22 @@ class EpochReporter:
                 out[key] = float(value)
             elif isinstance(value, int | float):
                 out[key] = value if isinstance(value, int) else float(value)
-        value = out.get(self.metric, math.nan)
-        if math.isfinite(value) and self._better(value):
-            self.best, self.best_epoch = float(value), int(stats["epoch"])
-        out[OBJECTIVE] = self.best if self.best is not None else self.worst
-        out["objective_epoch"] = self.best_epoch
+        epoch = int(stats["epoch"])
+        value = float(out.get(self.metric, math.nan))
+        self.values[epoch] = value
+        if math.isfinite(value) and self._better(value, self.best):
+            self.best, self.best_epoch = value, epoch
+        if "F1_threshold" in stats and stats.get("best_epoch") == epoch:
+            self.threshold = self._choose_threshold(stats)
+        objective, objective_epoch = self.objective_value()
+        out[OBJECTIVE] = objective
+        out[RUNG_SCORE] = self.rung_score(objective, float(out.get("val_loss", math.nan)))
+        out["objective_epoch"] = objective_epoch
+        out.update(self.threshold)
         out["diverged"] = False
         out["diverged_rule"] = ""
         out["resumed_from_epoch"] = self.resumed_from_epoch
+        out["warmup_epochs"] = self.warmup_epochs
         out["threads"] = _torch_threads()
         return out
 
@@ -89,7 +166,8 @@ class EpochReporter:
         with tempfile.TemporaryDirectory(prefix="cattle-ckpt-") as tmp:
             if self.weights_in_checkpoint:
                 _link_or_copy(Path(stats["checkpoint"]), Path(tmp) / CHECKPOINT_FILE)
-            state = {"best": self.best, "best_epoch": self.best_epoch, "epoch": self.epoch}
+            state = {"best": self.best, "best_epoch": self.best_epoch, "epoch": self.epoch,
+                     "values": self.values, "threshold": self.threshold}  # fmt: skip
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -108,6 +186,8 @@ class EpochReporter:
                 state["best_epoch"],
                 state["epoch"],
             )
+            self.values = {int(e): float(v) for e, v in state.get("values", {}).items()}
+            self.threshold = state.get("threshold", {})
         weights = run / "models" / CHECKPOINT_FILE
         if not weights.is_file():
             weights = folder / CHECKPOINT_FILE if folder is not None else weights
@@ -133,7 +213,7 @@ class EpochReporter:
         """The final result of a trial the training loop declared diverged."""
         tune.report({
             "epoch": epoch, "train_loss": math.nan, OBJECTIVE: self.worst,
-            "objective_epoch": self.best_epoch, "diverged": True,
+            RUNG_SCORE: self.worst, "objective_epoch": self.best_epoch, "diverged": True,
             "diverged_rule": f"training loop: {reason}", "resumed_from_epoch": self.resumed_from_epoch,
         })  # fmt: skip
 
@@ -195,12 +275,17 @@ def train_trial(
     metric: str,
     mode: str,
     worst: float,
+    objective: str = "best",
+    window: int = 3,
+    threshold_range: tuple[float, float] | None = (0.0, 1.0),
     extra_callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> None:
     """Ray Tune function trainable: ``config`` holds the sampled knob values.
 
     ``base`` is the resolved base config as a dict, ``datasets`` the ``Datasets`` the driver
-    decoded once (shared through the object store by ``tune.with_parameters``).
+    decoded once (shared through the object store by ``tune.with_parameters``). A confirmation
+    run's ``config`` also holds its ``seed`` and ``confirm_id``. The other arguments are
+    ``EpochReporter``'s.
     """
     from cattle_yolo.train import DivergedError, train
 
@@ -208,7 +293,11 @@ def train_trial(
     device = trial_device_and_threads()
     out, persistent = trial_out_dir()
     cfg = resolve_trial_config(TrainConfig.from_dict(base), config, out=str(out), device=device)
-    reporter = EpochReporter(metric, mode, worst, weights_in_checkpoint=not persistent)
+    reporter = EpochReporter(
+        metric, mode, worst, weights_in_checkpoint=not persistent, objective=objective,
+        window=window, threshold_range=threshold_range, names=datasets.names,
+        max_det=cfg.max_det, own_threshold=cfg.score_threshold, warmup_epochs=cfg.warmup_epochs,
+    )  # fmt: skip
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
         resume = reporter.resume_point(Path(folder) if folder else None, out)

@@ -1,0 +1,223 @@
+"""Confirmation: retrain the search's top configs and the hand-fixed default on fresh seeds.
+
+A search ranks configs by one training run each, on one seed; a curve that jumps by a few
+points from epoch to epoch can crown a lucky config. ``--confirm K --confirm-seeds S`` retrains
+the top ``K`` configs (completed trials first, by objective; the default is never one of the K)
+and the default, each for the full epochs on ``S`` seeds the search did not use, as Ray trials
+of a second experiment ``<name>-confirm`` beside the search (same resources, retries, divergence
+rules; it resumes like the search). That is ``K x S + S`` runs.
+
+The summary gives each config's mean and sample sd over its seeds (a diverged run counts with
+the worst value, an errored one not at all) and says whether the winner by mean beats the
+default by more than the seed spread (the larger of the two sds). The export is the winner by
+mean, with the checkpoint and threshold of its best seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
+
+from cattle_yolo.config import TrainConfig
+from tune.report import TrialRow, export_best, objective_label, trial_rows
+from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
+from tune.stoppers import DivergenceStopper
+from tune.trainable import OBJECTIVE
+
+CONFIRM_SUFFIX = "-confirm"
+CONFIRM_CSV = "confirm.csv"
+
+
+@dataclass
+class Candidate:
+    confirm_id: int  # 0 is the hand-fixed default
+    label: str  # "default" or the search trial's name
+    params: dict[str, Any]  # knob values
+    search_value: float | None  # its objective in the search (None: the default did not run)
+    runs: list[TrialRow] = field(default_factory=list)
+
+    def values(self, worst: float) -> list[float]:
+        """The confirmed objective of each run that did not error (diverged: ``worst``)."""
+        out = []
+        for r in self.runs:
+            if r.status == "errored":
+                continue
+            out.append(worst if r.status == "diverged" or r.best is None else r.best)
+        return out
+
+    def mean_sd(self, worst: float) -> tuple[float, float]:
+        v = self.values(worst)
+        if not v:
+            return math.nan, math.nan
+        return statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0
+
+
+def fresh_seeds(settings: SearchSettings, count: int) -> list[int]:
+    """``count`` training seeds the search did not use (it trained every trial on its seed)."""
+    return [settings.seed + 1 + i for i in range(count)]
+
+
+def pick_candidates(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings,
+                    base: TrainConfig, k: int) -> list[Candidate]:  # fmt: skip
+    """The default first, then the top ``k`` other configs: completed trials by objective, then
+    ASHA-stopped ones if fewer than ``k`` completed."""
+    default = {key: getattr(base, key) for key in space.knobs}
+
+    def is_default(r: TrialRow) -> bool:
+        return all(r.params.get(key) == value for key, value in default.items())
+
+    default_row = next((r for r in rows if is_default(r)), None)
+    sign = 1.0 if settings.mode == "max" else -1.0
+    ranked = []
+    for status in ("completed", "stopped by ASHA"):
+        pool = [r for r in rows if r.status == status and r.best is not None and not is_default(r)]
+        ranked += sorted(pool, key=lambda r: -sign * r.best)
+    out = [Candidate(0, "default", default, default_row.best if default_row else None)]
+    for i, r in enumerate(ranked[:k]):
+        out.append(Candidate(i + 1, r.name, dict(r.params), r.best))
+    return out
+
+
+def run_configs(candidates: list[Candidate], seeds: list[int]) -> list[dict[str, Any]]:
+    """The Tune config of every confirmation run: knob values, ``seed`` and ``confirm_id``."""
+    return [{**c.params, "seed": s, CONFIRM_ID: c.confirm_id} for c in candidates for s in seeds]
+
+
+def build_confirm_tuner(
+    trainable: Any,
+    candidates: list[Candidate],
+    seeds: list[int],
+    settings: SearchSettings,
+    concurrent: int,
+    name: str,
+    storage: str,
+    max_failures: int,
+    verbose: int = 1,
+) -> tune.Tuner:
+    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once."""
+    from tune.search import CHECKPOINTS_TO_KEEP_CLOUD, is_uri, trial_name
+
+    runs = run_configs(candidates, seeds)
+    stopper = DivergenceStopper(settings.patience, settings.spike_ratio, settings.worst,
+                                OBJECTIVE, settings.min_rise)  # fmt: skip
+    reporter = tune.CLIReporter(
+        metric=OBJECTIVE, mode=settings.mode, parameter_columns=[CONFIRM_ID, "seed"],
+        metric_columns={"epoch": "epoch", "train_loss": "loss", OBJECTIVE: objective_label(settings)},
+        max_report_frequency=30,
+    )  # fmt: skip
+    tune_config = tune.TuneConfig(
+        search_alg=BasicVariantGenerator(points_to_evaluate=runs, max_concurrent=concurrent),
+        num_samples=len(runs),
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    run_config = tune.RunConfig(
+        name=name + CONFIRM_SUFFIX,
+        storage_path=storage,
+        stop=stopper,
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if is_uri(storage) else None
+        ),
+        failure_config=tune.FailureConfig(max_failures=max_failures),
+        sync_config=tune.SyncConfig(sync_artifacts=is_uri(storage)),
+        progress_reporter=reporter,
+        verbose=verbose,
+    )
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def attach_runs(candidates: list[Candidate], results: Any, settings: SearchSettings) -> None:
+    """File each finished confirmation run under its candidate."""
+    by_id = {c.confirm_id: c for c in candidates}
+    for row in trial_rows(results, settings):
+        cid = row.config.get(CONFIRM_ID)
+        if cid in by_id:
+            by_id[cid].runs.append(row)
+
+
+def winner(candidates: list[Candidate], settings: SearchSettings) -> Candidate | None:
+    """The config with the best mean over its seeds (None if no run finished)."""
+    scored = [c for c in candidates if c.values(settings.worst)]
+    if not scored:
+        return None
+    sign = 1.0 if settings.mode == "max" else -1.0
+    return max(scored, key=lambda c: sign * c.mean_sd(settings.worst)[0])
+
+
+def verdict(candidates: list[Candidate], settings: SearchSettings) -> str:
+    """Whether the winner beats the default by more than the seed spread."""
+    best = winner(candidates, settings)
+    default = candidates[0]
+    if best is None or not default.values(settings.worst):
+        return "confirmation: not enough finished runs to compare with the default"
+    if best is default:
+        return "confirmation: the hand-fixed default has the best mean; no searched config beats it"
+    (m_w, sd_w), (m_d, sd_d) = best.mean_sd(settings.worst), default.mean_sd(settings.worst)
+    gain = (m_w - m_d) if settings.mode == "max" else (m_d - m_w)
+    spread = max(sd_w, sd_d)
+    beats = "beats" if gain > spread else "does not beat"
+    return (f"confirmation: {best.label} {beats} the default by more than the seed spread "
+            f"({m_w:.4g} ± {sd_w:.2g} against {m_d:.4g} ± {sd_d:.2g}: a gain of {gain:.3g}, "
+            f"spread {spread:.2g})")  # fmt: skip
+
+
+def summary_lines(candidates: list[Candidate], seeds: list[int], settings: SearchSettings
+                  ) -> list[str]:  # fmt: skip
+    label = objective_label(settings)
+    lines = [f"confirmation: {len(candidates) - 1} searched config(s) and the default, "
+             f"{len(seeds)} fresh seed(s) each ({', '.join(map(str, seeds))}), "
+             f"{settings.epochs} epochs", ""]  # fmt: skip
+    header = ["config", f"search {label}", "confirmed mean", "sd", "runs", "per seed"]
+    body = []
+    for c in candidates:
+        mean, sd = c.mean_sd(settings.worst)
+        per_seed = ", ".join(f"{v:.4g}" for v in c.values(settings.worst))
+        diverged = sum(r.status == "diverged" for r in c.runs)
+        body.append([c.label, "-" if c.search_value is None else f"{c.search_value:.4g}",
+                     f"{mean:.4g}", f"{sd:.2g}", f"{len(c.values(settings.worst))}"
+                     + (f" ({diverged} diverged)" if diverged else ""), per_seed])  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    for line in [header, ["-" * w for w in widths], *body]:
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
+    lines += ["", verdict(candidates, settings)]
+    return lines
+
+
+def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst: float) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", *space.knobs, "seed", "objective", "status", "path"])
+        for c in candidates:
+            for r in c.runs:
+                w.writerow([c.label, *(c.params.get(k) for k in space.knobs),
+                            r.config.get("seed"), r.best, r.status, r.path])  # fmt: skip
+
+
+def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
+           settings: SearchSettings, base: TrainConfig, folder: Path, experiment: str,
+           export: Path | None) -> list[str]:  # fmt: skip
+    """Summary lines, ``confirm.csv``, and the export of the winner by mean."""
+    lines = summary_lines(candidates, seeds, settings)
+    write_csv(candidates, space, folder / CONFIRM_CSV, settings.worst)
+    lines.append(f"confirmation runs: {folder / CONFIRM_CSV}")
+    best = winner(candidates, settings)
+    if best is None:
+        return lines
+    sign = 1.0 if settings.mode == "max" else -1.0
+    runs = [r for r in best.runs if r.best is not None and r.status != "errored"]
+    run = max(runs, key=lambda r: sign * r.best)
+    mean, sd = best.mean_sd(settings.worst)
+    confirmed = {"config": best.label, "mean": mean, "sd": sd, "seeds": seeds,
+                 "values": best.values(settings.worst)}  # fmt: skip
+    for target in [folder / "best_config.yaml", *([export] if export else [])]:
+        export_best(run, base, settings, target, experiment + CONFIRM_SUFFIX, confirmed)
+        lines.append(f"best config (by confirmed mean: {best.label}, its best seed "
+                     f"{run.config.get('seed')}): {target}")  # fmt: skip
+    return lines

@@ -1,0 +1,141 @@
+"""The Optuna side of a search: the persisted study, the sampler, and what the study is told.
+
+Ray's ``OptunaSearch`` asks Optuna for each trial's values and tells it the result. It is
+subclassed (``StudySearch``) only where the study would otherwise learn something false:
+
+- every epoch's objective is reported as an intermediate value at ``step = epoch`` (Ray uses
+  the training iteration, which a retried trial repeats);
+- a trial that ASHA stopped early is told as PRUNED, as Optuna's own pruners record it, not
+  COMPLETE with its partial value; a diverged trial stays COMPLETE with the worst value;
+- a warm start adds an earlier study's finished trials before the first suggestion.
+
+The study lives in the experiment folder as a journal file (``optuna_journal.log``, Optuna's
+``JournalStorage`` with a file backend and an open-lock, which works on NFS), so
+``optuna-dashboard <folder>/optuna_journal.log`` shows it while the search runs and after.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from tune.space import IOU_END_FRACTION, SearchSettings, SearchSpace, SpaceError
+
+JOURNAL_FILE = "optuna_journal.log"
+
+
+def journal_storage(path: Path) -> optuna.storages.JournalStorage:
+    """A journal storage in ``path``, safe for several processes on a shared filesystem."""
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
+    return optuna.storages.JournalStorage(backend)
+
+
+def distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna parameters a trial of ``space`` has (``iou_end`` as its fraction when both IoU
+    bounds are searched, as ``tune.space.DefineByRun`` samples it)."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for key, dist in space.knobs.items():
+        if key == "iou_end" and "iou_start" in space.knobs:
+            out[IOU_END_FRACTION] = optuna.distributions.FloatDistribution(0.0, 1.0)
+        elif dist.kind == "choice":
+            out[key] = optuna.distributions.CategoricalDistribution(list(dist.choices))
+        elif dist.kind == "int":
+            out[key] = optuna.distributions.IntDistribution(int(dist.low), int(dist.high))
+        else:
+            log = dist.kind == "loguniform"
+            out[key] = optuna.distributions.FloatDistribution(dist.low, dist.high, log=log)
+    return out
+
+
+def make_sampler(settings: SearchSettings, concurrent: int, kind: str = "tpe") -> Any:
+    """Seeded multivariate TPE (``constant_liar`` when trials run in parallel, so running
+    trials count as tried), or a seeded random sampler for comparisons."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    # TPE's default of 10 random start-up trials is most of a 12-16 trial search.
+    startup = min(10, max(3, settings.trials // 4))
+    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup,
+                                      multivariate=True, constant_liar=concurrent > 1)  # fmt: skip
+
+
+def finished_trials(journal: Path, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE and PRUNED trials of the study in ``journal``, checked against ``space``.
+
+    Raises ``SpaceError`` when the file holds no study or the old trials were sampled over
+    other knobs or ranges than ``space`` (a warm start must search the same space).
+    """
+    if not journal.is_file():
+        raise SpaceError(f"--warm-start: no Optuna study at {journal}")
+    storage = journal_storage(journal)
+    names = optuna.get_all_study_names(storage)
+    if len(names) != 1:
+        raise SpaceError(f"--warm-start: {journal} holds {len(names)} studies, expected one")
+    study = optuna.load_study(study_name=names[0], storage=storage)
+    want = distributions(space)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = study.get_trials(deepcopy=False, states=states)
+    for t in trials:
+        if t.distributions != want:
+            theirs, ours = sorted(t.distributions), sorted(want)
+            what = (f"knobs {theirs} against {ours}" if theirs != ours else
+                    "; ".join(f"{k}: {t.distributions[k]} against {want[k]}"
+                              for k in ours if t.distributions[k] != want[k]))  # fmt: skip
+            raise SpaceError(
+                f"--warm-start: trial {t.number} of {journal} was sampled over another space "
+                f"({what}); a warm start needs the same knobs and ranges"
+            )
+    return list(trials)
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` that tells the study the truth (see the module docstring).
+
+    Args:
+        max_epochs: a trial that ended before this epoch without diverging was stopped by ASHA.
+        warm_trials: finished trials of an earlier study to add before the first suggestion.
+        The rest are ``OptunaSearch``'s.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, warm_trials: list | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
+        self._max_epochs = max_epochs
+        self._warm_trials = list(warm_trials or [])
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: Any) -> None:
+        super()._setup_study(mode)  # creates the study, enqueues the first points
+        self._ot_study.add_trials(self._warm_trials)  # only ever called on a new search
+        self._warm_trials = []
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, epoch = result.get(self.metric), result.get("epoch")
+        if value is not None and epoch is not None and not result.get("diverged"):
+            self._ot_trials[trial_id].report(float(value), int(epoch))
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if result is not None:  # Tune hands the last result only to on_trial_complete
+            self.on_trial_result(trial_id, result)
+        epoch = int((result or {}).get("epoch") or 0)
+        stopped_early = (
+            result is not None
+            and not error
+            and not result.get("diverged")
+            and 0 < epoch < self._max_epochs
+        )
+        if not stopped_early:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
