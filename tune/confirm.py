@@ -100,8 +100,10 @@ def build_confirm_tuner(
     storage: str,
     max_failures: int,
     verbose: int = 1,
+    divergence: bool = True,
 ) -> tune.Tuner:
-    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once."""
+    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once;
+    ``divergence=False`` (benchmarks) leaves the divergence stopper out."""
     from tune.search import CHECKPOINTS_TO_KEEP_CLOUD, is_uri, trial_name
 
     runs = run_configs(candidates, seeds)
@@ -121,7 +123,7 @@ def build_confirm_tuner(
     run_config = tune.RunConfig(
         name=name + CONFIRM_SUFFIX,
         storage_path=storage,
-        stop=stopper,
+        stop=stopper if divergence else None,
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if is_uri(storage) else None
         ),
@@ -130,7 +132,9 @@ def build_confirm_tuner(
         progress_reporter=reporter,
         verbose=verbose,
     )
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    # Tune takes preset points only for keys its param space names; None leaves them unchecked.
+    keys = {key: None for run in runs for key in run}
+    return tune.Tuner(trainable, param_space=keys, tune_config=tune_config, run_config=run_config)
 
 
 def attach_runs(candidates: list[Candidate], results: Any, settings: SearchSettings) -> None:

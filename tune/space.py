@@ -160,8 +160,8 @@ def for_metric(space: SearchSpace, metric: str) -> tuple[SearchSpace, list[str]]
     points = tuple({k: v for k, v in p.items() if k != "score_threshold"} for p in space.points)
     note = (
         f"{space.path}: score_threshold {dist.describe()} is not sampled: it cannot change "
-        f"{metric}, so each trial chooses it after training (the F1-best threshold on its best "
-        "epoch's val detections, within that range)"
+        f"{metric}, so it is chosen after training: each trial takes the F1-best threshold "
+        "within that range on its best epoch's val detections, and the export carries it"
     )
     if not knobs:
         raise SpaceError(f"{space.path}: space searches only score_threshold, which {metric} "

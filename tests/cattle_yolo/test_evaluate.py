@@ -265,3 +265,57 @@ def test_evaluate_scores_a_blind_model_zero() -> None:
     loader = DataLoader(FakeSet(), batch_size=4, collate_fn=collate)
     stats = evaluate(Blind(), loader, fake_loss, TrainConfig(imgsz=S), "cpu", epoch=0.0)
     assert stats["mAP50_95"] == 0.0 and stats["recall"] == 0.0
+
+
+def _random_scene(seed: int, n_images: int = 12):
+    """Noisy detections of random ground truth: some near a box, some false, random scores."""
+    rng = np.random.default_rng(seed)
+    dets, targets = [], []
+    for _ in range(n_images):
+        k = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 200, (k, 2))
+        wh = rng.uniform(20, 60, (k, 2))
+        boxes = np.concatenate([xy, xy + wh], 1)
+        labels = rng.integers(0, 2, k)
+        targets.append(gt(boxes, labels))
+        jitter = boxes + rng.normal(0, 6, boxes.shape)
+        fp_xy = rng.uniform(0, 200, (3, 2))
+        fp = np.concatenate([fp_xy, fp_xy + 30], 1)
+        all_boxes = np.concatenate([jitter, fp])
+        all_labels = np.concatenate([labels, rng.integers(0, 2, 3)])
+        scores = rng.uniform(0.001, 1.0, len(all_boxes)).round(3)  # ties between scores too
+        dets.append(det(all_boxes, scores, all_labels))
+    return dets, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_f1_threshold_is_the_brute_force_argmax_on_saved_detections(seed, tmp_path) -> None:
+    from cattle_yolo.evaluate import load_detections, save_detections
+
+    dets, targets = _random_scene(seed)
+    save_detections(tmp_path / "d.npz", dets, targets)
+    dets, targets = load_detections(tmp_path / "d.npz")  # the round trip loses nothing needed
+    got = coco_metrics(dets, targets, NAMES)
+    scores = sorted({float(s) for d in dets for s in d["scores"]})
+    f1 = {t: coco_metrics(dets, targets, NAMES, score_threshold=t)["f1"] for t in scores}
+    best = max(f1.values())
+    assert got["F1"] == pytest.approx(best)
+    assert got["F1_threshold"] == max(t for t, v in f1.items() if v == best)  # ties: the higher
+    at = coco_metrics(dets, targets, NAMES, score_threshold=got["F1_threshold"])
+    assert (got["F1_precision"], got["F1_recall"]) == pytest.approx((at["precision"], at["recall"]))
+    # Within a range: the brute force over the scores inside it (and the range's ends).
+    low, high = 0.3, 0.6
+    ranged = coco_metrics(dets, targets, NAMES, threshold_range=(low, high))
+    inside = [t for t in scores if low <= t <= high] + [low, high]
+    f1_in = {t: coco_metrics(dets, targets, NAMES, score_threshold=t)["f1"] for t in inside}
+    assert low <= ranged["F1_threshold"] <= high
+    assert ranged["F1"] == pytest.approx(max(f1_in.values()))
+
+
+def test_f1_sweep_edge_cases() -> None:
+    from cattle_yolo.evaluate import f1_sweep
+
+    none = f1_sweep(np.zeros(0), np.zeros(0, bool), n_gt=3)
+    assert none == {"F1": 0.0, "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0}
+    perfect = f1_sweep(np.array([0.9, 0.8, 0.2]), np.array([True, True, False]), n_gt=2)
+    assert perfect["F1"] == 1.0 and perfect["F1_threshold"] == pytest.approx(0.8)

@@ -98,3 +98,27 @@ def test_importance_needs_enough_trials(write_space):
 
 def test_shipped_spaces_exist():
     assert (REPO / "search_spaces" / "fixes.yaml").is_file()
+
+
+def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_space):
+    space = load_space(write_space(
+        "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n"
+        "  score_threshold: {uniform: [0.05, 0.5]}\n"))  # fmt: skip
+    from tune.space import for_metric
+
+    space, notes = for_metric(space, "mAP50_95")
+    assert "score_threshold" not in space.knobs and space.threshold_range() == (0.05, 0.5)
+    rows = _rows()
+    for r in rows:
+        r.params.pop("box_loss_weight")
+    rows[2].threshold = {"threshold": 0.3712, "threshold_P": 0.8, "threshold_R": 0.7,
+                         "threshold_F1": 0.7467}  # fmt: skip
+    base = TrainConfig(epochs=4, score_threshold=0.25)
+    lines = write_report(rows, space, space.settings, base, tmp_path, "exp", tmp_path / "b.yaml")
+    assert any("score threshold 0.3712" in line for line in lines)
+    for path in (tmp_path / "best_config.yaml", tmp_path / "b.yaml"):
+        assert TrainConfig.load(path).score_threshold == 0.3712
+    row = next(r for r in csv.DictReader((tmp_path / "results.csv").open()) if r["trial"] == "trial_003")
+    assert float(row["threshold"]) == 0.3712 and float(row["threshold_F1"]) == 0.7467
+    values, _ = importance(rows, space, space.settings)
+    assert set(values) == {"lr"}  # the post-hoc threshold is not a sampled knob

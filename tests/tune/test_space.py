@@ -210,3 +210,41 @@ def test_default_outside_a_range_is_left_to_the_sampler(write_space):
     points, notes = first_points(space, TrainConfig())
     assert points == [{"focal_gamma": 2.0}, {"focal_gamma": 2.0, "lr": 0.5}]
     assert "lr=0.001 is outside loguniform" in notes[0]
+
+
+def test_score_threshold_is_chosen_after_training_under_map(write_space):
+    from tune.space import for_metric
+
+    text = ("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+            "  score_threshold: {uniform: [0.05, 0.5]}\npoints:\n  - {score_threshold: 0.3}\n")  # fmt: skip
+    space = load_space(write_space(text))
+    for metric in ("mAP50_95", "mAP50", "F1", "val_loss"):
+        run, notes = for_metric(space, metric)
+        assert list(run.knobs) == ["lr"] and run.points == ({},)
+        assert len(notes) == 1 and "chosen after training" in notes[0] and metric in notes[0]
+        assert run.threshold_range() == (0.05, 0.5)
+        points, _ = first_points(run, TrainConfig())
+        assert all("score_threshold" not in p for p in points)
+    for metric in ("precision", "recall", "f1"):  # read at the threshold: a real knob
+        run, notes = for_metric(space, metric)
+        assert "score_threshold" in run.knobs and not notes and run.threshold_range() is None
+    only = load_space(write_space("space:\n  score_threshold: {uniform: [0.05, 0.5]}\n", "o.yaml"))
+    with pytest.raises(SpaceError, match="only score_threshold"):
+        for_metric(only, "mAP50_95")
+    fixed = load_space(write_space("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+                                   "  score_threshold: 0.4\n", "f.yaml"))  # fmt: skip
+    assert fixed.threshold_range() is None  # fixed by the space: kept
+    plain = load_space(write_space("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n", "p.yaml"))
+    assert plain.threshold_range() == (0.0, 1.0)
+
+
+def test_objective_settings_are_checked(write_space):
+    space = load_space(write_space("search: {objective: last_mean, objective_window: 4}\n"
+                                   "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"))  # fmt: skip
+    assert space.settings.objective == "last_mean" and space.settings.objective_window == 4
+    with pytest.raises(SpaceError, match="objective 'mean_last' is not one of best, last_mean"):
+        load_space(write_space("search: {objective: mean_last}\nspace:\n  lr: 0.001\n"
+                               "  box_loss_weight: {uniform: [2, 12]}\n", "b.yaml"))  # fmt: skip
+    with pytest.raises(SpaceError, match="confirm must be an integer >= 0"):
+        load_space(write_space("search: {confirm: -1}\nspace:\n"
+                               "  box_loss_weight: {uniform: [2, 12]}\n", "c.yaml"))  # fmt: skip

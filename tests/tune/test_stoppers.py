@@ -101,3 +101,26 @@ def test_a_blow_up_inside_the_first_epoch_is_caught_at_epoch_1():
     assert stopper("b", blown) and blown["diverged"] is True
     # the first step stays the reference on later epochs
     assert stopper("a", {"epoch": 2, "train_loss": 40.0, "objective": 0.0})
+
+
+def test_rising_rule_waits_for_the_end_of_warmup():
+    # A healthy run on another cattle dataset: the loss rose while the LR warmed up, then fell.
+    warmup_rise = [5.5, 5.96, 6.66, 6.84, 7.0]
+    assert divergence_rule(warmup_rise, 3, 3.0).startswith("rising")  # the old rule: stopped
+    assert divergence_rule(warmup_rise, 3, 3.0, warmup_epochs=3.0) is None
+    # After warmup the same rise is divergence, and a blow-up is still caught at once.
+    late_rise = [8.0, 6.0, 5.0, 4.0, 4.2, 4.4, 4.6]
+    assert divergence_rule(late_rise, 3, 3.0, warmup_epochs=3.0).startswith("rising")
+    assert divergence_rule([10.0, 40.0], 3, 3.0, warmup_epochs=3.0).startswith("spike")
+    assert divergence_rule([10.0, NAN], 3, 3.0, warmup_epochs=3.0).startswith("non-finite")
+
+
+def test_stopper_reads_the_warmup_from_the_result():
+    stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
+    losses = [5.5, 5.96, 6.66, 6.84, 7.0]
+    stops = [stopper("t", {"epoch": e, "train_loss": x, "warmup_epochs": 3.0})
+             for e, x in enumerate(losses, 1)]  # fmt: skip
+    assert not any(stops)
+    stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
+    stops = [stopper("u", {"epoch": e, "train_loss": x}) for e, x in enumerate(losses, 1)]
+    assert stops[-1]

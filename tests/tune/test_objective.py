@@ -1,0 +1,83 @@
+"""A trial's objective (best epoch or the mean of the last epochs), ASHA's rung score with its
+tie-break, and what EpochReporter reports; no Ray cluster needed."""
+
+import math
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+from tune.trainable import OBJECTIVE, RUNG_SCORE, EpochReporter
+
+
+def _reporter(objective="best", window=3, mode="max", threshold_range=None):
+    return EpochReporter("mAP50_95", mode, 0.0, weights_in_checkpoint=False,
+                         objective=objective, window=window, threshold_range=threshold_range)  # fmt: skip
+
+
+def _feed(reporter, curve, val_loss=1.0):
+    out = []
+    for epoch, value in enumerate(curve, 1):
+        stats = {"epoch": epoch, "mAP50_95": value, "val_loss": val_loss, "best_epoch": 0}
+        out.append(reporter.metrics(stats))
+    return out
+
+
+# A lucky config: one high epoch in a noisy curve. A steady one: better on every other epoch.
+LUCKY = [0.10, 0.30, 0.08, 0.12, 0.09, 0.11]
+STEADY = [0.15, 0.18, 0.20, 0.21, 0.21, 0.22]
+
+
+def test_best_epoch_objective_rewards_the_lucky_epoch():
+    lucky, steady = _feed(_reporter(), LUCKY)[-1], _feed(_reporter(), STEADY)[-1]
+    assert lucky[OBJECTIVE] == 0.30 and lucky["objective_epoch"] == 2
+    assert steady[OBJECTIVE] == 0.22
+    assert lucky[OBJECTIVE] > steady[OBJECTIVE]
+
+
+def test_last_mean_objective_ranks_the_steady_curve_first():
+    lucky = _feed(_reporter("last_mean", 3), LUCKY)
+    steady = _feed(_reporter("last_mean", 3), STEADY)
+    assert lucky[-1][OBJECTIVE] == pytest.approx((0.12 + 0.09 + 0.11) / 3)
+    assert steady[-1][OBJECTIVE] == pytest.approx((0.21 + 0.21 + 0.22) / 3)
+    assert steady[-1][OBJECTIVE] > lucky[-1][OBJECTIVE]
+    assert lucky[0][OBJECTIVE] == pytest.approx(0.10)  # fewer epochs than the window: their mean
+    assert lucky[1][OBJECTIVE] == pytest.approx(0.20)
+    assert lucky[-1]["objective_epoch"] == 6
+
+
+def test_last_mean_counts_a_non_finite_epoch_as_worst():
+    out = _feed(_reporter("last_mean", 2), [0.2, math.nan])
+    assert out[-1][OBJECTIVE] == pytest.approx(0.1)
+
+
+def test_rung_score_only_breaks_ties():
+    r = _reporter()
+    assert r.rung_score(0.0, 1.0) > r.rung_score(0.0, 2.0)  # tie: lower val loss ranks first
+    assert r.rung_score(0.0, 1.0) > r.rung_score(0.0, math.nan)
+    assert r.rung_score(0.001, 100.0) > r.rung_score(0.0, 0.0)  # a real difference wins
+    assert abs(r.rung_score(0.5, 3.0) - 0.5) < 1e-6
+    low = _reporter(mode="min")
+    assert low.rung_score(1.0, 1.0) < low.rung_score(1.0, 2.0)  # mode min: lower is better
+
+
+def test_asha_keeps_the_tied_trial_with_the_lower_val_loss():
+    """Four trials all at mAP 0.000 at the first rung: ASHA (reduction 2) stops by rung score,
+    so the two with the higher val loss are the ones cut."""
+    asha = ASHAScheduler(metric=RUNG_SCORE, mode="max", time_attr="epoch", max_t=8,
+                         grace_period=1, reduction_factor=2)  # fmt: skip
+    reporters = [_reporter() for _ in range(4)]
+    val_losses = [3.0, 1.0, 4.0, 2.0]  # trial 1 best, then 3
+    trials = [Trial("__fake", trial_id=f"t{i}", stub=True) for i in range(4)]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    decisions = {}
+    for t, rep, vl in zip(trials, reporters, val_losses, strict=True):
+        result = _feed(rep, [0.0], val_loss=vl)[-1]
+        decisions[t.trial_id] = asha.on_trial_result(None, t, result)
+    # ASHA judges each trial against those recorded before it at the rung (cut below the
+    # median with reduction 2): t2 arrives after t0 and t1, both with lower val losses.
+    stopped = {k for k, d in decisions.items() if d == TrialScheduler.STOP}
+    assert stopped == {"t2"}
+    # On the objective alone the four are equal and ASHA cannot rank them.
+    assert len({_feed(_reporter(), [0.0], val_loss=v)[-1][OBJECTIVE] for v in val_losses}) == 1
