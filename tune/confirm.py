@@ -209,6 +209,7 @@ def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
            export: Path | None) -> list[str]:  # fmt: skip
     """Summary lines, ``confirm.csv``, and the export of the winner by mean."""
     lines = summary_lines(candidates, seeds, settings)
+    folder.mkdir(parents=True, exist_ok=True)
     write_csv(candidates, space, folder / CONFIRM_CSV, settings.worst)
     lines.append(f"confirmation runs: {folder / CONFIRM_CSV}")
     best = winner(candidates, settings)

@@ -101,3 +101,46 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
         ]
         assert sorted(set(history)) == [1, 2, 3, 4, 5, 6]
     assert any(n > 0 for n in started.values())
+
+
+def _run(args, cwd):
+    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--epochs", "1",
+           "--storage", str(cwd), "--no-dashboard", "--quiet", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(tmp_path):
+    first = _run(["--name", "ext", "--trials", "2"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = tmp_path / "ext" / "results.csv"
+    assert len(list(csv.DictReader(results.open()))) == 2
+
+    more = _run(["--name", "ext", "--trials", "3"], tmp_path)
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "extending the search to 3 trials" in more.stdout
+    rows = list(csv.DictReader(results.open()))
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
+
+    for flags, message in (
+        (["--epochs", "2"], "--epochs 2 differs from the saved 1"),
+        (["--trials", "2"], "--trials 2 is below the saved 3"),
+        (["--set", "lr_warmup=1"], "unknown"),
+        (["--set", "imgsz=96"], "change imgsz"),
+        (["--warm-start", "ext"], "--warm-start only seeds a new search"),
+    ):
+        refused = _run(["--name", "ext", "--trials", "3", *flags], tmp_path)
+        assert refused.returncode == 2, (flags, refused.stdout[-2000:], refused.stderr[-2000:])
+        assert message in refused.stderr, (flags, refused.stderr)
+    assert len(list(csv.DictReader(results.open()))) == 3  # nothing was lost
+
+    # a new search warm-started from that one: its study begins with the 3 finished trials
+    warm = _run(["--name", "warm", "--trials", "1", "--warm-start", "ext"], tmp_path)
+    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr[-3000:]
+    assert "the study begins with 3 finished trial(s)" in warm.stdout
+    import optuna
+
+    from tune.study import JOURNAL_FILE, journal_storage
+
+    study = optuna.load_study(study_name="warm", storage=journal_storage(tmp_path / "warm" / JOURNAL_FILE))
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)

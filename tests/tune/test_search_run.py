@@ -12,15 +12,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 import ray
+import yaml
 from helpers import REPO, TINY
 from ray import cloudpickle
 
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import load_datasets
 from tune import report, search
-from tune.space import load_space
+from tune.space import for_metric, load_space
+from tune.study import JOURNAL_FILE, journal_storage
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +56,18 @@ def ray_session():
     ray.shutdown()
 
 
-def _search(tmp_path, space_text, name, extra_callbacks=(), max_failures=1):
-    space = load_space(_write(tmp_path / f"{name}.yaml", space_text))
+def _search(tmp_path, space_text, name, extra_callbacks=(), max_failures=1, concurrent=None):
+    space, _ = for_metric(load_space(_write(tmp_path / f"{name}.yaml", space_text)), "mAP50_95")
     base = TrainConfig.load(None, {**TINY, **space.fixed, "epochs": space.settings.epochs})
     datasets = load_datasets(base, verbose=False)
     resources = search.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, space.settings.trials)
-    trainable = search.make_trainable(base, datasets, space.settings, resources, extra_callbacks)
+    if concurrent:
+        resources = search.Resources(0, 0, 1.0, concurrent)
+    trainable = search.make_trainable(base, datasets, space.settings, resources, extra_callbacks,
+                                      threshold_range=space.threshold_range())  # fmt: skip
     tuner, _ = search.build_tuner(trainable, space, base, space.settings, resources, name,
-                                  str(tmp_path / "runs"), max_failures, verbose=0)  # fmt: skip
+                                  str(tmp_path / "runs"), max_failures, verbose=0,
+                                  journal=tmp_path / "runs" / name / JOURNAL_FILE)  # fmt: skip
     results = tuner.fit()
     return space, base, tuner, results, report.trial_rows(results, space.settings)
 
@@ -100,11 +107,14 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     assert "non-finite" in wild.detail or "spike" in wild.detail or "training loop" in wild.detail
     assert wild.best == 0.0  # the finite worst objective
 
-    # every trial reached Optuna as a finite, completed value (none left RUNNING)
+    # every trial reached Optuna finished (none left RUNNING): ASHA's cuts as PRUNED
     assert all(math.isfinite(r.metrics["objective"]) for r in results)
-    study = tuner._local_tuner._tune_config.search_alg.searcher._ot_study  # private: no public view
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    assert sorted(t.value for t in study.trials) == sorted(r.best for r in rows)
+    study = optuna.load_study(study_name="search", storage=journal_storage(
+        tmp_path / "runs" / "search" / JOURNAL_FILE))  # fmt: skip
+    want = {"completed": "COMPLETE", "diverged": "COMPLETE", "stopped by ASHA": "PRUNED"}
+    assert sorted(t.state.name for t in study.trials) == sorted(want[r.status] for r in rows)
+    complete = [r.best for r in rows if r.status != "stopped by ASHA"]
+    assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == sorted(complete)
 
     lines = report.write_report(rows, space, space.settings, base, tmp_path / "report", "search",
                                 tmp_path / "best.yaml")  # fmt: skip
@@ -192,3 +202,95 @@ def test_dashboard_on_localhost_needs_the_token(ray_session):
     # bound to the loopback only: every socket listening on the dashboard port is 127.0.0.1
     listening = _listening_ipv4(int(port))
     assert listening == {"127.0.0.1"}, listening
+
+
+ASHA = """
+search: {trials: 4, epochs: 3, grace_period: 1, reduction_factor: 2, seed: 1}
+space:
+  lr: {loguniform: [1.0e-4, 3.0e-3]}
+  box_loss_weight: {uniform: [4.0, 10.0]}
+  score_threshold: {uniform: [0.05, 0.5]}
+"""
+
+
+def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_session, tmp_path):
+    """One trial at a time, so ASHA's cuts do not depend on which trial finished first."""
+    space, base, _, results, rows = _search(tmp_path, ASHA, "asha", concurrent=1)
+    assert "score_threshold" not in space.knobs  # under mAP it is chosen after training
+    cut = [r for r in rows if r.status == "stopped by ASHA"]
+    assert cut, [(r.name, r.status) for r in rows]
+    study = optuna.load_study(study_name="asha", storage=journal_storage(
+        tmp_path / "runs" / "asha" / JOURNAL_FILE))  # fmt: skip
+    trials = sorted(study.trials, key=lambda t: t.number)
+    for row, trial in zip(rows, trials, strict=True):  # trial order is the study's order
+        assert trial.state.name == ("PRUNED" if row.status == "stopped by ASHA" else "COMPLETE")
+        # every epoch's objective reached the study, the last one included
+        assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
+        assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.best)
+        assert "threshold" in row.threshold and "threshold_F1" in row.threshold
+
+    # each trial's run/config.yaml holds exactly the values the searcher sampled
+    for result in results:
+        saved = TrainConfig.load(Path(result.path) / "run" / "config.yaml")
+        for key in space.knobs:
+            assert getattr(saved, key) == result.config[key], key
+
+    # confirmation: the best trial (K=1) and the default, 2 fresh seeds each: K x S + S runs
+    from tune import confirm
+
+    settings = space.settings
+    candidates = confirm.pick_candidates(rows, space, settings, base, k=1)
+    assert candidates[0].label == "default" and candidates[0].params["lr"] == base.lr
+    others = [r for r in rows if r.status == "completed" and r.params["lr"] != base.lr]
+    top = max(r.best for r in others)
+    assert len(candidates) == 2 and candidates[1].label in {r.name for r in others if r.best == top}
+    seeds = confirm.fresh_seeds(settings, 2)
+    assert seeds == [2, 3]  # the search trained on seed 1
+    datasets = load_datasets(base, verbose=False)
+    resources = search.Resources(0, 0, 1.0, 2)
+    trainable = search.make_trainable(base, datasets, settings, resources,
+                                      threshold_range=space.threshold_range())  # fmt: skip
+    tuner = confirm.build_confirm_tuner(trainable, candidates, seeds, settings, 2, "asha",
+                                        str(tmp_path / "runs"), 0, verbose=0)  # fmt: skip
+    confirm.attach_runs(candidates, tuner.fit(), settings)
+    assert [len(c.runs) for c in candidates] == [2, 2]
+    for c in candidates:
+        assert sorted(r.config["seed"] for r in c.runs) == seeds
+        assert all(r.status == "completed" and r.epochs_run == 3 for r in c.runs)
+        for r in c.runs:  # trained with that seed and the config's knobs
+            saved = TrainConfig.load(Path(r.path) / "run" / "config.yaml")
+            assert saved.seed == r.config["seed"] and saved.lr == c.params["lr"]
+    lines = confirm.report(candidates, seeds, space, settings, base, tmp_path / "rep", "asha",
+                           tmp_path / "best.yaml")  # fmt: skip
+    text = "\n".join(lines)
+    assert "confirmation: " in text and ("beats the default" in text or "default has the best" in text)
+    win = confirm.winner(candidates, settings)
+    exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    assert exported["confirmed"]["config"] == win.label
+    assert exported["confirmed"]["mean"] == pytest.approx(win.mean_sd(0.0)[0])
+    assert exported["config"]["seed"] in seeds and exported["config"]["lr"] == win.params["lr"]
+
+
+FOCAL = """
+search: {trials: 2, epochs: 1, grace_period: 1}
+space:
+  focal_gamma: {choice: [0.5, 3.0]}
+points:
+  - {focal_gamma: 0.5}
+  - {focal_gamma: 3.0}
+"""
+
+
+def test_trials_that_differ_only_in_focal_gamma_train_differently(ray_session, tmp_path):
+    """The sampled value reaches the loss: the Ultralytics bug where every trial trained
+    identically cannot happen here."""
+    _, _, _, results, rows = _search(tmp_path, FOCAL, "focal")
+    assert sorted(r.params["focal_gamma"] for r in rows) == [0.5, 3.0]
+    cls = {}
+    for result in results:
+        saved = TrainConfig.load(Path(result.path) / "run" / "config.yaml")
+        assert saved.focal_gamma == result.config["focal_gamma"]
+        log = Path(result.path) / "run" / "metrics" / "training_metrics.jsonl"
+        cls[saved.focal_gamma] = json.loads(log.read_text().splitlines()[0])["train_cls"]
+    assert cls[0.5] != pytest.approx(cls[3.0], rel=1e-3), cls
+    assert cls[0.5] > cls[3.0]  # a larger gamma down-weights the easy negatives more
