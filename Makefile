@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# The main job on the embedded default: a real search (8 trials) on the synthetic data,
+# The main job on the embedded default: a real search (10 trials) on the synthetic data,
 # exporting the best config to best.yaml.
 demo: $(STAMP)
 	$(BIN)/python run_search.py --space search_spaces/demo.yaml --export best.yaml

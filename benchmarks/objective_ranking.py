@@ -160,6 +160,8 @@ def main() -> None:
     p.add_argument("--storage", default=str(REPO / "outputs" / "objective-ranking"))
     p.add_argument("--json", default=str(REPO / "outputs" / "objective-ranking" / "results.json"))
     p.add_argument("--smoke-test", action="store_true", help="synthetic, 3 trials x 3 epochs")
+    p.add_argument("--reuse-search", action="store_true",
+                   help="read the finished search in --storage instead of running it again")  # fmt: skip
     args = p.parse_args()
     if args.smoke_test:
         args.trials, args.epochs, args.seeds = 3, 3, 1
@@ -185,14 +187,21 @@ def main() -> None:
     )
     datasets = load_datasets(base, verbose=False)
     storage = Path(args.storage).resolve()
-    shutil.rmtree(storage, ignore_errors=True)
+    if not args.reuse_search:
+        shutil.rmtree(storage, ignore_errors=True)
     ray.init(include_dashboard=False, log_to_driver=False)
     resources = search.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(base, datasets, settings, resources)
     t0 = time.perf_counter()
-    tuner, _ = search.build_tuner(trainable, space, base, settings, resources, "search", str(storage),
-                                  max_failures=0, verbose=0, asha=False, divergence=False)  # fmt: skip
-    results = tuner.fit()
+    if args.reuse_search:
+        from ray import tune
+
+        results = tune.Tuner.restore(str(storage / "search"), trainable).get_results()
+    else:
+        tuner, _ = search.build_tuner(trainable, space, base, settings, resources, "search",
+                                      str(storage), max_failures=0, verbose=0, asha=False,
+                                      divergence=False)  # fmt: skip
+        results = tuner.fit()
     delete_weights(storage / "search")
     rows = report.trial_rows(results, settings)
     search_runs = histories(results, settings.metric)
@@ -200,6 +209,7 @@ def main() -> None:
 
     candidates = confirm.pick_candidates(rows, space, settings, base, k=len(rows))
     seeds = confirm.fresh_seeds(settings, args.seeds)
+    shutil.rmtree(storage / f"search{confirm.CONFIRM_SUFFIX}", ignore_errors=True)
     tuner = confirm.build_confirm_tuner(trainable, candidates, seeds, settings, args.concurrent,
                                         "search", str(storage), 0, verbose=0, divergence=False)  # fmt: skip
     confirm_results = tuner.fit()

@@ -106,6 +106,7 @@ class StudySearch(OptunaSearch):
                  **kwargs: Any) -> None:  # fmt: skip
         self._max_epochs = max_epochs
         self._warm_trials = list(warm_trials or [])
+        self._reported: dict[str, set[int]] = {}  # trial id -> epochs told to the study
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode: Any) -> None:
@@ -117,8 +118,12 @@ class StudySearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value, epoch = result.get(self.metric), result.get("epoch")
-        if value is not None and epoch is not None and not result.get("diverged"):
+        if value is None or epoch is None or result.get("diverged"):
+            return
+        reported = self._reported.setdefault(trial_id, set())
+        if int(epoch) not in reported:  # a retried epoch, or the last one seen twice
             self._ot_trials[trial_id].report(float(value), int(epoch))
+            reported.add(int(epoch))
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
