@@ -182,7 +182,9 @@ def _refuse_changes(args: argparse.Namespace, plan: Plan, fresh: Plan) -> None:
             raise ConfigError(f"{where}: --{key.replace('_', '-')} {new} differs from the saved "
                               f"{old}; a search keeps its settings (start a new --name instead)")  # fmt: skip
     if args.space and (fresh.space.knobs, fresh.space.fixed, fresh.space.points) != (
-        plan.space.knobs, plan.space.fixed, plan.space.points
+        plan.space.knobs,
+        plan.space.fixed,
+        plan.space.points,
     ):
         raise ConfigError(f"{where}: --space {args.space} differs from the saved space.yaml; "
                           "a search keeps its space (start a new --name instead)")  # fmt: skip

@@ -5,8 +5,11 @@
 stopped if it ran before, and trains with a callback that reports every epoch to Tune:
 
 - metrics: the epoch's numeric stats (NaN passes through for the divergence stopper) plus
-  ``objective`` (the best value of the search metric so far, always finite), ``diverged``,
-  ``diverged_rule``, ``resumed_from_epoch`` and ``threads``;
+  ``objective`` (best epoch so far or mean of the last epochs, always finite; what Optuna and
+  the export see), ``rung_score`` (the objective with ties broken by val loss; what ASHA
+  compares), ``objective_epoch``, best.pt's score threshold chosen after training
+  (``threshold``, ``threshold_P``, ``threshold_R``, ``threshold_F1``), ``diverged``,
+  ``diverged_rule``, ``resumed_from_epoch``, ``warmup_epochs`` and ``threads``;
 - checkpoint: a Tune checkpoint per epoch holding the reporter's state.
 
 Where the weights live. With storage on a filesystem path (local or shared), the run folder is

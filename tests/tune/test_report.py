@@ -118,7 +118,9 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     assert any("score threshold 0.3712" in line for line in lines)
     for path in (tmp_path / "best_config.yaml", tmp_path / "b.yaml"):
         assert TrainConfig.load(path).score_threshold == 0.3712
-    row = next(r for r in csv.DictReader((tmp_path / "results.csv").open()) if r["trial"] == "trial_003")
+    row = next(
+        r for r in csv.DictReader((tmp_path / "results.csv").open()) if r["trial"] == "trial_003"
+    )
     assert float(row["threshold"]) == 0.3712 and float(row["threshold_F1"]) == 0.7467
     values, _ = importance(rows, space, space.settings)
     assert set(values) == {"lr"}  # the post-hoc threshold is not a sampled knob

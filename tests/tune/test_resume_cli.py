@@ -142,5 +142,7 @@ def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(t
 
     from tune.study import JOURNAL_FILE, journal_storage
 
-    study = optuna.load_study(study_name="warm", storage=journal_storage(tmp_path / "warm" / JOURNAL_FILE))
+    study = optuna.load_study(
+        study_name="warm", storage=journal_storage(tmp_path / "warm" / JOURNAL_FILE)
+    )
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)

@@ -263,7 +263,9 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     lines = confirm.report(candidates, seeds, space, settings, base, tmp_path / "rep", "asha",
                            tmp_path / "best.yaml")  # fmt: skip
     text = "\n".join(lines)
-    assert "confirmation: " in text and ("beats the default" in text or "default has the best" in text)
+    assert "confirmation: " in text and (
+        "beats the default" in text or "default has the best" in text
+    )
     win = confirm.winner(candidates, settings)
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["confirmed"]["config"] == win.label
