@@ -13,6 +13,7 @@ import difflib
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -175,10 +176,45 @@ FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
 
-def closest_key(key: str) -> str:
-    """A hint naming the closest valid config key, or the empty string."""
-    match = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+# Names people bring from other tools (Ultralytics, timm, papers) for our keys.
+ALIASES: dict[str, str] = {
+    "learning_rate": "lr", "lr0": "lr", "base_lr": "lr",
+    "img_size": "imgsz", "image_size": "imgsz", "imagesize": "imgsz", "size": "imgsz",
+    "batch_size": "batch", "bs": "batch",
+    "box_weight": "box_loss_weight", "box": "box_loss_weight",
+    "cls_weight": "cls_loss_weight", "cls": "cls_loss_weight",
+    "dfl_weight": "dfl_loss_weight", "dfl": "dfl_loss_weight",
+    "gamma": "focal_gamma", "fl_gamma": "focal_gamma",
+    "conf": "score_threshold", "conf_thres": "score_threshold", "threshold": "score_threshold",
+    "iou_thres": "nms_iou", "iou": "nms_iou", "warmup": "warmup_epochs",
+    "warmup_bias_lr": "warmup_start_fraction", "decay": "weight_decay",
+    "num_workers": "workers", "random_seed": "seed",
+}  # fmt: skip
+
+
+def closest_key(key: str, options: Sequence[str] = FIELD_NAMES,
+                aliases: dict[str, str] | None = None) -> str:  # fmt: skip
+    """A hint naming the closest valid key among ``options``, or the empty string.
+
+    In order: a known alias (``learning_rate`` -> ``lr``); the longest option the key starts
+    with at a word boundary (``lr_typo`` -> ``lr``); the option holding all of the key's words
+    (``box_weight`` -> ``box_loss_weight``); then the closest spelling (``imgsize`` ->
+    ``imgsz``).
+    """
+    aliases = ALIASES if aliases is None else aliases
+    k = key.lower().replace("-", "_")
+    match = aliases.get(k) if aliases.get(k) in options else None
+    if match is None:
+        prefixes = [o for o in options if k.startswith(o + "_") or k.startswith(o + ".")]
+        match = max(prefixes, key=len) if prefixes else None
+    if match is None:
+        words = set(k.split("_"))
+        holding = [o for o in options if len(words) > 1 and words <= set(o.split("_"))]
+        match = min(holding, key=len) if holding else None
+    if match is None:
+        found = difflib.get_close_matches(k, list(options), n=1, cutoff=0.5)
+        match = found[0] if found else None
+    return f" (did you mean {match!r}?)" if match else ""
 
 
 # Keys of earlier versions, each with what replaced it: a config that sets one is an error that
@@ -218,6 +254,12 @@ def coerce(key: str, value: Any, source: str = "config") -> Any:
             return float(value)
         if option is str and isinstance(value, str):
             return value
+    if float in options and isinstance(value, str):
+        # YAML 1.1 reads 3e-3 (no dot) as a string: take every number Python's float() takes.
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
     allowed = " or ".join(_type_name(o) for o in options)
     raise ConfigError(f"{source}: key {key!r} must be {allowed}, got {value!r}")
 

@@ -16,14 +16,22 @@ Every problem is a ``SpaceError`` naming the file, the key and what is wrong. On
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cattle_yolo.config import FIELD_NAMES, ConfigError, TrainConfig, coerce, read_yaml_mapping
+from cattle_yolo.config import (
+    ALIASES,
+    FIELD_NAMES,
+    ConfigError,
+    TrainConfig,
+    closest_key,
+    coerce,
+    read_yaml_mapping,
+)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
 SECTIONS = ("search", "space", "points")
@@ -171,8 +179,8 @@ def for_metric(space: SearchSpace, metric: str) -> tuple[SearchSpace, list[str]]
 
 
 def _suggest_name(key: str, options: tuple[str, ...] | list[str]) -> str:
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+    """The closest of ``options`` (config keys also by alias: ``learning_rate`` -> ``lr``)."""
+    return closest_key(key, tuple(options), ALIASES if options is FIELD_NAMES else {})
 
 
 def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
@@ -183,6 +191,10 @@ def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
             raise SpaceError(f"{source}: unknown setting {key!r}{_suggest_name(key, names)}")
     if "metric" in values and "mode" not in values:
         values = {**values, "mode": METRICS.get(values["metric"], "max")}
+    for key in ("reduction_factor", "min_rise", "spike_ratio"):  # 5e-2 is a string to YAML 1.1
+        if isinstance(values.get(key), str):
+            with contextlib.suppress(ValueError):  # not a number: reported below
+                values = {**values, key: float(values[key])}
     s = SearchSettings(**values)
 
     def bad(key: str, need: str) -> SpaceError:

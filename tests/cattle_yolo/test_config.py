@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from cattle_yolo.config import ConfigError, TrainConfig
+from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 
 
 def test_defaults_are_the_hand_fixed_values():
@@ -79,3 +79,27 @@ def test_retired_keys_name_their_replacement(tmp_path, key, replacement):
     assert str(tmp_path / "old.yaml") in str(err.value)
     with pytest.raises(ConfigError, match="retired"):
         TrainConfig.load(overrides=[f"{key}=0.5"])
+
+
+@pytest.mark.parametrize("text", ["3e-3", "3E-3", "0.003", " 3e-3 ", "3.0e-3", ".003"])
+def test_floats_in_every_form_float_takes(text, tmp_path):
+    # YAML 1.1 reads 3e-3 (no dot) as a string; a config file, key=value and --set all take it.
+    assert TrainConfig.from_dict({"lr": text}).lr == pytest.approx(0.003)
+    assert parse_overrides([f"lr={text}"])["lr"] == pytest.approx(0.003)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"lr: {text}\n")
+    assert TrainConfig.load(path).lr == pytest.approx(0.003)
+    with pytest.raises(ConfigError, match="must be float, got 'fast'"):
+        TrainConfig.from_dict({"lr": "fast"})
+    with pytest.raises(ConfigError, match="out of range"):
+        TrainConfig.from_dict({"lr": "inf"})
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [("lr_typo", "lr"), ("learning_rate", "lr"), ("box_weight", "box_loss_weight"),
+     ("img_size", "imgsz"), ("batch_size", "batch"), ("imgsize", "imgsz")],
+)  # fmt: skip
+def test_unknown_keys_name_the_closest_by_prefix_alias_and_spelling(key, hint):
+    with pytest.raises(ConfigError, match=f"unknown key '{key}' \\(did you mean '{hint}'\\?\\)"):
+        TrainConfig.from_dict({key: 1})

@@ -248,3 +248,13 @@ def test_objective_settings_are_checked(write_space):
     with pytest.raises(SpaceError, match="confirm must be an integer >= 0"):
         load_space(write_space("search: {confirm: -1}\nspace:\n"
                                "  box_loss_weight: {uniform: [2, 12]}\n", "c.yaml"))  # fmt: skip
+
+
+def test_numbers_without_a_dot_are_numbers_everywhere_in_a_space(write_space):
+    space = load_space(write_space(
+        "search: {min_rise: 5e-2, spike_ratio: 3e0}\nspace:\n  lr: 3e-3\n"
+        "  weight_decay: {choice: [1e-4, 5e-4]}\n  box_loss_weight: {uniform: [2, 12]}\n"))  # fmt: skip
+    assert space.fixed["lr"] == 0.003 and space.knobs["weight_decay"].choices == (1e-4, 5e-4)
+    assert space.settings.min_rise == 0.05 and space.settings.spike_ratio == 3.0
+    with pytest.raises(SpaceError, match="unknown config key \\(did you mean 'lr'\\?\\)"):
+        load_space(write_space("space:\n  learning_rate: {uniform: [0.001, 0.01]}\n", "b.yaml"))
