@@ -60,7 +60,7 @@ class SplitReport:
     backgrounds: int = 0  # usable images without boxes (no label file, or an empty one)
     skipped: int = 0  # images left out: a bad label line or an unreadable image
     duplicates: int = 0  # duplicate boxes dropped
-    clipped: int = 0  # boxes clipped to [0, 1] within sources.COORD_TOLERANCE
+    clipped: int = 0  # boxes clipped to [0, 1] (an edge past the border; see sources.parse_labels)
     reasons: list[str] = field(default_factory=list)
 
     def summary(self, used: int, cache_bytes: int) -> str:

@@ -23,7 +23,9 @@ import yaml
 from cattle_yolo.boxes import cxcywh_to_xyxy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-COORD_TOLERANCE = 0.01  # box edges may stray this far outside [0, 1]; they are clipped
+# A box whose centre or size lies outside [0, 1] may still have its edges this far outside
+# [0, 1] (rounding); they are clipped. One with centre and size inside is always clipped.
+COORD_TOLERANCE = 0.01
 
 
 class DataError(Exception):
@@ -175,8 +177,11 @@ def parse_labels(path: Path | None) -> Labels:
         if w <= 0 or h <= 0:
             return Labels(path, error=f"{where}: non-positive width or height (w={w:g}, h={h:g})")
         box = cxcywh_to_xyxy(np.array([cx, cy, w, h]))
+        # As Ultralytics reads labels: a centre and size inside [0, 1] make a valid box even
+        # when an edge runs past the border (y2 = 1.05); it is clipped and counted as clipped.
+        inside = 0 <= cx <= 1 and 0 <= cy <= 1 and w <= 1 and h <= 1
         for edge, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
-            if not -COORD_TOLERANCE <= v <= 1 + COORD_TOLERANCE:
+            if not inside and not -COORD_TOLERANCE <= v <= 1 + COORD_TOLERANCE:
                 return Labels(path, error=f"{where}: box edge {edge} = {v:.4f} is outside [0, 1]"
                               f" beyond the {COORD_TOLERANCE:.0%} tolerance")  # fmt: skip
         if box[0] >= 1 or box[1] >= 1 or box[2] <= 0 or box[3] <= 0:

@@ -170,3 +170,14 @@ def test_folder_layouts_and_class_names(tmp_path):
     assert data.names == ["0", "1", "2"] and data.name == "plain" and len(data.val) == 2
     (root / "images" / "train" / "classes.txt").write_text("a\nb\nc\n")
     assert load(root).names == ["a", "b", "c"]
+
+
+def test_a_box_running_past_the_border_is_clipped_and_the_image_kept(tmp_path):
+    # centre and size inside [0, 1], bottom edge at y2 = 1.05: Ultralytics keeps and clips it
+    root = dataset(tmp_path, {"a": GOOD + "1 0.5 0.9 0.2 0.3\n", "b": GOOD})
+    train = load(root).train
+    assert train.report.skipped == 0 and train.report.clipped == 1 and len(train) == 2
+    assert "1 clipped" in train.report.summary(len(train), 0)  # the load summary says so
+    boxes = train.boxes[train.files.index(str(root / "train" / "a.jpg"))]
+    # 64 x 48 image letterboxed to 64: ratio 1, pad_y 8; y2 = 1.0 * 48 + 8
+    np.testing.assert_allclose(boxes[1], [25.6, 35.2, 38.4, 56.0], rtol=1e-5)
