@@ -179,5 +179,5 @@ def test_a_box_running_past_the_border_is_clipped_and_the_image_kept(tmp_path):
     assert train.report.skipped == 0 and train.report.clipped == 1 and len(train) == 2
     assert "1 clipped" in train.report.summary(len(train), 0)  # the load summary says so
     boxes = train.boxes[train.files.index(str(root / "train" / "a.jpg"))]
-    # 64 x 48 image letterboxed to 64: ratio 1, pad_y 8; y2 = 1.0 * 48 + 8
-    np.testing.assert_allclose(boxes[1], [25.6, 35.2, 38.4, 56.0], rtol=1e-5)
+    # 64 x 48 image letterboxed to 64: ratio 1, pad_y 8; y1 = 0.75 * 48 + 8, y2 = 1.0 * 48 + 8
+    np.testing.assert_allclose(boxes[1], [25.6, 44.0, 38.4, 56.0], rtol=1e-5)
