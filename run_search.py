@@ -14,6 +14,7 @@ resources, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -116,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--export", help="also write the best config to this YAML file")
     o.add_argument("--dashboard-host", default="127.0.0.1",
                    help="address the Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes "
-                   "it to the network, with a warning)")  # fmt: skip
+                   "it to the network, and is refused while token auth is off)")  # fmt: skip
+    o.add_argument("--allow-unauthenticated-dashboard", action="store_true",
+                   help="expose the dashboard on --dashboard-host even with token auth off "
+                   "(RAY_AUTH_MODE=disabled): anyone who reaches it can run code here")  # fmt: skip
     o.add_argument(
         "--dashboard-port", type=int, default=8265, help="Ray dashboard port (default 8265)"
     )
@@ -365,9 +369,34 @@ def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object
     return 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_exposure(args: argparse.Namespace) -> None:
+    """Refuse, before Ray starts, a dashboard on a network address without token auth.
+
+    Ray 2.60 turns token auth on for a new local cluster unless ``RAY_AUTH_MODE`` says
+    otherwise; an unauthenticated dashboard lets anyone who reaches it run code on the machine
+    (ShadowRay, CVE-2023-48022). ``--allow-unauthenticated-dashboard`` is the explicit opt-out.
+    """
+    if args.address or args.no_dashboard or args.dashboard_host in LOOPBACK:
+        return  # attaching keeps the cluster's own dashboard; loopback is this machine only
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None or mode.lower() == "token" or args.allow_unauthenticated_dashboard:
+        return
+    raise ConfigError(
+        f"--dashboard-host {args.dashboard_host} with token auth off (RAY_AUTH_MODE={mode}): "
+        "anyone who reaches that address could submit jobs and run code on this machine "
+        "(ShadowRay, CVE-2023-48022). Turn token auth on (unset RAY_AUTH_MODE or set it to "
+        "token), keep the dashboard on 127.0.0.1 and use an SSH tunnel, or pass "
+        "--allow-unauthenticated-dashboard if the network is yours alone"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_exposure(args)
         plan = plan_search(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
