@@ -16,7 +16,7 @@ import optuna
 import pytest
 import ray
 import yaml
-from helpers import REPO, TINY
+from helpers import REPO, TINY, read_events
 from ray import cloudpickle
 
 from cattle_yolo.config import TrainConfig
@@ -228,6 +228,17 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
         assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.best)
         assert "threshold" in row.threshold and "threshold_F1" in row.threshold
+
+    # TensorBoard: every trial's events hold each epoch's scalars and its hyperparameters
+    for row in rows:
+        scalars, hparams = read_events(Path(row.path))
+        for tag, key in (("ray/tune/mAP50_95", "mAP50_95"), ("ray/tune/train_loss", "train_loss")):
+            got = dict(scalars[tag])
+            assert sorted(got) == list(range(1, row.epochs_run + 1))
+            assert [got[h["epoch"]] for h in row.history] == pytest.approx(
+                [h[key] for h in row.history]
+            )
+        assert hparams >= 1
 
     # each trial's run/config.yaml holds exactly the values the searcher sampled
     for result in results:
