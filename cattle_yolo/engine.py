@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -245,20 +244,16 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     tmp.replace(path)
 
 
-def link_checkpoint(src: str | Path, dst: str | Path) -> None:
-    """Make ``dst`` hold the same bytes as ``src`` atomically (hard link, else a copy).
+INFERENCE_KEYS = ("config", "names", "epoch", "best_fitness", "best_epoch", "metrics")
 
-    ``save_checkpoint`` always writes a new file and renames it, so a later save to ``src``
-    never changes what ``dst`` holds.
-    """
-    src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # a filesystem without hard links
-        shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+
+def inference_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """What inference, evaluation and a new training run need from a training checkpoint: the
+    EMA weights (or the model's, without EMA) as ``model``, the config, class names, epoch and
+    metrics; no optimizer, scaler, RNG or second copy of the weights, as Ultralytics strips its
+    final weights. About a quarter of a resumable checkpoint."""
+    weights = state["ema"]["module"] if state.get("ema") else state["model"]
+    return {"model": weights, "ema": None, **{k: state[k] for k in INFERENCE_KEYS if k in state}}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Each epoch: ``train_one_epoch`` then ``evaluate`` on the EMA weights, one stats dict appended to
 ``<out>/metrics/training_metrics.csv`` and ``<out>/metrics/training_metrics.jsonl``, one summary
 line in ``<out>/logs/train.log``, ``last.pt`` (and ``best.pt`` by val mAP50-95) in
-``<out>/models/`` with best.pt's val detections in ``<out>/metrics/best_val_detections.npz``,
+``<out>/models/`` (best.pt holds the EMA weights, config and metrics only, no optimizer: last.pt
+resumes) with best.pt's val detections in ``<out>/metrics/best_val_detections.npz``,
 and the stats handed to every callback. The search plugs in as a callback;
 this module never imports Ray.
 """
@@ -27,7 +28,7 @@ from cattle_yolo.config import ConfigError, TrainConfig
 from cattle_yolo.data import Datasets, load_datasets, make_loader
 from cattle_yolo.engine import (
     ModelEMA,
-    link_checkpoint,
+    inference_checkpoint,
     load_checkpoint,
     save_checkpoint,
     train_one_epoch,
@@ -257,8 +258,8 @@ def _train(
         }
         last = out / "models" / "last.pt"
         save_checkpoint(state, last)
-        if improved:  # the same bytes: link them rather than serialise twice
-            link_checkpoint(last, out / "models" / "best.pt")
+        if improved:  # inference weights only: last.pt is what resumes
+            save_checkpoint(inference_checkpoint(state), out / "models" / "best.pt")
             # best.pt's val detections: a score threshold can be chosen from them after training
             save_detections(
                 out / "metrics" / BEST_DETECTIONS, scored["detections"], scored["targets"]

@@ -66,11 +66,25 @@ def test_checkpoint_round_trip_and_torn_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_link_checkpoint_survives_a_later_save(tmp_path):
-    from cattle_yolo.engine import link_checkpoint
+def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_path):
+    from cattle_yolo.engine import inference_checkpoint
 
-    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
-    link_checkpoint(tmp_path / "last.pt", tmp_path / "best.pt")
-    save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
-    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+    model = torch.nn.Linear(3, 2)
+    ema = {"module": {k: v + 1 for k, v in model.state_dict().items()}, "updates": 5}
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    state = {"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
+             "scaler": {}, "rng": {"torch": torch.get_rng_state()}, "epoch": 3,
+             "best_fitness": 0.5, "best_epoch": 3, "config": {"lr": 0.001},
+             "names": ["cow"], "metrics": {"mAP50_95": 0.5}}  # fmt: skip
+    save_checkpoint(state, tmp_path / "last.pt")
+    save_checkpoint(inference_checkpoint(state), tmp_path / "best.pt")
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert set(best) == {"model", "ema", "config", "names", "epoch", "best_fitness",
+                         "best_epoch", "metrics"}  # fmt: skip
+    assert best["ema"] is None and best["epoch"] == 3 and best["names"] == ["cow"]
+    for k, v in ema["module"].items():  # the EMA weights, not the raw model's
+        assert torch.equal(best["model"][k], v)
+    size = (tmp_path / "best.pt").stat().st_size
+    assert size < 0.6 * (tmp_path / "last.pt").stat().st_size
