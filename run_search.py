@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; 0.5 packs two trials on a GPU (default 1)")  # fmt: skip
     r.add_argument("--cpus-per-trial", type=float,
                    help="CPUs per trial (default 1 on CPU; with GPUs the CPUs are shared evenly)")  # fmt: skip
+    r.add_argument("--keep-weights", type=int, default=3, metavar="K",
+                   help="only the best K ended trials keep their best.pt; every trial keeps its "
+                   "config, metrics and logs (default 3)")  # fmt: skip
     r.add_argument("--max-failures", type=int, default=2,
                    help="retries of a trial that raises, each from its last checkpoint (default 2)")  # fmt: skip
     r.add_argument("--address", help="attach to a running Ray cluster: auto or HOST:PORT "
@@ -277,7 +280,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
     import ray
 
     from cattle_yolo.data import DataError, load_datasets
-    from tune import report, search
+    from tune import disk, report, search
     from tune.study import finished_trials
 
     ctx = search.init_ray(args.address, not args.no_dashboard, args.dashboard_host,
@@ -296,6 +299,9 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
         trainable = search.make_trainable(plan.base, datasets, plan.settings, resources,
                                           threshold_range=plan.space.threshold_range())  # fmt: skip
+        if not search.is_uri(plan.storage):
+            print(_disk_plan(plan, len(datasets.names), resources.concurrent, args.keep_weights),
+                  flush=True)  # fmt: skip
         if plan.resume:
             if plan.extend_to:
                 search.extend_trials(plan.path, plan.extend_to)
@@ -313,7 +319,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
             tuner, notes = search.build_tuner(
                 trainable, plan.space, plan.base, plan.settings, resources, plan.name,
                 plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
-                journal=plan.journal, warm_trials=warm,
+                journal=plan.journal, warm_trials=warm, keep_weights=args.keep_weights,
             )  # fmt: skip
             for note in notes:
                 print(f"note: {note}", flush=True)
@@ -323,21 +329,42 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         export = Path(args.export) if args.export else None
         lines = report.write_report(rows, plan.space, plan.settings, plan.base, plan.report_dir,
                                     plan.name, export)  # fmt: skip
+        best = report.pick_best(rows, plan.settings.mode)
+        if not search.is_uri(plan.storage):
+            ended = disk.ended_rows(rows, plan.settings.epochs, plan.settings.mode)
+            disk.enforce(ended, args.keep_weights, protect=[Path(best.path)] if best else [])
+            used = disk.folder_bytes(Path(plan.path))
+            lines.append(f"disk: {used / 2**20:.0f} MB in {plan.path} (best.pt kept for the "
+                         f"best {args.keep_weights} ended trials; no last.pt of an ended trial)")  # fmt: skip
         print("\n".join(lines), flush=True)
         if any(r.status == "unfinished" for r in rows):
             print(f"the search was interrupted; continue it with the same command or --resume "
                   f"--name {plan.name}", flush=True)  # fmt: skip
             return 130
-        if report.pick_best(rows, plan.settings.mode) is None:
+        if best is None:
             return EXIT_NO_RESULT
         if plan.settings.confirm > 0:
             return _confirm(args, plan, rows, trainable, resources, export)
         return 0
-    except (search.SearchSetupError, ConfigError, DataError) as e:
+    except (search.SearchSetupError, ConfigError, DataError, disk.DiskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         ray.shutdown()  # stops a Ray this driver started; only disconnects from a cluster
+
+
+def _disk_plan(plan: Plan, num_classes: int, concurrent: int, keep: int) -> str:
+    """Estimate the search's peak disk use; refuse (DiskError) when it will not fit."""
+    from tune import disk
+
+    resumable, inference = disk.checkpoint_bytes(plan.base, num_classes)
+    s = plan.settings
+    confirm_runs = (s.confirm + 1) * s.confirm_seeds if s.confirm else 0  # best.pt until the end
+    need = disk.peak_bytes(resumable, inference, concurrent, keep + confirm_runs)
+    free = disk.check_free_space(Path(plan.path), need, f"the search {plan.name!r}")
+    return (f"disk: checkpoints of {resumable / 2**20:.0f} MB (last.pt) and {inference / 2**20:.0f}"
+            f" MB (best.pt); peak about {need / 2**30:.2f} GiB for {concurrent} trial(s) at once "
+            f"and {keep} kept; {free / 2**30:.1f} GiB free")  # fmt: skip
 
 
 def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object,
@@ -361,7 +388,7 @@ def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object
     results = tuner.fit()
     confirm.attach_runs(candidates, results, settings)
     lines = confirm.report(candidates, seeds, plan.space, settings, plan.base, plan.report_dir,
-                           plan.name, export)  # fmt: skip
+                           plan.name, export, keep=args.keep_weights)  # fmt: skip
     print("\n".join(lines), flush=True)
     if any(r.status == "unfinished" for c in candidates for r in c.runs):
         print("the confirmation was interrupted; the same command continues it", flush=True)

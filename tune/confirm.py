@@ -26,6 +26,7 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from cattle_yolo.config import TrainConfig
+from tune.disk import DiskKeeper, ended_rows, enforce
 from tune.report import TrialRow, export_best, objective_label, trial_rows
 from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
 from tune.stoppers import DivergenceStopper
@@ -131,6 +132,8 @@ def build_confirm_tuner(
         sync_config=tune.SyncConfig(sync_artifacts=is_uri(storage)),
         progress_reporter=reporter,
         verbose=verbose,
+        # last.pt goes as each run ends; best.pt stays until the export is known (report())
+        callbacks=[] if is_uri(storage) else [DiskKeeper(None, settings.epochs, settings.mode)],
     )
     # Tune takes preset points only for keys its param space names; None leaves them unchecked.
     keys = {key: None for run in runs for key in run}
@@ -206,8 +209,9 @@ def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst
 
 def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
            settings: SearchSettings, base: TrainConfig, folder: Path, experiment: str,
-           export: Path | None) -> list[str]:  # fmt: skip
-    """Summary lines, ``confirm.csv``, and the export of the winner by mean."""
+           export: Path | None, keep: int | None = None) -> list[str]:  # fmt: skip
+    """Summary lines, ``confirm.csv``, and the export of the winner by mean; then only the
+    best ``keep`` runs and the exported one keep a best.pt (None: all do)."""
     lines = summary_lines(candidates, seeds, settings)
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(candidates, space, folder / CONFIRM_CSV, settings.worst)
@@ -225,4 +229,6 @@ def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
         export_best(run, base, settings, target, experiment + CONFIRM_SUFFIX, confirmed)
         lines.append(f"best config (by confirmed mean: {best.label}, its best seed "
                      f"{run.config.get('seed')}): {target}")  # fmt: skip
+    runs_ = [r for c in candidates for r in c.runs]
+    enforce(ended_rows(runs_, settings.epochs, settings.mode), keep, protect=[Path(run.path)])
     return lines

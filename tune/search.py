@@ -25,6 +25,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from cattle_yolo.config import TrainConfig
+from tune.disk import DiskKeeper
 from tune.space import DefineByRun, SearchSettings, SearchSpace, first_points
 from tune.stoppers import DivergenceStopper
 from tune.study import StudySearch, journal_storage, make_sampler
@@ -283,12 +284,14 @@ def build_tuner(
     divergence: bool = True,
     journal: Path | None = None,
     warm_trials: list | None = None,
+    keep_weights: int | None = None,
 ) -> tuple[tune.Tuner, list[str]]:
     """A new Tuner for the whole search; returns notes about the first point too.
 
     Optuna optimises ``objective``; ASHA compares ``rung_score`` (the objective with ties
     broken by val loss), so the Tuner itself has no metric. ``journal`` is the Optuna study's
-    file and ``warm_trials`` an earlier study's finished trials. ``sampler="random"``,
+    file and ``warm_trials`` an earlier study's finished trials; ``keep_weights`` bounds the
+    trials that keep a best.pt once ended (``tune.disk``; None keeps all). ``sampler="random"``,
     ``asha=False`` (FIFO: every trial runs to the end) and ``divergence=False`` exist for the
     plain strategies of benchmarks/search_efficiency.py.
     """
@@ -331,6 +334,9 @@ def build_tuner(
         sync_config=tune.SyncConfig(sync_artifacts=is_uri(storage)),
         progress_reporter=progress_reporter(space, settings),
         verbose=verbose,
+        callbacks=[]
+        if is_uri(storage)
+        else [DiskKeeper(keep_weights, settings.epochs, settings.mode)],
     )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), notes
 

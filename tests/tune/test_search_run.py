@@ -229,6 +229,11 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.best)
         assert "threshold" in row.threshold and "threshold_F1" in row.threshold
 
+    # bounded disk: an ended trial keeps its best.pt (keep_weights None here) but no last.pt
+    for row in rows:
+        models = Path(row.path) / "run" / "models"
+        assert (models / "best.pt").is_file() and not (models / "last.pt").exists()
+
     # TensorBoard: every trial's events hold each epoch's scalars and its hyperparameters
     for row in rows:
         scalars, hparams = read_events(Path(row.path))

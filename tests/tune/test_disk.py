@@ -1,0 +1,73 @@
+"""Bounded disk: which weights an ended trial keeps, the size estimate, the free-space check."""
+
+from pathlib import Path
+
+import pytest
+from helpers import TINY
+
+from cattle_yolo.config import TrainConfig
+from tune.disk import (
+    DiskError,
+    Ended,
+    check_free_space,
+    checkpoint_bytes,
+    enforce,
+    peak_bytes,
+    rank,
+)
+
+
+def _trial(root: Path, name: str) -> Path:
+    models = root / name / "run" / "models"
+    models.mkdir(parents=True)
+    (models / "last.pt").write_bytes(b"x" * 400)
+    (models / "best.pt").write_bytes(b"x" * 100)
+    (root / name / "run" / "config.yaml").write_text("lr: 0.001\n")
+    return root / name
+
+
+def test_ranks_put_completed_trials_first_then_objective():
+    assert rank({"objective": 0.2, "epoch": 4}, 4, "max") > rank(
+        {"objective": 0.5, "epoch": 2}, 4, "max"
+    )
+    assert rank({"objective": 0.3, "epoch": 4}, 4, "max") > rank(
+        {"objective": 0.2, "epoch": 4}, 4, "max"
+    )
+    assert rank({"objective": 1.0, "epoch": 4}, 4, "min") > rank(
+        {"objective": 2.0, "epoch": 4}, 4, "min"
+    )
+    assert rank({"objective": 0.9, "epoch": 1, "diverged": True}, 4, "max") == (-1, float("-inf"))
+
+
+def test_only_the_top_trials_keep_best_pt_and_no_ended_trial_keeps_last_pt(tmp_path):
+    paths = [_trial(tmp_path, f"t{i}") for i in range(5)]
+    ranks = [(1, 0.3), (1, 0.5), (0, 0.9), (-1, float("-inf")), (1, 0.1)]
+    ended = [Ended(p, r) for p, r in zip(paths, ranks, strict=True)]
+    freed = enforce(ended, keep=2, protect=[paths[4]])
+    kept = sorted(p.name for p in paths if (p / "run" / "models" / "best.pt").exists())
+    assert kept == ["t0", "t1", "t4"]  # the best two completed, and the protected export
+    assert not any((p / "run" / "models" / "last.pt").exists() for p in paths)
+    assert all((p / "run" / "config.yaml").exists() for p in paths)  # config and logs stay
+    assert freed == 5 * 400 + 2 * 100
+    assert enforce(ended, keep=2) == 100  # idempotent but for the no longer protected t4
+    enforce([Ended(_trial(tmp_path, "u"), (1, 0.0))], keep=None)  # None: every best.pt stays
+    assert (tmp_path / "u" / "run" / "models" / "best.pt").exists()
+
+
+def test_the_estimate_matches_the_checkpoints_training_writes(tmp_path):
+    from cattle_yolo.train import train
+
+    cfg = TrainConfig.load(None, {**TINY, "epochs": 1, "out": str(tmp_path / "run")})
+    train(cfg)
+    resumable, inference = checkpoint_bytes(cfg, num_classes=2)
+    last = (tmp_path / "run" / "models" / "last.pt").stat().st_size
+    best = (tmp_path / "run" / "models" / "best.pt").stat().st_size
+    assert resumable == pytest.approx(last, rel=0.05) and inference == pytest.approx(best, rel=0.05)
+    # two at once, three kept: 2 x (last + the next being written + best) + 3 best, x 1.1 + 100 MB
+    assert peak_bytes(1000, 250, 2, 3) == int((2 * 2250 + 750) * 1.1) + 100 * 2**20
+
+
+def test_a_search_that_will_not_fit_is_refused(tmp_path):
+    assert check_free_space(tmp_path / "not" / "yet", 1, "the search") > 0
+    with pytest.raises(DiskError, match="needs about .* GiB at .* only .* GiB is free"):
+        check_free_space(tmp_path, 1 << 60, "the search 'x'")

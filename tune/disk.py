@@ -1,0 +1,149 @@
+"""Bounded disk: what a search keeps on its storage, estimated before it starts.
+
+A running trial holds one resumable checkpoint (``run/models/last.pt``: weights, EMA weights,
+optimizer state) and one inference checkpoint (``best.pt``: EMA weights, config and metrics, a
+quarter of the size; written by the training loop). When a trial ends (completed, stopped by
+ASHA or diverged) its ``last.pt`` goes, and only the best ``keep`` ended trials keep their
+``best.pt`` (completed trials first, then by objective, as the export picks). Every trial keeps
+its config, metrics, val detections and logs. An errored trial is left alone: resuming the
+search retries it from its ``last.pt``.
+
+So at any time a search holds at most ``concurrent`` resumable checkpoints (plus one being
+written per trial) and ``concurrent + keep`` inference ones, whatever its trial count.
+``DiskKeeper`` applies this as trials end (a Tune callback on the driver; stateless, so it works
+after a resume), and ``enforce`` once more at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from cattle_yolo.config import TrainConfig
+
+MARGIN = 1.1  # on top of the estimate: logs, Tune's files, allocator slack
+MARGIN_BYTES = 100 * 2**20
+
+
+class DiskError(RuntimeError):
+    """The search would not fit on the storage's free space."""
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An ended trial: its folder and what ranks it (higher is better)."""
+
+    path: Path
+    rank: tuple[int, float]
+
+
+def checkpoint_bytes(cfg: TrainConfig, num_classes: int) -> tuple[int, int]:
+    """(resumable, inference) checkpoint sizes in bytes for ``cfg``'s model.
+
+    Resumable: weights + EMA weights + AdamW's two moments = 4 copies of the parameters (and
+    the buffers twice); inference: one copy of the weights and buffers.
+    """
+    from cattle_yolo.model import CattleYOLO
+
+    model = CattleYOLO(num_classes, cfg.replace(pretrained=False))
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    return 4 * params + 2 * buffers, params + buffers
+
+
+def peak_bytes(resumable: int, inference: int, concurrent: int, keep: int) -> int:
+    """The most a search holds: per running trial its last.pt, the next one being written and
+    its best.pt; plus ``keep`` best.pt of ended trials; with a margin."""
+    need = concurrent * (2 * resumable + inference) + keep * inference
+    return int(need * MARGIN) + MARGIN_BYTES
+
+
+def check_free_space(path: Path, need: int, what: str) -> int:
+    """Raise ``DiskError`` when ``need`` bytes do not fit at ``path``; returns the free bytes."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise DiskError(
+            f"{what} needs about {need / 2**30:.2f} GiB at {path} at its peak, but only "
+            f"{free / 2**30:.2f} GiB is free there: free some space, lower --keep-weights or "
+            "run fewer trials at once"
+        )
+    return free
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes the files under ``path`` use (hard links counted once)."""
+    seen, total = set(), 0
+    for f in path.rglob("*"):
+        try:
+            st = f.lstat()
+        except FileNotFoundError:
+            continue
+        if f.is_file() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def rank(result: dict[str, Any], max_epochs: int, mode: str) -> tuple[int, float]:
+    """Completed trials first, then by objective (the order ``report.pick_best`` uses)."""
+    objective = result.get("objective")
+    value = float(objective) if isinstance(objective, int | float) else math.nan
+    if not math.isfinite(value) or result.get("diverged"):
+        return (-1, -math.inf)
+    completed = int(result.get("epoch") or 0) >= max_epochs
+    return (1 if completed else 0, value if mode == "max" else -value)
+
+
+def enforce(ended: Iterable[Ended], keep: int | None, protect: Iterable[Path] = ()) -> int:
+    """Drop ended trials' last.pt, and best.pt beyond the top ``keep`` (None: keep every
+    best.pt) and ``protect``; returns the bytes freed."""
+    ended = sorted(ended, key=lambda e: e.rank, reverse=True)
+    keep_set = {e.path for e in ended[:keep]} if keep is not None else {e.path for e in ended}
+    keep_set |= {Path(p) for p in protect}
+    freed = 0
+    for e in ended:
+        models = e.path / "run" / "models"
+        doomed = [models / "last.pt"] + ([] if e.path in keep_set else [models / "best.pt"])
+        for f in doomed:
+            if f.is_file():
+                freed += f.stat().st_size
+                f.unlink()
+    return freed
+
+
+class DiskKeeper(tune.Callback):
+    """Applies ``enforce`` on the driver each time a trial ends (filesystem storage only)."""
+
+    def __init__(self, keep: int | None, max_epochs: int, mode: str) -> None:
+        self.keep, self.max_epochs, self.mode = keep, max_epochs, mode
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        ended = [
+            Ended(Path(t.path), rank(t.last_result or {}, self.max_epochs, self.mode))
+            for t in trials
+            if t.status == "TERMINATED" and t.path and "://" not in str(t.path)
+        ]
+        if all(e.path != Path(trial.path) for e in ended) and trial.path:  # not yet TERMINATED
+            last = trial.last_result or {}
+            ended.append(Ended(Path(trial.path), rank(last, self.max_epochs, self.mode)))
+        enforce(ended, self.keep)
+
+
+def ended_rows(rows: Iterable[Any], max_epochs: int, mode: str) -> list[Ended]:
+    """``Ended`` entries for the summary's rows (``tune.report.TrialRow``) that ended for good:
+    completed, stopped by ASHA or diverged (errored and unfinished ones may still resume)."""
+    return [
+        Ended(Path(r.path), rank({"objective": r.best, "epoch": r.epochs_run,
+                                  "diverged": r.status == "diverged"}, max_epochs, mode))
+        for r in rows
+        if r.status in ("completed", "stopped by ASHA", "diverged") and "://" not in r.path
+    ]  # fmt: skip
