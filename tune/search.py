@@ -225,7 +225,20 @@ def make_trainable(
         threshold_range=threshold_range,
         extra_callbacks=extra_callbacks,
     )
-    return tune.with_resources(with_data, resources.per_trial())
+    return tune.with_resources(named_trainable(with_data), resources.per_trial())
+
+
+def named_trainable(function: Any) -> type:
+    """The trial function as Tune's function-trainable class, with a ``repr`` naming the trial
+    (``trial trial_003_1a2b3c4d``): Ray shows it on the dashboard's Actors page, where every
+    trial was ``train_trial`` before."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class TrialActor(wrap_function(function, name="train_trial")):
+        def __repr__(self) -> str:
+            return f"trial {self.trial_name}"
+
+    return TrialActor
 
 
 def make_searcher(

@@ -91,6 +91,7 @@ class EpochReporter:
         self.threshold: dict[str, float] = {}  # best.pt's chosen threshold and its P, R, F1
         self.epoch = 0  # last epoch reported
         self.resumed_from_epoch = 0
+        self.gauges: TrialGauges | None = None  # set by train_trial inside a Ray trial
 
     def _better(self, value: float, than: float | None) -> bool:
         if than is None:
@@ -166,6 +167,8 @@ class EpochReporter:
     def __call__(self, stats: dict[str, Any]) -> None:
         metrics = self.metrics(stats)
         self.epoch = int(stats["epoch"])
+        if self.gauges is not None:
+            self.gauges.set(metrics)
         with tempfile.TemporaryDirectory(prefix="cattle-ckpt-") as tmp:
             if self.weights_in_checkpoint:
                 _link_or_copy(Path(stats["checkpoint"]), Path(tmp) / CHECKPOINT_FILE)
@@ -219,6 +222,36 @@ class EpochReporter:
             RUNG_SCORE: self.worst, "objective_epoch": self.best_epoch, "diverged": True,
             "diverged_rule": f"training loop: {reason}", "resumed_from_epoch": self.resumed_from_epoch,
         })  # fmt: skip
+
+
+class TrialGauges:
+    """Ray custom metrics of one trial (``ray.util.metrics``), labelled by trial id and
+    experiment: Ray exports them on each node's Prometheus endpoint as ``ray_cattle_trial_*``,
+    so the dashboard's Metrics view shows them wherever Prometheus and Grafana run."""
+
+    KEYS = {  # gauge name -> (result key, description)
+        "epoch": ("epoch", "epochs the trial has trained"),
+        "train_loss": ("train_loss", "mean training loss of the last epoch"),
+        "val_loss": ("val_loss", "validation loss of the last epoch"),
+        "map50_95": ("mAP50_95", "val mAP50-95 of the last epoch"),
+        "objective": (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
+        "best_map50_95": ("best_mAP50_95", "best val mAP50-95 so far"),
+    }
+
+    def __init__(self, trial_id: str, experiment: str) -> None:
+        from ray.util.metrics import Gauge
+
+        self.tags = {"trial_id": trial_id, "experiment": experiment}
+        self.gauges = {
+            name: (key, Gauge(f"cattle_trial_{name}", description, tag_keys=("trial_id", "experiment")))
+            for name, (key, description) in self.KEYS.items()
+        }  # fmt: skip
+
+    def set(self, metrics: dict[str, Any]) -> None:
+        for key, gauge in self.gauges.values():
+            value = metrics.get(key)
+            if isinstance(value, int | float) and math.isfinite(value):
+                gauge.set(float(value), tags=self.tags)
 
 
 def _logged_epochs(run: Path) -> dict[int, dict[str, Any]]:
@@ -301,6 +334,8 @@ def train_trial(
         window=window, threshold_range=threshold_range, names=datasets.names,
         max_det=cfg.max_det, own_threshold=cfg.score_threshold, warmup_epochs=cfg.warmup_epochs,
     )  # fmt: skip
+    ctx = tune.get_context()
+    reporter.gauges = TrialGauges(ctx.get_trial_id(), ctx.get_experiment_name())
     checkpoint = tune.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
         resume = reporter.resume_point(Path(folder) if folder else None, out)

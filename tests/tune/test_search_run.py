@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -312,3 +313,57 @@ def test_trials_that_differ_only_in_focal_gamma_train_differently(ray_session, t
         cls[saved.focal_gamma] = json.loads(log.read_text().splitlines()[0])["train_cls"]
     assert cls[0.5] != pytest.approx(cls[3.0], rel=1e-3), cls
     assert cls[0.5] > cls[3.0]  # a larger gamma down-weights the easy negatives more
+
+
+def _api_json(url: str) -> object:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {_token()}"})
+    with urllib.request.urlopen(req, timeout=20) as r:
+        return json.loads(r.read())
+
+
+def _walk(obj):
+    if isinstance(obj, dict):
+        yield obj
+        for v in obj.values():
+            yield from _walk(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _walk(v)
+
+
+def test_a_running_trial_is_named_on_the_dashboard_and_exports_its_metrics(ray_session, tmp_path):
+    """The dashboard's actor list (through its API, with the token) names the trial, and the
+    node's Prometheus endpoint serves the trial's gauges labelled by trial id and experiment."""
+    import threading
+
+    text = "search: {trials: 1, epochs: 20, grace_period: 20}\nspace:\n  lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+    worker = threading.Thread(target=_search, args=(tmp_path, text, "watched"), daemon=True)
+    worker.start()
+    node = ray._private.worker.global_worker.node
+    metrics_url = f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
+    actors_url = f"http://{ray_session.dashboard_url}/api/v0/actors?detail=1&limit=1000"
+    named, exported = None, None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and worker.is_alive() and not (named and exported):
+        time.sleep(2)
+        trials = list((tmp_path / "runs" / "watched").glob("trial_*"))
+        if not trials:
+            continue
+        trial_name = trials[0].name  # trial_001_<trial id>
+        trial_id = trial_name.rsplit("_", 1)[-1]
+        reprs = [a.get("repr_name") for a in _walk(_api_json(actors_url)) if "repr_name" in a]
+        named = named or next((r for r in reprs if r == f"trial {trial_name}"), None)
+        body = urllib.request.urlopen(metrics_url, timeout=20).read().decode()
+        lines = [line for line in body.splitlines() if line.startswith("ray_cattle_trial_epoch{")]
+        exported = exported or next(
+            (
+                line
+                for line in lines
+                if f'trial_id="{trial_id}"' in line and 'experiment="watched"' in line
+            ),
+            None,
+        )
+    worker.join(timeout=300)
+    assert named, "no actor on the dashboard named after the trial"
+    assert exported, "the trial's epoch gauge never reached the metrics endpoint"
+    assert float(exported.rsplit(" ", 1)[-1]) >= 1  # an epoch count
