@@ -239,9 +239,8 @@ def plan_search(args: argparse.Namespace) -> Plan:
     from tune.search import can_restore, experiment_path, is_uri  # imports Ray: after the checks
 
     name = args.name or Path(space_path).stem
-    storage = (
-        args.storage if is_uri(args.storage) else str(Path(args.storage).expanduser().resolve())
-    )
+    local = args.storage.removeprefix("file://")  # file:///x is the path /x, as Ray Tune reads it
+    storage = args.storage if is_uri(args.storage) else str(Path(local).expanduser().resolve())
     path = experiment_path(storage, name)
     report_dir = Path(path) if not is_uri(storage) else HERE / "ray_results" / name
     resume = can_restore(path)

@@ -146,3 +146,14 @@ def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(t
         study_name="warm", storage=journal_storage(tmp_path / "warm" / JOURNAL_FILE)
     )
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_file_uri_storage_is_the_path_it_names(tmp_path):
+    sys.path.insert(0, str(REPO))
+    import run_search
+
+    args = run_search.build_parser().parse_args(
+        ["--smoke-test", "--storage", f"file://{tmp_path}/store", "--name", "x"]
+    )
+    plan = run_search.plan_search(args)
+    assert plan.storage == str(tmp_path / "store") and plan.path == str(tmp_path / "store" / "x")
