@@ -167,8 +167,31 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert run_cli(["predict", "--weights", str(weights), "--source", str(images[0]),
                     "--out", str(pred_out), "score_threshold=0.0"]) == 0  # fmt: skip
     assert (pred_out / "predictions.json").is_file()
-    # --resume picks up last.pt of the same run and trains only the missing epochs
-    assert run_cli([*args[:-2], "epochs=1", f"out={out}", "--resume"]) == 0
+
+
+def test_cli_resume_trains_only_the_missing_epochs(tmp_path):
+    """A 2-epoch run stopped after epoch 1; `train --resume` trains epoch 2 alone."""
+    from cattle_yolo.train import train
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_epoch_1(stats):
+        if stats["epoch"] == 1:
+            raise Stop
+
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(
+            TrainConfig.load(None, {**TINY, "epochs": 2, "out": str(out)}),
+            callbacks=[stop_after_epoch_1],
+        )
+    first = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
+    args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=2", f"out={out}", "--resume"]
+    assert run_cli(args) == 0
+    log = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
+    assert log[: len(first)] == first and [json.loads(line)["epoch"] for line in log] == [1, 2]
+    assert "resumed from" in (out / "logs" / "train.log").read_text()
 
 
 def test_metrics_csv_keeps_its_columns_when_a_resumed_run_logs_more_keys(tmp_path):

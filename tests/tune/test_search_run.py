@@ -188,11 +188,9 @@ def test_dashboard_on_localhost_needs_the_token(ray_session):
     assert host == "127.0.0.1"
     assert search.token_auth_enabled()
     lines = search.dashboard_lines(ray_session, "127.0.0.1", attached=False)
-    assert (
-        lines[0] == f"Ray dashboard: http://{url}"
-        and "auth_token" in lines[1]
-        or "RAY_AUTH" in lines[1]
-    )
+    assert lines[0] == f"Ray dashboard: http://{url}"
+    assert "token auth is on" in lines[1]
+    assert "auth_token" in lines[1] or "RAY_AUTH_TOKEN" in lines[1]
     assert not any("WARNING" in line for line in lines)
     assert any("WARNING" in line for line in search.dashboard_lines(ray_session, "0.0.0.0", False))
 
