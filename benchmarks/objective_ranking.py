@@ -145,6 +145,38 @@ def blowup_runs(settings, epochs: int) -> list[dict]:
     return runs
 
 
+def divergence_figures(healthy: list[dict], blowups: list[dict], settings) -> dict:
+    """False positives on healthy runs and the epoch each blow-up is stopped, before (no
+    warmup awareness) and after; updates ``blowups`` in place."""
+    fp = {}
+    for label, aware in (("before (no warmup awareness)", False), ("after", True)):
+        stopped = [first_stop(r, settings, aware) for r in healthy]
+        fp[label] = {"runs": len(healthy), "stopped": sum(s is not None for s in stopped),
+                     "stopped_at": [s for s in stopped if s is not None]}  # fmt: skip
+        print(
+            f"divergence rules {label}: {fp[label]['stopped']} of {len(healthy)} healthy runs stopped",
+            flush=True,
+        )
+    for b in blowups:
+        b["stopped_at_before"] = first_stop(b, settings, False)
+        b["stopped_at_after"] = first_stop(b, settings, True)
+        print(f"lr {b['lr']:g}: loop DivergedError at {b['loop_diverged_at']}, rules stop at "
+              f"{b['stopped_at_before']} before / {b['stopped_at_after']} after", flush=True)  # fmt: skip
+    return fp
+
+
+def replay(path: Path) -> None:
+    """Recompute the divergence figures of a results file with the rules as they are now."""
+    from tune.space import SearchSettings
+
+    out = json.loads(path.read_text())
+    settings = SearchSettings(**{k: v for k, v in out["settings"].items()})
+    healthy = [r for r in out["search_runs"] + out["confirm_runs"] if not r["error"]]
+    out["false_positives"] = divergence_figures(healthy, out["blowups"], settings)
+    path.write_text(json.dumps(out, indent=1, default=str))
+    print(f"updated {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,9 +192,14 @@ def main() -> None:
     p.add_argument("--storage", default=str(REPO / "outputs" / "objective-ranking"))
     p.add_argument("--json", default=str(REPO / "outputs" / "objective-ranking" / "results.json"))
     p.add_argument("--smoke-test", action="store_true", help="synthetic, 3 trials x 3 epochs")
+    p.add_argument("--replay", action="store_true",
+                   help="only replay the divergence rules on the histories in --json and update it")  # fmt: skip
     p.add_argument("--reuse-search", action="store_true",
                    help="read the finished search in --storage instead of running it again")  # fmt: skip
     args = p.parse_args()
+    if args.replay:
+        replay(Path(args.json))
+        return
     if args.smoke_test:
         args.trials, args.epochs, args.seeds = 3, 3, 1
         args.overrides += ["imgsz=64", "neck_channels=16", "synthetic_images=8", "batch=4"]
@@ -251,21 +288,8 @@ def main() -> None:
               f"{correlations[name][f'vs_{YARDSTICK}']:+.3f}", flush=True)  # fmt: skip
 
     healthy = [r for r in search_runs + confirm_runs if not r["error"]]
-    fp = {}
-    for label, aware in (("before (no warmup awareness)", False), ("after", True)):
-        stopped = [first_stop(r, settings, aware) for r in healthy]
-        fp[label] = {"runs": len(healthy), "stopped": sum(s is not None for s in stopped),
-                     "stopped_at": [s for s in stopped if s is not None]}  # fmt: skip
-        print(
-            f"divergence rules {label}: {fp[label]['stopped']} of {len(healthy)} healthy runs stopped",
-            flush=True,
-        )
     blowups = blowup_runs(settings, epochs=3)
-    for b in blowups:
-        b["stopped_at_before"] = first_stop(b, settings, False)
-        b["stopped_at_after"] = first_stop(b, settings, True)
-        print(f"lr {b['lr']:g}: loop DivergedError at {b['loop_diverged_at']}, rules stop at "
-              f"{b['stopped_at_before']} before / {b['stopped_at_after']} after", flush=True)  # fmt: skip
+    fp = divergence_figures(healthy, blowups, settings)
 
     out = {"args": vars(args), "settings": settings.__dict__, "base": base.to_dict(),
            "correlations": correlations, "table": table, "false_positives": fp,

@@ -4,7 +4,8 @@ ASHA cannot do this: its cutoff comparison is false for NaN, so a NaN trial runs
 The ``DivergenceStopper`` watches each trial's per-epoch training loss and stops the trial when
 
 - the loss is not finite (NaN or inf), or the validation loss is not finite (the model's
-  outputs overflow: an absurd learning rate can keep the training loss finite but huge),
+  outputs overflow: an absurd learning rate can keep the training loss finite but huge), or
+  the validation loss is exactly 0 (the class scores collapsed: nothing is left to learn),
 - the loss has risen ``patience`` epochs in a row, by ``min_rise`` (a fraction) or more in all
   (a plateau's noise rises a little for a few epochs now and then: that is not divergence),
   counting only epochs from the end of the learning-rate warmup on (the loss of a healthy run
@@ -36,13 +37,13 @@ def divergence_rule(
     losses: Sequence[float],
     patience: int,
     spike_ratio: float,
-    val_loss: float = 0.0,
+    val_loss: float | None = None,
     min_rise: float = 0.05,
     start_loss: float | None = None,
     warmup_epochs: float = 0.0,
 ) -> str | None:
     """Which rule the last epoch of ``losses`` (training loss per epoch from epoch 1, oldest
-    first) breaks; ``val_loss`` is that epoch's validation loss, ``start_loss`` the loss of the
+    first) breaks; ``val_loss`` is that epoch's validation loss (None: unknown), ``start_loss`` the loss of the
     trial's first training step (``None`` when unknown). The rising rule's window starts no
     earlier than the last warmup epoch (``ceil(warmup_epochs)``).
 
@@ -53,8 +54,13 @@ def divergence_rule(
     last = losses[-1]
     if not math.isfinite(last):
         return f"non-finite training loss ({last})"
-    if not math.isfinite(val_loss):
+    if val_loss is not None and not math.isfinite(val_loss):
         return f"non-finite validation loss ({val_loss}) with training loss {last:.4g}"
+    if val_loss == 0.0:
+        # Every class score underflowed to 0 on every val batch: no object gets a target, the
+        # loss is exactly 0 and nothing is left to learn (lr 0.3: mAP 0 while the training
+        # loss still falls). A model that detects anything has a positive loss.
+        return f"collapsed: validation loss is exactly 0 with training loss {last:.4g}"
     earlier = [x for x in [start_loss, *losses[:-1]] if x is not None and math.isfinite(x)]
     if earlier:
         best = min(earlier)
@@ -111,7 +117,7 @@ class DivergenceStopper(Stopper):
         if epoch == 1 and START_KEY in result:
             self._start[trial_id] = float(result[START_KEY])
         losses = [history[e] for e in sorted(history) if e <= epoch]
-        val_loss = float(result.get(VAL_LOSS_KEY, 0.0))
+        val_loss = float(result[VAL_LOSS_KEY]) if VAL_LOSS_KEY in result else None
         rule = divergence_rule(losses, self.patience, self.spike_ratio, val_loss, self.min_rise,
                                self._start.get(trial_id), float(result.get(WARMUP_KEY, 0.0)))  # fmt: skip
         if rule is None:

@@ -124,3 +124,14 @@ def test_stopper_reads_the_warmup_from_the_result():
     stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
     stops = [stopper("u", {"epoch": e, "train_loss": x}) for e, x in enumerate(losses, 1)]
     assert stops[-1]
+
+
+def test_a_collapsed_model_is_stopped_at_once():
+    # lr 0.3 on the small synthetic set: training loss 10.3, 7.5, 7.0 (falling), val loss
+    # exactly 0 and mAP 0 every epoch: the class scores underflowed, nothing is left to learn.
+    assert divergence_rule([10.29], 3, 3.0, val_loss=0.0).startswith("collapsed")
+    assert divergence_rule([10.29], 3, 3.0, val_loss=1e-9) is None
+    assert divergence_rule([10.29], 3, 3.0) is None  # unknown val loss: no verdict
+    stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
+    result = {"epoch": 1, "train_loss": 10.29, "val_loss": 0.0, "objective": 0.0}
+    assert stopper("t", result) and result["diverged_rule"].startswith("collapsed")
