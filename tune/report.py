@@ -95,6 +95,15 @@ def _params(result: Any) -> dict[str, Any]:
     return trial_values(json.loads(params_file.read_text())) if params_file.is_file() else {}
 
 
+def result_uri(result: Any) -> str:
+    """A trial's folder: a filesystem path, or a URI with its scheme on cloud storage (Ray
+    gives ``bucket/dir/...`` and the filesystem apart; joined with ``Path`` the scheme's
+    slashes would collapse into ``s3:/bucket``)."""
+    fs = getattr(result, "filesystem", None)
+    scheme = {"s3": "s3", "gcs": "gs"}.get(getattr(fs, "type_name", "local"))
+    return f"{scheme}://{result.path}" if scheme else str(result.path)
+
+
 def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
     """One row per trial of a ``ResultGrid``, in trial order."""
     rows = []
@@ -109,7 +118,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
             best=float(best) if finite else None,
             best_epoch=int(metrics.get("objective_epoch") or 0),
             epochs_run=max([h["epoch"] for h in history], default=int(metrics.get("epoch") or 0)),
-            status=status, detail=detail, path=str(result.path),
+            status=status, detail=detail, path=result_uri(result),
             threads=int(metrics.get("threads") or 0), history=history,
             threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
             config=dict(result.config or {}),
@@ -192,10 +201,10 @@ def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path
     """Write ``{config: <TrainConfig>, checkpoint, trial, metric, value, epoch, ...}``:
     ``TrainConfig.load`` reads the ``config`` section and ignores the rest. ``confirmed``: the
     config's mean and sd over fresh seeds, when a confirmation ran."""
-    checkpoint = Path(row.path) / "run" / "models" / "best.pt"
+    checkpoint = f"{row.path.rstrip('/')}/run/models/best.pt"  # a path or a URI (s3://...)
     doc = {
         "config": best_config(row, base).to_dict(),
-        "checkpoint": str(checkpoint),
+        "checkpoint": checkpoint,
         "trial": row.name,
         "experiment": experiment,
         "metric": settings.metric,

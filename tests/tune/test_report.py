@@ -124,3 +124,26 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     assert float(row["threshold"]) == 0.3712 and float(row["threshold_F1"]) == 0.7467
     values, _ = importance(rows, space, space.settings)
     assert set(values) == {"lr"}  # the post-hoc threshold is not a sampled knob
+
+
+def test_cloud_trial_paths_keep_their_scheme(tmp_path):
+    from types import SimpleNamespace
+
+    from tune.report import export_best, result_uri
+
+    s3 = SimpleNamespace(
+        path="bucket/runs/exp/trial_001_ab", filesystem=SimpleNamespace(type_name="s3")
+    )
+    local = SimpleNamespace(
+        path="/x/exp/trial_001_ab", filesystem=SimpleNamespace(type_name="local")
+    )
+    assert result_uri(s3) == "s3://bucket/runs/exp/trial_001_ab"
+    assert result_uri(local) == "/x/exp/trial_001_ab"
+    row = _rows()[0]
+    row.path = result_uri(s3)
+    export_best(row, TrainConfig(epochs=4), load_space(REPO / "search_spaces" / "smoke.yaml").settings,
+                tmp_path / "b.yaml", "exp")  # fmt: skip
+    import yaml
+
+    doc = yaml.safe_load((tmp_path / "b.yaml").read_text())
+    assert doc["checkpoint"] == "s3://bucket/runs/exp/trial_001_ab/run/models/best.pt"
