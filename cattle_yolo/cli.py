@@ -157,9 +157,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from cattle_yolo.predict import collect_sources, predict_images, write_outputs
     from cattle_yolo.train import resolve_device
 
+    try:  # the sources first: a wrong --source fails before the model loads
+        paths = collect_sources(args.source)
+    except ValueError as e:  # a file that is not an image
+        raise ConfigError(f"--source {e}") from None
     device = resolve_device(args.device)
     model, cfg, names = load_trained(args.weights, device, args.overrides)
-    paths = collect_sources(args.source)
     results = predict_images(model, paths, cfg, device, names)
     write_outputs(results, Path(args.out), names)
     total = sum(len(r["scores"]) for r in results)
