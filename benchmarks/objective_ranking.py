@@ -40,11 +40,11 @@ BLOWUP_LRS = (0.3, 3.0, 10.0)
 
 
 def objective(values: list[float], kind: str, window: int) -> float:
-    """A trial's objective from its per-epoch metric values (oldest first), mode max."""
-    finite = [v if math.isfinite(v) else 0.0 for v in values]
-    if not finite:
-        return 0.0
-    return max(finite) if kind == "best" else sum(finite[-window:]) / len(finite[-window:])
+    """A trial's objective from its per-epoch metric values (oldest first), mode max, as the
+    search computes it (``tune.trainable.trial_objective``; non-finite epochs count as 0)."""
+    from tune.trainable import trial_objective
+
+    return trial_objective(dict(enumerate(values, 1)), kind, window, "max", 0.0)[0]
 
 
 def ranks(xs: list[float]) -> list[float]:

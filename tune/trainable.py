@@ -49,6 +49,27 @@ STATE_FILE = "search_state.json"  # reporter state stored in each Tune checkpoin
 CHECKPOINT_FILE = "last.pt"
 
 
+def trial_objective(
+    values: dict[int, float], kind: str, window: int, mode: str, worst: float
+) -> tuple[float, int]:
+    """(objective, the epoch it is read at) from a trial's per-epoch metric ``values``.
+
+    ``best``: the best finite value (the earliest epoch among equals; ``worst`` at epoch 0
+    while none is finite); ``last_mean``: the mean of the last ``window`` epochs (fewer at the
+    start), a non-finite epoch counting as ``worst``.
+    """
+    epochs = sorted(values)
+    if kind == "last_mean" and epochs:
+        last = epochs[-window:]
+        vals = [values[e] if math.isfinite(values[e]) else worst for e in last]
+        return sum(vals) / len(vals), last[-1]
+    finite = [e for e in epochs if math.isfinite(values[e])]
+    if not finite:
+        return worst, 0
+    best = (max if mode == "max" else min)(finite, key=lambda e: values[e])
+    return values[best], best
+
+
 class EpochReporter:
     """Training callback: one ``tune.report`` with a checkpoint per epoch.
 
@@ -86,25 +107,16 @@ class EpochReporter:
         self.own_threshold, self.warmup_epochs = own_threshold, warmup_epochs
         self.weights_in_checkpoint = weights_in_checkpoint
         self.values: dict[int, float] = {}  # epoch -> the metric's value
-        self.best: float | None = None
-        self.best_epoch = 0
         self.threshold: dict[str, float] = {}  # best.pt's chosen threshold and its P, R, F1
         self.epoch = 0  # last epoch reported
         self.resumed_from_epoch = 0
         self.gauges: TrialGauges | None = None  # set by train_trial inside a Ray trial
 
-    def _better(self, value: float, than: float | None) -> bool:
-        if than is None:
-            return True
-        return value > than if self.mode == "max" else value < than
-
-    def objective_value(self) -> tuple[float, int]:
-        """(objective, the epoch it is read at) from the values reported so far."""
-        if self.objective == "last_mean" and self.values:
-            last = sorted(self.values)[-self.window :]
-            vals = [self.values[e] if math.isfinite(self.values[e]) else self.worst for e in last]
-            return sum(vals) / len(vals), last[-1]
-        return (self.best, self.best_epoch) if self.best is not None else (self.worst, 0)
+    def objective_value(self, kind: str | None = None) -> tuple[float, int]:
+        """(objective, the epoch it is read at) from the values reported so far; ``kind``
+        overrides the reporter's objective (``best`` gives the best epoch)."""
+        return trial_objective(self.values, kind or self.objective, self.window, self.mode,
+                               self.worst)  # fmt: skip
 
     def rung_score(self, objective: float, val_loss: float) -> float:
         """What ASHA compares at a rung: the objective, with ties broken by val loss.
@@ -148,8 +160,6 @@ class EpochReporter:
         epoch = int(stats["epoch"])
         value = float(out.get(self.metric, math.nan))
         self.values[epoch] = value
-        if math.isfinite(value) and self._better(value, self.best):
-            self.best, self.best_epoch = value, epoch
         if "F1_threshold" in stats and stats.get("best_epoch") == epoch:
             self.threshold = self._choose_threshold(stats)
         objective, objective_epoch = self.objective_value()
@@ -172,8 +182,7 @@ class EpochReporter:
         with tempfile.TemporaryDirectory(prefix="cattle-ckpt-") as tmp:
             if self.weights_in_checkpoint:
                 _link_or_copy(Path(stats["checkpoint"]), Path(tmp) / CHECKPOINT_FILE)
-            state = {"best": self.best, "best_epoch": self.best_epoch, "epoch": self.epoch,
-                     "values": self.values, "threshold": self.threshold}  # fmt: skip
+            state = {"epoch": self.epoch, "values": self.values, "threshold": self.threshold}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -187,12 +196,10 @@ class EpochReporter:
         """
         if folder is not None and (folder / STATE_FILE).is_file():
             state = json.loads((folder / STATE_FILE).read_text())
-            self.best, self.best_epoch, self.epoch = (
-                state["best"],
-                state["best_epoch"],
-                state["epoch"],
-            )
+            self.epoch = state["epoch"]
             self.values = {int(e): float(v) for e, v in state.get("values", {}).items()}
+            if not self.values and state.get("best") is not None:  # a checkpoint before values
+                self.values = {int(state["best_epoch"]): float(state["best"])}
             self.threshold = state.get("threshold", {})
         weights = run / "models" / CHECKPOINT_FILE
         if not weights.is_file():
@@ -219,7 +226,7 @@ class EpochReporter:
         """The final result of a trial the training loop declared diverged."""
         tune.report({
             "epoch": epoch, "train_loss": math.nan, OBJECTIVE: self.worst,
-            RUNG_SCORE: self.worst, "objective_epoch": self.best_epoch, "diverged": True,
+            RUNG_SCORE: self.worst, "objective_epoch": self.objective_value("best")[1], "diverged": True,
             "diverged_rule": f"training loop: {reason}", "resumed_from_epoch": self.resumed_from_epoch,
         })  # fmt: skip
 

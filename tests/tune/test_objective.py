@@ -110,3 +110,23 @@ def test_the_threshold_of_best_pt_is_reported_and_kept():
     out = blind.metrics({"epoch": 1, "mAP50_95": 0.0, "best_epoch": 1, "F1": 0.0,
                          "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0})  # fmt: skip
     assert out["threshold"] == 0.25  # no true positive at any threshold: the config's own
+
+
+def test_reporter_state_restores_from_new_and_older_checkpoints(tmp_path):
+    import json
+
+    from tune.trainable import STATE_FILE
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / STATE_FILE).write_text(json.dumps(
+        {"epoch": 3, "values": {"1": 0.1, "2": 0.3, "3": 0.2}, "threshold": {"threshold": 0.4}}))  # fmt: skip
+    r = _reporter()
+    assert r.resume_point(tmp_path / "new", tmp_path / "run") is None  # no weights to load
+    assert r.epoch == 3 and r.objective_value() == (0.3, 2) and r.threshold == {"threshold": 0.4}
+    (tmp_path / "old").mkdir()  # written before per-epoch values were kept: best only
+    (tmp_path / "old" / STATE_FILE).write_text(
+        json.dumps({"best": 0.3, "best_epoch": 2, "epoch": 3})
+    )
+    r = _reporter()
+    r.resume_point(tmp_path / "old", tmp_path / "run")
+    assert r.epoch == 3 and r.objective_value() == (0.3, 2)
