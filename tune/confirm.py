@@ -26,10 +26,9 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from cattle_yolo.config import TrainConfig
-from tune.disk import DiskKeeper, ended_rows, enforce
+from tune.disk import ended_rows, enforce
 from tune.report import TrialRow, export_best, objective_label, trial_rows
 from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
-from tune.stoppers import DivergenceStopper
 from tune.trainable import OBJECTIVE
 
 CONFIRM_SUFFIX = "-confirm"
@@ -105,11 +104,9 @@ def build_confirm_tuner(
 ) -> tune.Tuner:
     """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once;
     ``divergence=False`` (benchmarks) leaves the divergence stopper out."""
-    from tune.search import CHECKPOINTS_TO_KEEP_CLOUD, is_uri, trial_name
+    from tune.search import make_run_config, trial_name
 
     runs = run_configs(candidates, seeds)
-    stopper = DivergenceStopper(settings.patience, settings.spike_ratio, settings.worst,
-                                OBJECTIVE, settings.min_rise)  # fmt: skip
     reporter = tune.CLIReporter(
         metric=OBJECTIVE, mode=settings.mode, parameter_columns=[CONFIRM_ID, "seed"],
         metric_columns={"epoch": "epoch", "train_loss": "loss", OBJECTIVE: objective_label(settings)},
@@ -121,20 +118,9 @@ def build_confirm_tuner(
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
-    run_config = tune.RunConfig(
-        name=name + CONFIRM_SUFFIX,
-        storage_path=storage,
-        stop=stopper if divergence else None,
-        checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if is_uri(storage) else None
-        ),
-        failure_config=tune.FailureConfig(max_failures=max_failures),
-        sync_config=tune.SyncConfig(sync_artifacts=is_uri(storage)),
-        progress_reporter=reporter,
-        verbose=verbose,
-        # last.pt goes as each run ends; best.pt stays until the export is known (report())
-        callbacks=[] if is_uri(storage) else [DiskKeeper(None, settings.epochs, settings.mode)],
-    )
+    # last.pt goes as each run ends; best.pt stays until the export is known (report())
+    run_config = make_run_config(name + CONFIRM_SUFFIX, storage, settings, max_failures,
+                                 divergence, reporter, verbose, keep_weights=None)  # fmt: skip
     # Tune takes preset points only for keys its param space names; None leaves them unchecked.
     keys = {key: None for run in runs for key in run}
     return tune.Tuner(trainable, param_space=keys, tune_config=tune_config, run_config=run_config)

@@ -322,13 +322,6 @@ def build_tuner(
         if asha
         else FIFOScheduler()
     )
-    stopper = (
-        DivergenceStopper(
-            settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
-        )
-        if divergence
-        else None
-    )
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
@@ -336,22 +329,41 @@ def build_tuner(
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
-    run_config = tune.RunConfig(
+    run_config = make_run_config(name, storage, settings, max_failures, divergence,
+                                 progress_reporter(space, settings), verbose, keep_weights)  # fmt: skip
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), notes
+
+
+def make_run_config(
+    name: str,
+    storage: str,
+    settings: SearchSettings,
+    max_failures: int,
+    divergence: bool,
+    reporter: Any,
+    verbose: int,
+    keep_weights: int | None,
+) -> tune.RunConfig:
+    """What every experiment of a search shares (the search and its confirmation): the
+    divergence stopper (unless ``divergence=False``), per-epoch Tune checkpoints (only the
+    latest two with cloud storage, see ``CHECKPOINTS_TO_KEEP_CLOUD``), retries, artifact sync
+    for cloud storage, and on a filesystem path the ``DiskKeeper`` with ``keep_weights``."""
+    stopper = DivergenceStopper(settings.patience, settings.spike_ratio, settings.worst,
+                                OBJECTIVE, settings.min_rise)  # fmt: skip
+    cloud = is_uri(storage)
+    return tune.RunConfig(
         name=name,
         storage_path=storage,
-        stop=stopper,
+        stop=stopper if divergence else None,
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if is_uri(storage) else None
+            num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if cloud else None
         ),
         failure_config=tune.FailureConfig(max_failures=max_failures),
-        sync_config=tune.SyncConfig(sync_artifacts=is_uri(storage)),
-        progress_reporter=progress_reporter(space, settings),
+        sync_config=tune.SyncConfig(sync_artifacts=cloud),
+        progress_reporter=reporter,
         verbose=verbose,
-        callbacks=[]
-        if is_uri(storage)
-        else [DiskKeeper(keep_weights, settings.epochs, settings.mode)],
+        callbacks=[] if cloud else [DiskKeeper(keep_weights, settings.epochs, settings.mode)],
     )
-    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), notes
 
 
 def experiment_path(storage: str, name: str) -> str:
