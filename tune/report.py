@@ -231,15 +231,10 @@ def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSetting
     computed on a study rebuilt from the results; (None, why) where it cannot be computed."""
     import optuna
 
-    distributions = {}
-    for key, dist in space.knobs.items():  # a post-hoc knob (score_threshold) is not listed
-        if dist.kind == "choice":
-            distributions[key] = optuna.distributions.CategoricalDistribution(list(dist.choices))
-        elif dist.kind == "int":
-            distributions[key] = optuna.distributions.IntDistribution(int(dist.low), int(dist.high))
-        else:
-            distributions[key] = optuna.distributions.FloatDistribution(
-                dist.low, dist.high, log=dist.kind == "loguniform")  # fmt: skip
+    from tune.study import optuna_distribution
+
+    # By knob value (iou_end itself, not its sampling fraction); a post-hoc knob is not listed.
+    distributions = {key: optuna_distribution(dist) for key, dist in space.knobs.items()}
     usable = [r for r in rows if r.best is not None and r.status != "errored"
               and all(k in r.params and d.contains(r.params[k]) for k, d in space.knobs.items())]  # fmt: skip
     if len(usable) < 4:

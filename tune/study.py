@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.space import IOU_END_FRACTION, SearchSettings, SearchSpace, SpaceError
+from tune.space import IOU_END_FRACTION, Distribution, SearchSettings, SearchSpace, SpaceError
 
 JOURNAL_FILE = "optuna_journal.log"
 
@@ -43,14 +43,20 @@ def distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDist
     for key, dist in space.knobs.items():
         if key == "iou_end" and "iou_start" in space.knobs:
             out[IOU_END_FRACTION] = optuna.distributions.FloatDistribution(0.0, 1.0)
-        elif dist.kind == "choice":
-            out[key] = optuna.distributions.CategoricalDistribution(list(dist.choices))
-        elif dist.kind == "int":
-            out[key] = optuna.distributions.IntDistribution(int(dist.low), int(dist.high))
         else:
-            log = dist.kind == "loguniform"
-            out[key] = optuna.distributions.FloatDistribution(dist.low, dist.high, log=log)
+            out[key] = optuna_distribution(dist)
     return out
+
+
+def optuna_distribution(dist: Distribution) -> optuna.distributions.BaseDistribution:
+    """One knob's range as Optuna's distribution."""
+    if dist.kind == "choice":
+        return optuna.distributions.CategoricalDistribution(list(dist.choices))
+    if dist.kind == "int":
+        return optuna.distributions.IntDistribution(int(dist.low), int(dist.high))
+    return optuna.distributions.FloatDistribution(
+        dist.low, dist.high, log=dist.kind == "loguniform"
+    )
 
 
 def make_sampler(settings: SearchSettings, concurrent: int, kind: str = "tpe") -> Any:
