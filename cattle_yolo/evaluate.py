@@ -247,7 +247,8 @@ def f1_sweep(
     ties go to the higher threshold (fewer detections for the same F1).
 
     Returns ``F1`` (the best F1), ``F1_threshold`` and the ``F1_precision`` and ``F1_recall``
-    there. With no detection or no ground truth, F1 is 0 at threshold ``low``.
+    there. With no detection or no ground truth, F1 is 0 everywhere and the tie rule gives
+    ``high`` (``coco_metrics`` reports ``low`` when it has nothing to score at all).
     """
     order = np.argsort(-scores, kind="stable")
     s, tp = scores[order], np.cumsum(matched[order])
