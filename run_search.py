@@ -35,6 +35,7 @@ from tune.space import (
 HERE = Path(__file__).resolve().parent
 EXIT_NO_RESULT, EXIT_BAD_INPUT = 1, 2
 SAVED_SPACE, SAVED_SETTINGS = "space.yaml", "search_settings.yaml"
+REPORT_STATE = [SAVED_SPACE, SAVED_SETTINGS, "optuna_journal.log"]  # what a resume reads
 
 # --smoke-test: tiny images, model and data, 2 trials of 2 epochs.
 SMOKE_CONFIG = {"imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch": 4,
@@ -203,19 +204,26 @@ def _refuse_changes(args: argparse.Namespace, plan: Plan, fresh: Plan) -> None:
                               "the saved base config; a search keeps its base config")  # fmt: skip
     if args.warm_start:
         raise ConfigError(f"{where}: --warm-start only seeds a new search")
-    if fresh.settings.trials < plan.settings.trials:
+    if args.trials is not None and fresh.settings.trials < plan.settings.trials:
         raise ConfigError(f"{where}: --trials {fresh.settings.trials} is below the saved "
                           f"{plan.settings.trials}; a search can be extended, not shortened")  # fmt: skip
 
 
 def _warm_start_journal(args: argparse.Namespace, storage: str) -> Path | None:
+    """The journal file of ``--warm-start``: a folder, a journal file, or an experiment name
+    in ``--storage`` (on cloud storage its journal is downloaded to ``./ray_results/<name>``)."""
     if not args.warm_start:
         return None
+    from tune import storage as store
     from tune.study import JOURNAL_FILE
 
     folder = Path(args.warm_start).expanduser()
-    if not folder.is_dir() and "://" not in storage:
+    if not folder.exists() and not store.is_uri(storage):
         folder = Path(storage) / args.warm_start
+    elif not folder.exists():
+        folder = store.local_copy(args.warm_start)
+        remote = store.experiment_path(storage, args.warm_start)
+        store.download(remote, folder, [JOURNAL_FILE])
     journal = folder / JOURNAL_FILE if folder.is_dir() else folder
     if not journal.is_file():
         raise ConfigError(f"--warm-start {args.warm_start}: no {JOURNAL_FILE} there (nor in "
@@ -236,16 +244,19 @@ def plan_search(args: argparse.Namespace) -> Plan:
     base = _base_config(args, space, settings)
     check_base(space, base)
 
-    from tune.search import can_restore, experiment_path, is_uri  # imports Ray: after the checks
+    from tune import storage as store
+    from tune.search import can_restore  # imports Ray: after the checks
 
     name = args.name or Path(space_path).stem
-    local = args.storage.removeprefix("file://")  # file:///x is the path /x, as Ray Tune reads it
-    storage = args.storage if is_uri(args.storage) else str(Path(local).expanduser().resolve())
-    path = experiment_path(storage, name)
-    report_dir = Path(path) if not is_uri(storage) else HERE / "ray_results" / name
+    storage = store.resolve(args.storage)
+    path = store.experiment_path(storage, name)
+    report_dir = store.local_copy(name) if store.is_uri(storage) else Path(path)
     resume = can_restore(path)
     if args.resume and not resume:
         raise ConfigError(f"--resume: no search to resume at {path}")
+    if resume and store.is_uri(storage):  # the saved plan and the study, e.g. on a new machine
+        missing = [n for n in REPORT_STATE if not (report_dir / n).is_file()]
+        store.download(path, report_dir, missing)
     plan = Plan(space, settings, base, storage, name, path, report_dir, resume, [])
     if resume and (report_dir / SAVED_SETTINGS).is_file():
         # The searcher and scheduler come back from the experiment; so must their settings.
@@ -258,8 +269,10 @@ def plan_search(args: argparse.Namespace) -> Plan:
             storage, name, path, report_dir, resume, [],
         )  # fmt: skip
         _refuse_changes(args, plan, fresh)
-        keep = {k: getattr(fresh.settings, k) for k in RESUME_CHANGEABLE}
-        if fresh.settings.trials > plan.settings.trials:
+        # Only what this command line says changes; the space file's values do not count.
+        keep = {k: getattr(fresh.settings, k) for k in RESUME_CHANGEABLE
+                if getattr(args, k) is not None}  # fmt: skip
+        if "trials" in keep and fresh.settings.trials > plan.settings.trials:
             plan.extend_to = fresh.settings.trials
         plan.settings = plan.settings.replace(keep, "command line")
     else:
@@ -273,14 +286,24 @@ def save_plan(plan: Plan) -> None:
     (plan.report_dir / SAVED_SPACE).write_text(Path(plan.space.path).read_text())
     doc = {"settings": asdict(plan.settings), "base": plan.base.to_dict()}
     (plan.report_dir / SAVED_SETTINGS).write_text(yaml.safe_dump(doc, sort_keys=False))
+    publish(plan, [SAVED_SPACE, SAVED_SETTINGS])
+
+
+def publish(plan: Plan, names: list[str] | None = None) -> None:
+    """On cloud storage, upload the report folder's files (``names``, or all) to the
+    experiment folder; the local folder stays as the driver's copy."""
+    from tune import storage
+
+    if storage.is_uri(plan.storage):
+        storage.upload(plan.report_dir, plan.path, names)
 
 
 def run(args: argparse.Namespace, plan: Plan) -> int:
     import ray
 
     from cattle_yolo.data import DataError, load_datasets
-    from tune import disk, report, search
-    from tune.study import finished_trials
+    from tune import disk, report, search, storage
+    from tune.study import JOURNAL_FILE, finished_trials
 
     ctx = search.init_ray(args.address, not args.no_dashboard, args.dashboard_host,
                           args.dashboard_port, trial_logs=not args.quiet)  # fmt: skip
@@ -298,7 +321,9 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
         trainable = search.make_trainable(plan.base, datasets, plan.settings, resources,
                                           threshold_range=plan.space.threshold_range())  # fmt: skip
-        if not search.is_uri(plan.storage):
+        cloud = storage.is_uri(plan.storage)
+        uploads = [storage.UploadOnTrialEnd(plan.report_dir, plan.path, [JOURNAL_FILE])]
+        if not cloud:
             print(_disk_plan(plan, len(datasets.names), resources.concurrent, args.keep_weights),
                   flush=True)  # fmt: skip
         if plan.resume:
@@ -319,6 +344,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
                 trainable, plan.space, plan.base, plan.settings, resources, plan.name,
                 plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
                 journal=plan.journal, warm_trials=warm, keep_weights=args.keep_weights,
+                callbacks=uploads if cloud else [],
             )  # fmt: skip
             for note in notes:
                 print(f"note: {note}", flush=True)
@@ -329,9 +355,10 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         lines = report.write_report(rows, plan.space, plan.settings, plan.base, plan.report_dir,
                                     plan.name, export)  # fmt: skip
         best = report.pick_best(rows, plan.settings.mode)
-        if not search.is_uri(plan.storage):
-            ended = disk.ended_rows(rows, plan.settings.epochs, plan.settings.mode)
-            disk.enforce(ended, args.keep_weights, protect=[Path(best.path)] if best else [])
+        ended = disk.ended_rows(rows, plan.settings.epochs, plan.settings.mode)
+        disk.enforce(ended, args.keep_weights, protect=[best.path] if best else [])
+        publish(plan)
+        if not cloud:
             used = disk.folder_bytes(Path(plan.path))
             lines.append(f"disk: {used / 2**20:.0f} MB in {plan.path} (best.pt kept for the "
                          f"best {args.keep_weights} ended trials; no last.pt of an ended trial)")  # fmt: skip
@@ -369,12 +396,12 @@ def _disk_plan(plan: Plan, num_classes: int, concurrent: int, keep: int) -> str:
 def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object,
              resources: object, export: Path | None) -> int:  # fmt: skip
     """Retrain the top configs and the default on fresh seeds; export the best by mean."""
-    from tune import confirm, search
+    from tune import confirm, search, storage
 
     settings = plan.settings
     candidates = confirm.pick_candidates(rows, plan.space, settings, plan.base, settings.confirm)
     seeds = confirm.fresh_seeds(settings, settings.confirm_seeds)
-    path = search.experiment_path(plan.storage, plan.name + confirm.CONFIRM_SUFFIX)
+    path = storage.experiment_path(plan.storage, plan.name + confirm.CONFIRM_SUFFIX)
     print(f"confirming {len(candidates) - 1} config(s) and the default on seeds {seeds}: "
           f"{len(candidates) * len(seeds)} runs of {settings.epochs} epochs", flush=True)  # fmt: skip
     if search.can_restore(path):
@@ -388,6 +415,7 @@ def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object
     confirm.attach_runs(candidates, results, settings)
     lines = confirm.report(candidates, seeds, plan.space, settings, plan.base, plan.report_dir,
                            plan.name, export, keep=args.keep_weights)  # fmt: skip
+    publish(plan)
     print("\n".join(lines), flush=True)
     if any(r.status == "unfinished" for c in candidates for r in c.runs):
         print("the confirmation was interrupted; the same command continues it", flush=True)

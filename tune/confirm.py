@@ -216,5 +216,5 @@ def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
         lines.append(f"best config (by confirmed mean: {best.label}, its best seed "
                      f"{run.config.get('seed')}): {target}")  # fmt: skip
     runs_ = [r for c in candidates for r in c.runs]
-    enforce(ended_rows(runs_, settings.epochs, settings.mode), keep, protect=[Path(run.path)])
+    enforce(ended_rows(runs_, settings.epochs, settings.mode), keep, protect=[run.path])
     return lines

@@ -10,8 +10,10 @@ search retries it from its ``last.pt``.
 
 So at any time a search holds at most ``concurrent`` resumable checkpoints (plus one being
 written per trial) and ``concurrent + keep`` inference ones, whatever its trial count.
-``DiskKeeper`` applies this as trials end (a Tune callback on the driver; stateless, so it works
-after a resume), and ``enforce`` once more at the end.
+``DiskKeeper`` applies this as trials end (a Tune callback on the driver; it reads the trials'
+folders each time, so it works after a resume), and ``enforce`` once more at the end. On cloud storage the same rule holds;
+there a trial's ``last.pt`` lives in its Tune checkpoints (``checkpoint_*/last.pt``, the latest
+two), which go when it ends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from ray import tune
 
 from cattle_yolo.config import TrainConfig
+from tune.storage import delete_files, file_sizes, uri
 
 MARGIN = 1.1  # on top of the estimate: logs, Tune's files, allocator slack
 MARGIN_BYTES = 100 * 2**20
@@ -37,10 +40,15 @@ class DiskError(RuntimeError):
 
 @dataclass(frozen=True)
 class Ended:
-    """An ended trial: its folder and what ranks it (higher is better)."""
+    """An ended trial: its folder (a path, or a URI on cloud storage) and what ranks it
+    (higher is better)."""
 
-    path: Path
+    path: str
     rank: tuple[int, float]
+
+
+RESUMABLE = ["run/models/last.pt", "checkpoint_*/last.pt"]  # the latter on cloud storage
+INFERENCE = ["run/models/best.pt"]
 
 
 def checkpoint_bytes(cfg: TrainConfig, num_classes: int) -> tuple[int, int]:
@@ -103,47 +111,57 @@ def rank(result: dict[str, Any], max_epochs: int, mode: str) -> tuple[int, float
     return (1 if completed else 0, value if mode == "max" else -value)
 
 
-def enforce(ended: Iterable[Ended], keep: int | None, protect: Iterable[Path] = ()) -> int:
+def enforce(
+    ended: Iterable[Ended],
+    keep: int | None,
+    protect: Iterable[str | Path] = (),
+    cleared: set[str] | None = None,
+) -> int:
     """Drop ended trials' last.pt, and best.pt beyond the top ``keep`` (None: keep every
-    best.pt) and ``protect``; returns the bytes freed."""
+    best.pt) and ``protect``; returns the bytes freed. ``cleared`` (updated) names trials
+    known to hold no weights, which are not listed again (a listing is a request on cloud
+    storage)."""
     ended = sorted(ended, key=lambda e: e.rank, reverse=True)
-    keep_set = {e.path for e in ended[:keep]} if keep is not None else {e.path for e in ended}
-    keep_set |= {Path(p) for p in protect}
+    kept = ended[:keep] if keep is not None else ended
+    keep_set = {str(e.path) for e in kept} | {str(p) for p in protect}
+    cleared = set() if cleared is None else cleared
     freed = 0
     for e in ended:
-        models = e.path / "run" / "models"
-        doomed = [models / "last.pt"] + ([] if e.path in keep_set else [models / "best.pt"])
-        for f in doomed:
-            if f.is_file():
-                freed += f.stat().st_size
-                f.unlink()
+        where = str(e.path)
+        if where in cleared:
+            continue
+        doomed = file_sizes(where, RESUMABLE + ([] if where in keep_set else INFERENCE))
+        delete_files(where, list(doomed))
+        freed += sum(doomed.values())
+        if where not in keep_set:
+            cleared.add(where)
     return freed
 
 
 class DiskKeeper(tune.Callback):
-    """Applies ``enforce`` on the driver each time a trial ends (filesystem storage only)."""
+    """Applies ``enforce`` on the driver each time a trial ends."""
 
     def __init__(self, keep: int | None, max_epochs: int, mode: str) -> None:
         self.keep, self.max_epochs, self.mode = keep, max_epochs, mode
+        self.cleared: set[str] = set()  # trials left with no weights (relisted after a resume)
+
+    def _ended(self, trial: Any) -> Ended:
+        where = uri(trial.storage.storage_filesystem, trial.path)
+        return Ended(where, rank(trial.last_result or {}, self.max_epochs, self.mode))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        ended = [
-            Ended(Path(t.path), rank(t.last_result or {}, self.max_epochs, self.mode))
-            for t in trials
-            if t.status == "TERMINATED" and t.path and "://" not in str(t.path)
-        ]
-        if all(e.path != Path(trial.path) for e in ended) and trial.path:  # not yet TERMINATED
-            last = trial.last_result or {}
-            ended.append(Ended(Path(trial.path), rank(last, self.max_epochs, self.mode)))
-        enforce(ended, self.keep)
+        ended = [self._ended(t) for t in trials if t.status == "TERMINATED" and t.path]
+        if trial.path and all(e.path != self._ended(trial).path for e in ended):
+            ended.append(self._ended(trial))  # not yet TERMINATED
+        enforce(ended, self.keep, cleared=self.cleared)
 
 
 def ended_rows(rows: Iterable[Any], max_epochs: int, mode: str) -> list[Ended]:
     """``Ended`` entries for the summary's rows (``tune.report.TrialRow``) that ended for good:
     completed, stopped by ASHA or diverged (errored and unfinished ones may still resume)."""
     return [
-        Ended(Path(r.path), rank({"objective": r.best, "epoch": r.epochs_run,
+        Ended(r.path, rank({"objective": r.best, "epoch": r.epochs_run,
                                   "diverged": r.status == "diverged"}, max_epochs, mode))
         for r in rows
-        if r.status in ("completed", "stopped by ASHA", "diverged") and "://" not in r.path
+        if r.status in ("completed", "stopped by ASHA", "diverged")
     ]  # fmt: skip

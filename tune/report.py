@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from cattle_yolo.config import TrainConfig
+from tune import storage
 from tune.space import SearchSettings, SearchSpace, resolve_trial_config, trial_values
 
 THRESHOLD_KEYS = ("threshold", "threshold_P", "threshold_R", "threshold_F1")
@@ -96,12 +97,8 @@ def _params(result: Any) -> dict[str, Any]:
 
 
 def result_uri(result: Any) -> str:
-    """A trial's folder: a filesystem path, or a URI with its scheme on cloud storage (Ray
-    gives ``bucket/dir/...`` and the filesystem apart; joined with ``Path`` the scheme's
-    slashes would collapse into ``s3:/bucket``)."""
-    fs = getattr(result, "filesystem", None)
-    scheme = {"s3": "s3", "gcs": "gs"}.get(getattr(fs, "type_name", "local"))
-    return f"{scheme}://{result.path}" if scheme else str(result.path)
+    """A trial's folder: a filesystem path, or a URI with its scheme on cloud storage."""
+    return storage.uri(getattr(result, "filesystem", None), result.path)
 
 
 def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:

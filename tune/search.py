@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from cattle_yolo.config import TrainConfig
 from tune.disk import DiskKeeper
 from tune.space import DefineByRun, SearchSettings, SearchSpace, first_points
 from tune.stoppers import DivergenceStopper
+from tune.storage import is_uri, list_names, read_bytes, write_bytes
 from tune.study import StudySearch, journal_storage, make_sampler
 from tune.trainable import OBJECTIVE, RUNG_SCORE, train_trial
 
@@ -40,11 +42,6 @@ CHECKPOINTS_TO_KEEP_CLOUD = 2
 
 class SearchSetupError(RuntimeError):
     """Resources, cluster or storage do not allow the search as asked (exit code 2)."""
-
-
-def is_uri(storage: str) -> bool:
-    """A cloud or remote URI (``s3://``, ``gs://``...), as opposed to a filesystem path."""
-    return "://" in storage and not storage.startswith("file://")
 
 
 def init_ray(
@@ -298,13 +295,15 @@ def build_tuner(
     journal: Path | None = None,
     warm_trials: list | None = None,
     keep_weights: int | None = None,
+    callbacks: Sequence[tune.Callback] = (),
 ) -> tuple[tune.Tuner, list[str]]:
     """A new Tuner for the whole search; returns notes about the first point too.
 
     Optuna optimises ``objective``; ASHA compares ``rung_score`` (the objective with ties
     broken by val loss), so the Tuner itself has no metric. ``journal`` is the Optuna study's
     file and ``warm_trials`` an earlier study's finished trials; ``keep_weights`` bounds the
-    trials that keep a best.pt once ended (``tune.disk``; None keeps all). ``sampler="random"``,
+    trials that keep a best.pt once ended (``tune.disk``; None keeps all); ``callbacks`` are
+    more Tune callbacks. ``sampler="random"``,
     ``asha=False`` (FIFO: every trial runs to the end) and ``divergence=False`` exist for the
     plain strategies of benchmarks/search_efficiency.py.
     """
@@ -330,7 +329,8 @@ def build_tuner(
         trial_dirname_creator=trial_name,
     )
     run_config = make_run_config(name, storage, settings, max_failures, divergence,
-                                 progress_reporter(space, settings), verbose, keep_weights)  # fmt: skip
+                                 progress_reporter(space, settings), verbose, keep_weights,
+                                 callbacks)  # fmt: skip
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), notes
 
 
@@ -343,11 +343,13 @@ def make_run_config(
     reporter: Any,
     verbose: int,
     keep_weights: int | None,
+    callbacks: Sequence[tune.Callback] = (),
 ) -> tune.RunConfig:
     """What every experiment of a search shares (the search and its confirmation): the
     divergence stopper (unless ``divergence=False``), per-epoch Tune checkpoints (only the
-    latest two with cloud storage, see ``CHECKPOINTS_TO_KEEP_CLOUD``), retries, artifact sync
-    for cloud storage, and on a filesystem path the ``DiskKeeper`` with ``keep_weights``."""
+    latest two with cloud storage, see ``CHECKPOINTS_TO_KEEP_CLOUD``), retries
+    and the ``DiskKeeper`` with ``keep_weights``. Ray's artifact sync stays off: on cloud
+    storage the trial uploads its run folder's files itself (see ``tune/trainable.py``)."""
     stopper = DivergenceStopper(settings.patience, settings.spike_ratio, settings.worst,
                                 OBJECTIVE, settings.min_rise)  # fmt: skip
     cloud = is_uri(storage)
@@ -359,15 +361,11 @@ def make_run_config(
             num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if cloud else None
         ),
         failure_config=tune.FailureConfig(max_failures=max_failures),
-        sync_config=tune.SyncConfig(sync_artifacts=cloud),
+        sync_config=tune.SyncConfig(sync_artifacts=False),
         progress_reporter=reporter,
         verbose=verbose,
-        callbacks=[] if cloud else [DiskKeeper(keep_weights, settings.epochs, settings.mode)],
+        callbacks=[DiskKeeper(keep_weights, settings.epochs, settings.mode), *callbacks],
     )
-
-
-def experiment_path(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}" if is_uri(storage) else str(Path(storage) / name)
 
 
 def can_restore(path: str) -> bool:
@@ -385,21 +383,15 @@ def extend_trials(path: str, trials: int) -> None:
     """Raise a saved search's trial count so that a restored Tuner samples more trials.
 
     Tune keeps the count in its search state (``search_gen_state-*.json``, a cloudpickle; the
-    last name wins); ``Tuner.restore`` cannot change it, so it is rewritten here, atomically,
-    before restoring.
+    last name wins); ``Tuner.restore`` cannot change it, so it is rewritten here (atomically
+    on a filesystem path; an object store's put is atomic) before restoring.
     """
-    if is_uri(path):
-        raise SearchSetupError(
-            f"--trials: extending a search is supported on a filesystem path, not {path}"
-        )
     from ray import cloudpickle
 
-    states = sorted(Path(path).glob("search_gen_state-*.json"))
+    states = list_names(path, "search_gen_state-")
     if not states:
         raise SearchSetupError(f"--trials: no search state in {path} to extend")
-    newest = states[-1]
-    state = cloudpickle.loads(newest.read_bytes())
+    newest = f"{path.rstrip('/')}/{states[-1]}"
+    state = cloudpickle.loads(read_bytes(newest))
     state["total_samples"], state["finished"] = trials, False
-    tmp = newest.with_name(f".{newest.name}.tmp")
-    tmp.write_bytes(cloudpickle.dumps(state))
-    tmp.replace(newest)
+    write_bytes(newest, cloudpickle.dumps(state))

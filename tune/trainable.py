@@ -18,8 +18,17 @@ training loop every epoch) is what a retried or resumed trial continues from; th
 checkpoints stay a few bytes, and all of them are kept. That matters: Tune snapshots its
 experiment state asynchronously, so a driver killed right after Tune deleted an old checkpoint
 leaves the state pointing at a checkpoint that is gone, and the trial could not be restored
-(we measured it with ``num_to_keep=1``). With cloud storage the run folder is a local working
-folder, so each Tune checkpoint also carries a hard link (or copy) of ``last.pt``.
+(we measured it with ``num_to_keep=1``).
+
+With cloud storage each weight file is uploaded once. The run folder is the trial's local
+working folder, which Ray does not sync (``sync_artifacts`` is off: Ray would upload the whole
+folder again at every checkpoint, best.pt included, and it listed our checkpoint's temp files
+mid-write). Each Tune checkpoint carries a hard link of its ``last.pt``; every other file the
+run writes (config, metrics, logs, ``best.pt`` and its val detections) is uploaded to
+``<trial>/run`` on the storage when it is new or changed, between epochs (``FolderUploader``).
+A trial restored on a fresh working folder downloads its ``run`` files first, so its metrics log
+continues; its weights come from the checkpoint. The local folder keeps no weights: last.pt
+moves into the checkpoint and best.pt is deleted once uploaded.
 
 A ``DivergedError`` from the training loop ends the trial with one final result carrying the
 worst objective, ``diverged: True`` and the reason; the trial then returns normally.
@@ -30,7 +39,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -42,11 +50,14 @@ from ray import tune
 
 from cattle_yolo.config import TrainConfig
 from tune.space import resolve_trial_config
+from tune.storage import FolderUploader
 
 OBJECTIVE = "objective"  # the result key Optuna optimises and the export ranks by
 RUNG_SCORE = "rung_score"  # what ASHA compares: the objective with ties broken by val loss
 STATE_FILE = "search_state.json"  # reporter state stored in each Tune checkpoint
 CHECKPOINT_FILE = "last.pt"
+LAST_IN_RUN = Path("models") / CHECKPOINT_FILE  # the run folder's resumable checkpoint
+BEST_IN_RUN = Path("models") / "best.pt"  # its inference checkpoint
 
 
 def trial_objective(
@@ -81,7 +92,8 @@ class EpochReporter:
         threshold_range: where the trial's score threshold is chosen after training (the
             F1-best on best.pt's val detections); ``None`` keeps the config's own threshold.
         names, max_det: class names and detections per image, to score saved detections.
-        weights_in_checkpoint: also put ``last.pt`` in the Tune checkpoint (cloud storage).
+        uploader: cloud storage: uploads the run folder's changed files but ``last.pt``, which
+            goes in each Tune checkpoint instead.
         own_threshold: the trial config's ``score_threshold``, reported when
             ``threshold_range`` is None.
         warmup_epochs: passed on in every result for the divergence rules.
@@ -92,7 +104,6 @@ class EpochReporter:
         metric: str,
         mode: str,
         worst: float,
-        weights_in_checkpoint: bool,
         objective: str = "best",
         window: int = 3,
         threshold_range: tuple[float, float] | None = (0.0, 1.0),
@@ -100,12 +111,13 @@ class EpochReporter:
         max_det: int = 300,
         own_threshold: float = 0.25,
         warmup_epochs: float = 0.0,
+        uploader: FolderUploader | None = None,
     ) -> None:
         self.metric, self.mode, self.worst = metric, mode, worst
         self.objective, self.window = objective, window
         self.threshold_range, self.names, self.max_det = threshold_range, list(names), max_det
         self.own_threshold, self.warmup_epochs = own_threshold, warmup_epochs
-        self.weights_in_checkpoint = weights_in_checkpoint
+        self.uploader = uploader
         self.values: dict[int, float] = {}  # epoch -> the metric's value
         self.threshold: dict[str, float] = {}  # best.pt's chosen threshold and its P, R, F1
         self.epoch = 0  # last epoch reported
@@ -175,13 +187,22 @@ class EpochReporter:
         return out
 
     def __call__(self, stats: dict[str, Any]) -> None:
+        self.report(stats, replay=False)
+
+    def report(self, stats: dict[str, Any], replay: bool) -> None:
+        """One ``tune.report`` of an epoch's stats with a checkpoint. With cloud storage the
+        checkpoint takes the run's ``last.pt`` (a ``replay`` of an epoch on resume copies it:
+        the training loop is about to continue from it)."""
         metrics = self.metrics(stats)
         self.epoch = int(stats["epoch"])
         if self.gauges is not None:
             self.gauges.set(metrics)
+        if self.uploader is not None:
+            self.uploader.upload()
         with tempfile.TemporaryDirectory(prefix="cattle-ckpt-") as tmp:
-            if self.weights_in_checkpoint:
-                _link_or_copy(Path(stats["checkpoint"]), Path(tmp) / CHECKPOINT_FILE)
+            if self.uploader is not None:  # the checkpoint takes last.pt: no local copy stays
+                move = shutil.copy2 if replay else shutil.move
+                move(stats["checkpoint"], Path(tmp) / CHECKPOINT_FILE)
             state = {"epoch": self.epoch, "values": self.values, "threshold": self.threshold}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -219,11 +240,13 @@ class EpochReporter:
             self.resumed_from_epoch, {**saved["metrics"], "epoch": self.resumed_from_epoch}
         )
         for epoch in sorted(e for e in missed if e > self.epoch):
-            self({**missed[epoch], "checkpoint": str(weights)})
+            self.report({**missed[epoch], "checkpoint": str(weights)}, replay=True)
         return weights
 
     def report_diverged(self, reason: str, epoch: int) -> None:
         """The final result of a trial the training loop declared diverged."""
+        if self.uploader is not None:
+            self.uploader.upload()
         tune.report({
             "epoch": epoch, "train_loss": math.nan, OBJECTIVE: self.worst,
             RUNG_SCORE: self.worst, "objective_epoch": self.objective_value("best")[1], "diverged": True,
@@ -280,23 +303,28 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)  # no copy: Tune persists (copies) the checkpoint right away
-    except OSError:
-        shutil.copy2(src, dst)
+def trial_out_dir() -> tuple[Path, FolderUploader | None]:
+    """(the trial's run folder, the uploader of its files or None).
 
-
-def trial_out_dir() -> tuple[Path, bool]:
-    """(the trial's run folder, whether it is persistent): inside the trial's storage folder
-    when storage is a filesystem path (local or shared), else in its local working folder."""
+    Filesystem storage (local or shared): the run folder is ``<trial>/run`` on the storage.
+    Cloud storage: ``run`` in the trial's local working folder, uploaded to ``<trial>/run``
+    file by file; a fresh working folder first gets the trial's ``run`` files back.
+    """
     import pyarrow.fs
 
     ctx = tune.get_context()
     storage = ctx.get_storage()
     if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        return Path(storage.trial_fs_path) / "run", True
-    return Path(ctx.get_trial_dir()) / "run", False
+        return Path(storage.trial_fs_path) / "run", None
+    # Not ctx.get_trial_dir(): that is the driver's staging folder on the driver's node, which
+    # Ray uploads whole with the experiment state.
+    run = Path(storage.trial_working_directory) / "run"
+    uploader = FolderUploader(run, storage.storage_filesystem, f"{storage.trial_fs_path}/run",
+                              skip=[LAST_IN_RUN], drop=[BEST_IN_RUN])  # fmt: skip
+    if not run.is_dir():
+        uploader.download()
+    run.mkdir(parents=True, exist_ok=True)
+    return run, uploader
 
 
 def trial_device_and_threads() -> str:
@@ -334,10 +362,10 @@ def train_trial(
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per checkpoint
     device = trial_device_and_threads()
-    out, persistent = trial_out_dir()
+    out, uploader = trial_out_dir()
     cfg = resolve_trial_config(TrainConfig.from_dict(base), config, out=str(out), device=device)
     reporter = EpochReporter(
-        metric, mode, worst, weights_in_checkpoint=not persistent, objective=objective,
+        metric, mode, worst, uploader=uploader, objective=objective,
         window=window, threshold_range=threshold_range, names=datasets.names,
         max_det=cfg.max_det, own_threshold=cfg.score_threshold, warmup_epochs=cfg.warmup_epochs,
     )  # fmt: skip
@@ -350,3 +378,5 @@ def train_trial(
             train(cfg, datasets, callbacks=[reporter, *extra_callbacks], resume_from=resume)
         except DivergedError as e:
             reporter.report_diverged(e.reason, e.epoch)
+    if uploader is not None:  # the run's last lines (a trial stopped by Tune never gets here)
+        uploader.upload()

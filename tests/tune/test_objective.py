@@ -11,7 +11,7 @@ from tune.trainable import OBJECTIVE, RUNG_SCORE, EpochReporter
 
 
 def _reporter(objective="best", window=3, mode="max", threshold_range=None):
-    return EpochReporter("mAP50_95", mode, 0.0, weights_in_checkpoint=False,
+    return EpochReporter("mAP50_95", mode, 0.0,
                          objective=objective, window=window, threshold_range=threshold_range)  # fmt: skip
 
 
@@ -90,7 +90,7 @@ def test_f1_over_thresholds_is_an_objective(write_space):
         write_space("search: {metric: F1}\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     )
     assert space.settings.mode == "max"
-    reporter = EpochReporter("F1", "max", 0.0, weights_in_checkpoint=False)
+    reporter = EpochReporter("F1", "max", 0.0)
     out = [
         reporter.metrics({"epoch": e, "F1": v, "mAP50_95": 0.1})
         for e, v in enumerate([0.4, 0.6, 0.5], 1)
@@ -100,13 +100,13 @@ def test_f1_over_thresholds_is_an_objective(write_space):
 
 def test_the_threshold_of_best_pt_is_reported_and_kept():
     """The threshold follows best.pt's epoch (the training loop's best_epoch), not the last."""
-    reporter = EpochReporter("mAP50_95", "max", 0.0, weights_in_checkpoint=False)
+    reporter = EpochReporter("mAP50_95", "max", 0.0)
     epochs = [(0.2, 1, 0.31), (0.3, 2, 0.42), (0.25, 2, 0.55)]  # mAP, best_epoch, F1_threshold
     for e, (m, best, thr) in enumerate(epochs, 1):
         out = reporter.metrics({"epoch": e, "mAP50_95": m, "best_epoch": best, "F1": 0.5,
                                 "F1_threshold": thr, "F1_precision": 0.6, "F1_recall": 0.4})  # fmt: skip
     assert out["threshold"] == 0.42 and out["threshold_F1"] == 0.5
-    blind = EpochReporter("mAP50_95", "max", 0.0, weights_in_checkpoint=False, own_threshold=0.25)
+    blind = EpochReporter("mAP50_95", "max", 0.0, own_threshold=0.25)
     out = blind.metrics({"epoch": 1, "mAP50_95": 0.0, "best_epoch": 1, "F1": 0.0,
                          "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0})  # fmt: skip
     assert out["threshold"] == 0.25  # no true positive at any threshold: the config's own
