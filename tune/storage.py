@@ -72,7 +72,7 @@ def file_sizes(where: str | Path, patterns: list[str]) -> dict[str, int]:
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True))
     out = {}
     for info in infos:
-        rel = info.path[len(root):].lstrip("/")
+        rel = info.path[len(root) :].lstrip("/")
         if info.type == pyarrow.fs.FileType.File and any(
             fnmatch.fnmatchcase(rel, p) and rel.count("/") == p.count("/") for p in patterns
         ):
