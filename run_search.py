@@ -38,13 +38,32 @@ SAVED_SPACE, SAVED_SETTINGS = "space.yaml", "search_settings.yaml"
 REPORT_STATE = [SAVED_SPACE, SAVED_SETTINGS, "optuna_journal.log"]  # what a resume reads
 
 # --smoke-test: tiny images, model and data, 2 trials of 2 epochs.
-SMOKE_CONFIG = {"imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch": 4,
-                "accumulate": 1, "warmup_epochs": 1.0}  # fmt: skip
+SMOKE_CONFIG = {
+    "imgsz": 64,
+    "neck_channels": 16,
+    "synthetic_images": 8,
+    "batch": 4,
+    "accumulate": 1,
+    "warmup_epochs": 1.0,
+}
 SMOKE_SETTINGS = {"trials": 2, "epochs": 2, "grace_period": 1}
 # Flags that override a setting of the space file's `search:` section.
-SETTING_FLAGS = ("metric", "mode", "trials", "epochs", "grace_period", "reduction_factor",
-                 "patience", "min_rise", "spike_ratio", "seed", "objective", "objective_window",
-                 "confirm", "confirm_seeds")  # fmt: skip
+SETTING_FLAGS = (
+    "metric",
+    "mode",
+    "trials",
+    "epochs",
+    "grace_period",
+    "reduction_factor",
+    "patience",
+    "min_rise",
+    "spike_ratio",
+    "seed",
+    "objective",
+    "objective_window",
+    "confirm",
+    "confirm_seeds",
+)
 # Settings a resumed search may change: more trials extend it; confirmation runs after it.
 RESUME_CHANGEABLE = ("trials", "confirm", "confirm_seeds")
 
@@ -56,81 +75,155 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s = p.add_argument_group("search space and budget")
-    s.add_argument("--space", help="search-space YAML (default search_spaces/fixes.yaml; "
-                   "search_spaces/smoke.yaml with --smoke-test)")  # fmt: skip
+    s.add_argument(
+        "--space",
+        help="search-space YAML (default search_spaces/fixes.yaml; "
+        "search_spaces/smoke.yaml with --smoke-test)",
+    )
     s.add_argument("--trials", type=int, help="number of trials (space file: search.trials)")
     s.add_argument("--epochs", type=int, help="epochs per trial, ASHA's max_t (search.epochs)")
     s.add_argument("--metric", help="per-epoch stat to optimise, e.g. mAP50_95 (search.metric)")
     s.add_argument("--mode", choices=("max", "min"), help="maximise or minimise the metric")
     s.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may be stopped")
     s.add_argument("--reduction-factor", type=float, help="ASHA: keep the top 1/N at each rung")
-    s.add_argument("--patience", type=int,
-                   help="divergence: stop a trial whose training loss rose this many epochs in a row")  # fmt: skip
-    s.add_argument("--min-rise", type=float,
-                   help="divergence: the least total rise (a fraction, default 0.05) that counts as rising")  # fmt: skip
-    s.add_argument("--spike-ratio", type=float,
-                   help="divergence: stop a trial whose training loss exceeds this multiple of its best")  # fmt: skip
+    s.add_argument(
+        "--patience",
+        type=int,
+        help="divergence: stop a trial whose training loss rose this many epochs in a row",
+    )
+    s.add_argument(
+        "--min-rise",
+        type=float,
+        help="divergence: the least total rise (a fraction, default 0.05) that counts as rising",
+    )
+    s.add_argument(
+        "--spike-ratio",
+        type=float,
+        help="divergence: stop a trial whose training loss exceeds this multiple of its best",
+    )
     s.add_argument("--seed", type=int, help="seeds the TPE sampler and every trial's training")
-    s.add_argument("--objective", choices=("best", "last_mean"),
-                   help="a trial's objective from its per-epoch metric: best (best epoch) or "
-                   "last_mean (mean of the last --objective-window epochs) (search.objective)")  # fmt: skip
+    s.add_argument(
+        "--objective",
+        choices=("best", "last_mean"),
+        help="a trial's objective from its per-epoch metric: best (best epoch) or "
+        "last_mean (mean of the last --objective-window epochs) (search.objective)",
+    )
     s.add_argument("--objective-window", type=int, help="last_mean: epochs averaged (default 3)")
-    s.add_argument("--confirm", type=int, metavar="K",
-                   help="after the search, retrain the top K configs and the default on fresh "
-                   "seeds, and export the best by mean (search.confirm; 0 = off)")  # fmt: skip
-    s.add_argument("--confirm-seeds", type=int, metavar="S",
-                   help="fresh seeds per confirmed config (search.confirm_seeds, default 3)")  # fmt: skip
-    s.add_argument("--warm-start", metavar="EXPERIMENT",
-                   help="seed a new search's Optuna study with the finished trials of an "
-                   "earlier experiment on the same space (its folder, or its name in --storage)")  # fmt: skip
-    s.add_argument("--smoke-test", action="store_true",
-                   help="a tiny search (64 px images, 2 trials of 2 epochs) to try things in a minute")  # fmt: skip
+    s.add_argument(
+        "--confirm",
+        type=int,
+        metavar="K",
+        help="after the search, retrain the top K configs and the default on fresh "
+        "seeds, and export the best by mean (search.confirm; 0 = off)",
+    )
+    s.add_argument(
+        "--confirm-seeds",
+        type=int,
+        metavar="S",
+        help="fresh seeds per confirmed config (search.confirm_seeds, default 3)",
+    )
+    s.add_argument(
+        "--warm-start",
+        metavar="EXPERIMENT",
+        help="seed a new search's Optuna study with the finished trials of an "
+        "earlier experiment on the same space (its folder, or its name in --storage)",
+    )
+    s.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="a tiny search (64 px images, 2 trials of 2 epochs) to try things in a minute",
+    )
 
     c = p.add_argument_group("training config shared by every trial")
-    c.add_argument("--data", help="data.yaml or a folder with train/ and val/, as `cattle_yolo "
-                   "train --data` takes; default: the embedded synthetic dataset")  # fmt: skip
+    c.add_argument(
+        "--data",
+        help="data.yaml or a folder with train/ and val/, as `cattle_yolo "
+        "train --data` takes; default: the embedded synthetic dataset",
+    )
     c.add_argument("--config", help="base TrainConfig YAML (defaults: the hand-fixed values)")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config key, e.g. --set imgsz=320 (repeatable)")  # fmt: skip
+    c.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config key, e.g. --set imgsz=320 (repeatable)",
+    )
 
     r = p.add_argument_group("resources and cluster")
     r.add_argument(
         "--gpus", type=float, help="GPUs the search may use (default: all Ray sees; 0 = CPU)"
     )
-    r.add_argument("--gpus-per-trial", type=float, default=1.0,
-                   help="GPUs per trial; 0.5 packs two trials on a GPU (default 1)")  # fmt: skip
-    r.add_argument("--cpus-per-trial", type=float,
-                   help="CPUs per trial (default 1 on CPU; with GPUs the CPUs are shared evenly)")  # fmt: skip
-    r.add_argument("--keep-weights", type=int, default=3, metavar="K",
-                   help="only the best K ended trials keep their best.pt; every trial keeps its "
-                   "config, metrics and logs (default 3)")  # fmt: skip
-    r.add_argument("--max-failures", type=int, default=2,
-                   help="retries of a trial that raises, each from its last checkpoint (default 2)")  # fmt: skip
-    r.add_argument("--address", help="attach to a running Ray cluster: auto or HOST:PORT "
-                   "(default: start a local Ray)")  # fmt: skip
+    r.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=1.0,
+        help="GPUs per trial; 0.5 packs two trials on a GPU (default 1)",
+    )
+    r.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        help="CPUs per trial (default 1 on CPU; with GPUs the CPUs are shared evenly)",
+    )
+    r.add_argument(
+        "--keep-weights",
+        type=int,
+        default=3,
+        metavar="K",
+        help="only the best K ended trials keep their best.pt; every trial keeps its "
+        "config, metrics and logs (default 3)",
+    )
+    r.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="retries of a trial that raises, each from its last checkpoint (default 2)",
+    )
+    r.add_argument(
+        "--address",
+        help="attach to a running Ray cluster: auto or HOST:PORT (default: start a local Ray)",
+    )
 
     o = p.add_argument_group("experiment folder and monitoring")
-    o.add_argument("--name", help="experiment name (default: the space file's name); an existing "
-                   "experiment of that name is resumed")  # fmt: skip
-    o.add_argument("--storage", default="ray_results",
-                   help="folder or cloud URI holding experiments; with several nodes it must be "
-                   "shared storage (default ./ray_results)")  # fmt: skip
-    o.add_argument("--resume", action="store_true",
-                   help="continue an interrupted search (it must exist); finished trials are kept; "
-                   "a larger --trials extends a finished one")  # fmt: skip
+    o.add_argument(
+        "--name",
+        help="experiment name (default: the space file's name); an existing "
+        "experiment of that name is resumed",
+    )
+    o.add_argument(
+        "--storage",
+        default="ray_results",
+        help="folder or cloud URI holding experiments; with several nodes it must be "
+        "shared storage (default ./ray_results)",
+    )
+    o.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted search (it must exist); finished trials are kept; "
+        "a larger --trials extends a finished one",
+    )
     o.add_argument("--export", help="also write the best config to this YAML file")
-    o.add_argument("--dashboard-host", default="127.0.0.1",
-                   help="address the Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes "
-                   "it to the network, and is refused while token auth is off)")  # fmt: skip
-    o.add_argument("--allow-unauthenticated-dashboard", action="store_true",
-                   help="expose the dashboard on --dashboard-host even with token auth off "
-                   "(RAY_AUTH_MODE=disabled): anyone who reaches it can run code here")  # fmt: skip
+    o.add_argument(
+        "--dashboard-host",
+        default="127.0.0.1",
+        help="address the Ray dashboard binds to (default 127.0.0.1; 0.0.0.0 exposes "
+        "it to the network, and is refused while token auth is off)",
+    )
+    o.add_argument(
+        "--allow-unauthenticated-dashboard",
+        action="store_true",
+        help="expose the dashboard on --dashboard-host even with token auth off "
+        "(RAY_AUTH_MODE=disabled): anyone who reaches it can run code here",
+    )
     o.add_argument(
         "--dashboard-port", type=int, default=8265, help="Ray dashboard port (default 8265)"
     )
     o.add_argument("--no-dashboard", action="store_true", help="do not start the Ray dashboard")
-    o.add_argument("--quiet", action="store_true",
-                   help="no progress table and no trial output while the search runs")  # fmt: skip
+    o.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress table and no trial output while the search runs",
+    )
     return p
 
 
@@ -187,26 +280,34 @@ def _refuse_changes(args: argparse.Namespace, plan: Plan, fresh: Plan) -> None:
     for key in sorted(given - set(RESUME_CHANGEABLE)):
         old, new = getattr(plan.settings, key), getattr(fresh.settings, key)
         if old != new:
-            raise ConfigError(f"{where}: --{key.replace('_', '-')} {new} differs from the saved "
-                              f"{old}; a search keeps its settings (start a new --name instead)")  # fmt: skip
+            raise ConfigError(
+                f"{where}: --{key.replace('_', '-')} {new} differs from the saved "
+                f"{old}; a search keeps its settings (start a new --name instead)"
+            )
     if args.space and (fresh.space.knobs, fresh.space.fixed, fresh.space.points) != (
         plan.space.knobs,
         plan.space.fixed,
         plan.space.points,
     ):
-        raise ConfigError(f"{where}: --space {args.space} differs from the saved space.yaml; "
-                          "a search keeps its space (start a new --name instead)")  # fmt: skip
+        raise ConfigError(
+            f"{where}: --space {args.space} differs from the saved space.yaml; "
+            "a search keeps its space (start a new --name instead)"
+        )
     if args.config or args.overrides or args.data:
         old, new = plan.base.to_dict(), fresh.base.to_dict()
         changed = [k for k in new if old.get(k) != new[k]]
         if changed:
-            raise ConfigError(f"{where}: --config/--set/--data change {', '.join(changed)} from "
-                              "the saved base config; a search keeps its base config")  # fmt: skip
+            raise ConfigError(
+                f"{where}: --config/--set/--data change {', '.join(changed)} from "
+                "the saved base config; a search keeps its base config"
+            )
     if args.warm_start:
         raise ConfigError(f"{where}: --warm-start only seeds a new search")
     if args.trials is not None and fresh.settings.trials < plan.settings.trials:
-        raise ConfigError(f"{where}: --trials {fresh.settings.trials} is below the saved "
-                          f"{plan.settings.trials}; a search can be extended, not shortened")  # fmt: skip
+        raise ConfigError(
+            f"{where}: --trials {fresh.settings.trials} is below the saved "
+            f"{plan.settings.trials}; a search can be extended, not shortened"
+        )
 
 
 def _warm_start_journal(args: argparse.Namespace, storage: str) -> Path | None:
@@ -226,8 +327,10 @@ def _warm_start_journal(args: argparse.Namespace, storage: str) -> Path | None:
         store.download(remote, folder, [JOURNAL_FILE])
     journal = folder / JOURNAL_FILE if folder.is_dir() else folder
     if not journal.is_file():
-        raise ConfigError(f"--warm-start {args.warm_start}: no {JOURNAL_FILE} there (nor in "
-                          f"{storage}); give an experiment folder of an earlier search")  # fmt: skip
+        raise ConfigError(
+            f"--warm-start {args.warm_start}: no {JOURNAL_FILE} there (nor in "
+            f"{storage}); give an experiment folder of an earlier search"
+        )
     return journal.resolve()
 
 
@@ -266,12 +369,18 @@ def plan_search(args: argparse.Namespace) -> Plan:
             load_space(report_dir / SAVED_SPACE),
             settings_from_dict(saved["settings"], str(report_dir / SAVED_SETTINGS)),
             TrainConfig.from_dict(saved["base"], source=str(report_dir / SAVED_SETTINGS)),
-            storage, name, path, report_dir, resume, [],
-        )  # fmt: skip
+            storage,
+            name,
+            path,
+            report_dir,
+            resume,
+            [],
+        )
         _refuse_changes(args, plan, fresh)
         # Only what this command line says changes; the space file's values do not count.
-        keep = {k: getattr(fresh.settings, k) for k in RESUME_CHANGEABLE
-                if getattr(args, k) is not None}  # fmt: skip
+        keep = {
+            k: getattr(fresh.settings, k) for k in RESUME_CHANGEABLE if getattr(args, k) is not None
+        }
         if "trials" in keep and fresh.settings.trials > plan.settings.trials:
             plan.extend_to = fresh.settings.trials
         plan.settings = plan.settings.replace(keep, "command line")
@@ -305,67 +414,108 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
     from tune import disk, report, search, storage
     from tune.study import JOURNAL_FILE, finished_trials
 
-    ctx = search.init_ray(args.address, not args.no_dashboard, args.dashboard_host,
-                          args.dashboard_port, trial_logs=not args.quiet)  # fmt: skip
+    ctx = search.init_ray(
+        args.address,
+        not args.no_dashboard,
+        args.dashboard_host,
+        args.dashboard_port,
+        trial_logs=not args.quiet,
+    )
     try:
         for line in search.dashboard_lines(ctx, args.dashboard_host, attached=bool(args.address)):
             print(line, flush=True)
         nodes = search.check_shared_storage(plan.storage)
-        resources = search.plan_resources(ray.cluster_resources(), args.gpus, args.gpus_per_trial,
-                                          args.cpus_per_trial, plan.settings.trials)  # fmt: skip
-        print(f"{nodes} node(s); each trial gets {resources.cpus_per_trial:g} CPU and "
-              f"{resources.gpus_per_trial:g} GPU; {resources.concurrent} trial(s) at once", flush=True)  # fmt: skip
+        resources = search.plan_resources(
+            ray.cluster_resources(),
+            args.gpus,
+            args.gpus_per_trial,
+            args.cpus_per_trial,
+            plan.settings.trials,
+        )
+        print(
+            f"{nodes} node(s); each trial gets {resources.cpus_per_trial:g} CPU and "
+            f"{resources.gpus_per_trial:g} GPU; {resources.concurrent} trial(s) at once",
+            flush=True,
+        )
 
         t0 = time.perf_counter()
         datasets = load_datasets(plan.base)  # decoded once, shared through the object store
         print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
-        trainable = search.make_trainable(plan.base, datasets, plan.settings, resources,
-                                          threshold_range=plan.space.threshold_range())  # fmt: skip
+        trainable = search.make_trainable(
+            plan.base,
+            datasets,
+            plan.settings,
+            resources,
+            threshold_range=plan.space.threshold_range(),
+        )
         cloud = storage.is_uri(plan.storage)
         uploads = [storage.UploadOnTrialEnd(plan.report_dir, plan.path, [JOURNAL_FILE])]
         if not cloud:
-            print(_disk_plan(plan, len(datasets.names), resources.concurrent, args.keep_weights),
-                  flush=True)  # fmt: skip
+            print(
+                _disk_plan(plan, len(datasets.names), resources.concurrent, args.keep_weights),
+                flush=True,
+            )
         if plan.resume:
             if plan.extend_to:
                 search.extend_trials(plan.path, plan.extend_to)
                 print(f"extending the search to {plan.extend_to} trials", flush=True)
-            print(f"resuming the search at {plan.path}: finished trials are kept, unfinished "
-                  "and errored ones continue from their last checkpoint", flush=True)  # fmt: skip
+            print(
+                f"resuming the search at {plan.path}: finished trials are kept, unfinished "
+                "and errored ones continue from their last checkpoint",
+                flush=True,
+            )
             save_plan(plan)  # the trial count or the confirmation may have changed
             tuner = search.restore_tuner(plan.path, trainable)
         else:
             save_plan(plan)
             warm = finished_trials(plan.warm_start, plan.space) if plan.warm_start else None
             if warm is not None:
-                print(f"warm start: the study begins with {len(warm)} finished trial(s) of "
-                      f"{plan.warm_start}", flush=True)  # fmt: skip
+                print(
+                    f"warm start: the study begins with {len(warm)} finished trial(s) of "
+                    f"{plan.warm_start}",
+                    flush=True,
+                )
             tuner, notes = search.build_tuner(
-                trainable, plan.space, plan.base, plan.settings, resources, plan.name,
-                plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
-                journal=plan.journal, warm_trials=warm, keep_weights=args.keep_weights,
+                trainable,
+                plan.space,
+                plan.base,
+                plan.settings,
+                resources,
+                plan.name,
+                plan.storage,
+                args.max_failures,
+                verbose=0 if args.quiet else 1,
+                journal=plan.journal,
+                warm_trials=warm,
+                keep_weights=args.keep_weights,
                 callbacks=uploads if cloud else [],
-            )  # fmt: skip
+            )
             for note in notes:
                 print(f"note: {note}", flush=True)
         print(f"Optuna study: {plan.journal} (optuna-dashboard {plan.journal})", flush=True)
         results = tuner.fit()
         rows = report.trial_rows(results, plan.settings)
         export = Path(args.export) if args.export else None
-        lines = report.write_report(rows, plan.space, plan.settings, plan.base, plan.report_dir,
-                                    plan.name, export)  # fmt: skip
+        lines = report.write_report(
+            rows, plan.space, plan.settings, plan.base, plan.report_dir, plan.name, export
+        )
         best = report.pick_best(rows, plan.settings.mode)
         ended = disk.ended_rows(rows, plan.settings.epochs, plan.settings.mode)
         disk.enforce(ended, args.keep_weights, protect=[best.path] if best else [])
         publish(plan)
         if not cloud:
             used = disk.folder_bytes(Path(plan.path))
-            lines.append(f"disk: {used / 2**20:.0f} MB in {plan.path} (best.pt kept for the "
-                         f"best {args.keep_weights} ended trials; no last.pt of an ended trial)")  # fmt: skip
+            lines.append(
+                f"disk: {used / 2**20:.0f} MB in {plan.path} (best.pt kept for the "
+                f"best {args.keep_weights} ended trials; no last.pt of an ended trial)"
+            )
         print("\n".join(lines), flush=True)
         if any(r.status == "unfinished" for r in rows):
-            print(f"the search was interrupted; continue it with the same command or --resume "
-                  f"--name {plan.name}", flush=True)  # fmt: skip
+            print(
+                f"the search was interrupted; continue it with the same command or --resume "
+                f"--name {plan.name}",
+                flush=True,
+            )
             return 130
         if best is None:
             return EXIT_NO_RESULT
@@ -388,13 +538,21 @@ def _disk_plan(plan: Plan, num_classes: int, concurrent: int, keep: int) -> str:
     confirm_runs = (s.confirm + 1) * s.confirm_seeds if s.confirm else 0  # best.pt until the end
     need = disk.peak_bytes(resumable, inference, concurrent, keep + confirm_runs)
     free = disk.check_free_space(Path(plan.path), need, f"the search {plan.name!r}")
-    return (f"disk: checkpoints of {resumable / 2**20:.0f} MB (last.pt) and {inference / 2**20:.0f}"
-            f" MB (best.pt); peak about {need / 2**30:.2f} GiB for {concurrent} trial(s) at once "
-            f"and {keep} kept; {free / 2**30:.1f} GiB free")  # fmt: skip
+    return (
+        f"disk: checkpoints of {resumable / 2**20:.0f} MB (last.pt) and {inference / 2**20:.0f}"
+        f" MB (best.pt); peak about {need / 2**30:.2f} GiB for {concurrent} trial(s) at once "
+        f"and {keep} kept; {free / 2**30:.1f} GiB free"
+    )
 
 
-def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object,
-             resources: object, export: Path | None) -> int:  # fmt: skip
+def _confirm(
+    args: argparse.Namespace,
+    plan: Plan,
+    rows: list,
+    trainable: object,
+    resources: object,
+    export: Path | None,
+) -> int:
     """Retrain the top configs and the default on fresh seeds; export the best by mean."""
     from tune import confirm, search, storage
 
@@ -402,19 +560,38 @@ def _confirm(args: argparse.Namespace, plan: Plan, rows: list, trainable: object
     candidates = confirm.pick_candidates(rows, plan.space, settings, plan.base, settings.confirm)
     seeds = confirm.fresh_seeds(settings, settings.confirm_seeds)
     path = storage.experiment_path(plan.storage, plan.name + confirm.CONFIRM_SUFFIX)
-    print(f"confirming {len(candidates) - 1} config(s) and the default on seeds {seeds}: "
-          f"{len(candidates) * len(seeds)} runs of {settings.epochs} epochs", flush=True)  # fmt: skip
+    print(
+        f"confirming {len(candidates) - 1} config(s) and the default on seeds {seeds}: "
+        f"{len(candidates) * len(seeds)} runs of {settings.epochs} epochs",
+        flush=True,
+    )
     if search.can_restore(path):
         tuner = search.restore_tuner(path, trainable)
     else:
         tuner = confirm.build_confirm_tuner(
-            trainable, candidates, seeds, settings, resources.concurrent, plan.name,
-            plan.storage, args.max_failures, verbose=0 if args.quiet else 1,
-        )  # fmt: skip
+            trainable,
+            candidates,
+            seeds,
+            settings,
+            resources.concurrent,
+            plan.name,
+            plan.storage,
+            args.max_failures,
+            verbose=0 if args.quiet else 1,
+        )
     results = tuner.fit()
     confirm.attach_runs(candidates, results, settings)
-    lines = confirm.report(candidates, seeds, plan.space, settings, plan.base, plan.report_dir,
-                           plan.name, export, keep=args.keep_weights)  # fmt: skip
+    lines = confirm.report(
+        candidates,
+        seeds,
+        plan.space,
+        settings,
+        plan.base,
+        plan.report_dir,
+        plan.name,
+        export,
+        keep=args.keep_weights,
+    )
     publish(plan)
     print("\n".join(lines), flush=True)
     if any(r.status == "unfinished" for c in candidates for r in c.runs):

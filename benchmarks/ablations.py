@@ -48,10 +48,26 @@ LAST = 3  # epochs averaged at the end of each run
 def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> dict:
     out = workdir / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}-s{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "cattle_yolo", "train", "--data", str(args.data),
-           "--imgsz", str(args.imgsz), "--epochs", str(args.epochs), "--device", args.device,
-           f"out={out}", f"seed={seed}", f"threads={args.threads}", f"workers={args.workers}",
-           *args.set, *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cattle_yolo",
+        "train",
+        "--data",
+        str(args.data),
+        "--imgsz",
+        str(args.imgsz),
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        args.device,
+        f"out={out}",
+        f"seed={seed}",
+        f"threads={args.threads}",
+        f"workers={args.workers}",
+        *args.set,
+        *overrides,
+    ]
     env = {**os.environ, "CATTLE_YOLO_NO_PROGRESS": "1"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
@@ -60,11 +76,19 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
     rows = [json.loads(line) for line in (out / "metrics" / "training_metrics.jsonl").open()]
     shutil.rmtree(out / "models", ignore_errors=True)
     curve = [r["mAP50_95"] for r in rows]
-    print(f"{name:24s} seed {seed}: last {curve[-1]:.4f} ({time.perf_counter() - t0:.0f} s)",
-          flush=True)  # fmt: skip
-    result = {"name": name, "seed": seed, "overrides": overrides, "mAP50_95": curve,
-              "mAP50": [r["mAP50"] for r in rows], "train_loss": [r["train_loss"] for r in rows],
-              "wall_s": time.perf_counter() - t0}  # fmt: skip
+    print(
+        f"{name:24s} seed {seed}: last {curve[-1]:.4f} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
+    result = {
+        "name": name,
+        "seed": seed,
+        "overrides": overrides,
+        "mAP50_95": curve,
+        "mAP50": [r["mAP50"] for r in rows],
+        "train_loss": [r["train_loss"] for r in rows],
+        "wall_s": time.perf_counter() - t0,
+    }
     (out / "result.json").write_text(json.dumps(result))  # kept if the whole set is cut off
     return result
 
@@ -110,11 +134,21 @@ def main() -> None:
         print(f"{name:24s} {row['score']:.4f}  {row['delta']:+.4f}  seeds {row['per_seed']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "imgsz": args.imgsz, "epochs": args.epochs, "seeds": args.seeds,
-            "device": args.device, "set": args.set, "wall_s": time.perf_counter() - t0,
-            "table": table, "runs": runs,
-        }, indent=1))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "imgsz": args.imgsz,
+                    "epochs": args.epochs,
+                    "seeds": args.seeds,
+                    "device": args.device,
+                    "set": args.set,
+                    "wall_s": time.perf_counter() - t0,
+                    "table": table,
+                    "runs": runs,
+                },
+                indent=1,
+            )
+        )
     sys.exit(1 if failed else 0)
 
 
@@ -132,7 +166,7 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
             "score": sum(v) / len(v),
             "delta": sum(v) / len(v) - base_score,
             "per_seed": [round(x, 4) for x in v],
-        }  # fmt: skip
+        }
         for name, v in by_name.items()
     }
 

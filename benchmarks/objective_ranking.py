@@ -32,9 +32,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
-OBJECTIVES = {"best": ("best", 1), "last_mean_2": ("last_mean", 2),
-              "last_mean_3": ("last_mean", 3), "last_mean_5": ("last_mean", 5),
-              "final": ("last_mean", 1)}  # fmt: skip
+OBJECTIVES = {
+    "best": ("best", 1),
+    "last_mean_2": ("last_mean", 2),
+    "last_mean_3": ("last_mean", 3),
+    "last_mean_5": ("last_mean", 5),
+    "final": ("last_mean", 1),
+}
 YARDSTICK = "last_mean_3"
 BLOWUP_LRS = (0.3, 3.0, 10.0)
 
@@ -83,15 +87,17 @@ def histories(results, metric: str) -> list[dict]:
         }
         epochs = sorted(by_epoch)
         first = by_epoch[epochs[0]] if epochs else {}
-        out.append({
-            "config": {k: v for k, v in (result.config or {}).items()},
-            "metric": [float(by_epoch[e].get(metric, math.nan)) for e in epochs],
-            "train_loss": [float(by_epoch[e].get("train_loss", math.nan)) for e in epochs],
-            "val_loss": [float(by_epoch[e].get("val_loss", math.nan)) for e in epochs],
-            "first_step_loss": float(first.get("first_step_loss", math.nan)),
-            "warmup_epochs": float(first.get("warmup_epochs", 0.0)),
-            "error": result.error is not None,
-        })  # fmt: skip
+        out.append(
+            {
+                "config": {k: v for k, v in (result.config or {}).items()},
+                "metric": [float(by_epoch[e].get(metric, math.nan)) for e in epochs],
+                "train_loss": [float(by_epoch[e].get("train_loss", math.nan)) for e in epochs],
+                "val_loss": [float(by_epoch[e].get("val_loss", math.nan)) for e in epochs],
+                "first_step_loss": float(first.get("first_step_loss", math.nan)),
+                "warmup_epochs": float(first.get("warmup_epochs", 0.0)),
+                "error": result.error is not None,
+            }
+        )
     return out
 
 
@@ -102,10 +108,14 @@ def first_stop(run: dict, settings, warmup_aware: bool) -> int | None:
     start = run["first_step_loss"] if math.isfinite(run["first_step_loss"]) else None
     for e in range(1, len(run["train_loss"]) + 1):
         rule = divergence_rule(
-            run["train_loss"][:e], settings.patience, settings.spike_ratio,
-            run["val_loss"][e - 1], settings.min_rise, start,
+            run["train_loss"][:e],
+            settings.patience,
+            settings.spike_ratio,
+            run["val_loss"][e - 1],
+            settings.min_rise,
+            start,
             run["warmup_epochs"] if warmup_aware else 0.0,
-        )  # fmt: skip
+        )
         if rule is not None:
             return e
     return None
@@ -123,12 +133,28 @@ def blowup_runs(settings, epochs: int) -> list[dict]:
 
     runs = []
     for lr in BLOWUP_LRS:
-        cfg = TrainConfig.from_dict({"imgsz": 96, "neck_channels": 16, "synthetic_images": 16,
-                                     "batch": 4, "accumulate": 1, "warmup_epochs": 1.0,
-                                     "epochs": epochs, "lr": lr, "threads": 1,
-                                     "out": str(REPO / "outputs" / "blowup" / f"lr{lr:g}")})  # fmt: skip
-        run = {"lr": lr, "train_loss": [], "val_loss": [], "first_step_loss": math.nan,
-               "warmup_epochs": cfg.warmup_epochs, "loop_diverged_at": None}  # fmt: skip
+        cfg = TrainConfig.from_dict(
+            {
+                "imgsz": 96,
+                "neck_channels": 16,
+                "synthetic_images": 16,
+                "batch": 4,
+                "accumulate": 1,
+                "warmup_epochs": 1.0,
+                "epochs": epochs,
+                "lr": lr,
+                "threads": 1,
+                "out": str(REPO / "outputs" / "blowup" / f"lr{lr:g}"),
+            }
+        )
+        run = {
+            "lr": lr,
+            "train_loss": [],
+            "val_loss": [],
+            "first_step_loss": math.nan,
+            "warmup_epochs": cfg.warmup_epochs,
+            "loop_diverged_at": None,
+        }
 
         def record(stats, run=run):
             run["train_loss"].append(float(stats["train_loss"]))
@@ -151,17 +177,24 @@ def divergence_figures(healthy: list[dict], blowups: list[dict], settings) -> di
     fp = {}
     for label, aware in (("before (no warmup awareness)", False), ("after", True)):
         stopped = [first_stop(r, settings, aware) for r in healthy]
-        fp[label] = {"runs": len(healthy), "stopped": sum(s is not None for s in stopped),
-                     "stopped_at": [s for s in stopped if s is not None]}  # fmt: skip
+        fp[label] = {
+            "runs": len(healthy),
+            "stopped": sum(s is not None for s in stopped),
+            "stopped_at": [s for s in stopped if s is not None],
+        }
         print(
-            f"divergence rules {label}: {fp[label]['stopped']} of {len(healthy)} healthy runs stopped",
+            f"divergence rules {label}: {fp[label]['stopped']} of {len(healthy)} healthy runs "
+            "stopped",
             flush=True,
         )
     for b in blowups:
         b["stopped_at_before"] = first_stop(b, settings, False)
         b["stopped_at_after"] = first_stop(b, settings, True)
-        print(f"lr {b['lr']:g}: loop DivergedError at {b['loop_diverged_at']}, rules stop at "
-              f"{b['stopped_at_before']} before / {b['stopped_at_after']} after", flush=True)  # fmt: skip
+        print(
+            f"lr {b['lr']:g}: loop DivergedError at {b['loop_diverged_at']}, rules stop at "
+            f"{b['stopped_at_before']} before / {b['stopped_at_after']} after",
+            flush=True,
+        )
     return fp
 
 
@@ -192,10 +225,16 @@ def main() -> None:
     p.add_argument("--storage", default=str(REPO / "outputs" / "objective-ranking"))
     p.add_argument("--json", default=str(REPO / "outputs" / "objective-ranking" / "results.json"))
     p.add_argument("--smoke-test", action="store_true", help="synthetic, 3 trials x 3 epochs")
-    p.add_argument("--replay", action="store_true",
-                   help="only replay the divergence rules on the histories in --json and update it")  # fmt: skip
-    p.add_argument("--reuse-search", action="store_true",
-                   help="read the finished search in --storage instead of running it again")  # fmt: skip
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="only replay the divergence rules on the histories in --json and update it",
+    )
+    p.add_argument(
+        "--reuse-search",
+        action="store_true",
+        help="read the finished search in --storage instead of running it again",
+    )
     args = p.parse_args()
     if args.replay:
         replay(Path(args.json))
@@ -212,11 +251,19 @@ def main() -> None:
     from tune.space import for_metric, load_space
 
     space = load_space(args.space)
-    settings = space.settings.replace({"trials": args.trials, "epochs": args.epochs,
-                                       "seed": args.seed, "grace_period": 1}, "benchmark")  # fmt: skip
+    settings = space.settings.replace(
+        {"trials": args.trials, "epochs": args.epochs, "seed": args.seed, "grace_period": 1},
+        "benchmark",
+    )
     space, _ = for_metric(space, settings.metric)
-    values = {**TrainConfig().to_dict(), **space.fixed, "warmup_epochs": 1.0, "accumulate": 1,
-              "batch": 8, **parse_overrides(args.overrides)}  # fmt: skip
+    values = {
+        **TrainConfig().to_dict(),
+        **space.fixed,
+        "warmup_epochs": 1.0,
+        "accumulate": 1,
+        "batch": 8,
+        **parse_overrides(args.overrides),
+    }
     if args.data:
         values["data"] = str(Path(args.data).resolve())
     base = TrainConfig.from_dict(
@@ -235,9 +282,19 @@ def main() -> None:
 
         results = tune.Tuner.restore(str(storage / "search"), trainable).get_results()
     else:
-        tuner, _ = search.build_tuner(trainable, space, base, settings, resources, "search",
-                                      str(storage), max_failures=0, verbose=0, asha=False,
-                                      divergence=False)  # fmt: skip
+        tuner, _ = search.build_tuner(
+            trainable,
+            space,
+            base,
+            settings,
+            resources,
+            "search",
+            str(storage),
+            max_failures=0,
+            verbose=0,
+            asha=False,
+            divergence=False,
+        )
         results = tuner.fit()
     delete_weights(storage / "search")
     rows = report.trial_rows(results, settings)
@@ -247,8 +304,18 @@ def main() -> None:
     candidates = confirm.pick_candidates(rows, space, settings, base, k=len(rows))
     seeds = confirm.fresh_seeds(settings, args.seeds)
     shutil.rmtree(storage / f"search{confirm.CONFIRM_SUFFIX}", ignore_errors=True)
-    tuner = confirm.build_confirm_tuner(trainable, candidates, seeds, settings, args.concurrent,
-                                        "search", str(storage), 0, verbose=0, divergence=False)  # fmt: skip
+    tuner = confirm.build_confirm_tuner(
+        trainable,
+        candidates,
+        seeds,
+        settings,
+        args.concurrent,
+        "search",
+        str(storage),
+        0,
+        verbose=0,
+        divergence=False,
+    )
     confirm_results = tuner.fit()
     delete_weights(storage / f"search{confirm.CONFIRM_SUFFIX}")
     confirm_runs = histories(confirm_results, settings.metric)
@@ -267,8 +334,14 @@ def main() -> None:
         if not mine:
             continue  # the default, when the search did not run it (it always does here)
         runs = [r for r in confirm_runs if r["config"].get(CONFIRM_ID) == c.confirm_id]
-        table.append({"config": c.label, "params": c.params, "search": mine[0]["metric"],
-                      "confirmed": [r["metric"] for r in runs]})  # fmt: skip
+        table.append(
+            {
+                "config": c.label,
+                "params": c.params,
+                "search": mine[0]["metric"],
+                "confirmed": [r["metric"] for r in runs],
+            }
+        )
 
     correlations = {}
     for name, (kind, window) in OBJECTIVES.items():
@@ -281,20 +354,33 @@ def main() -> None:
         fixed = [
             sum(objective(m, yk, yw) for m in t["confirmed"]) / len(t["confirmed"]) for t in table
         ]
-        correlations[name] = {"vs_same_definition": spearman(searched, same),
-                              f"vs_{YARDSTICK}": spearman(searched, fixed)}  # fmt: skip
-        print(f"{name:12s} spearman vs confirmed mean: same definition "
-              f"{correlations[name]['vs_same_definition']:+.3f}, vs {YARDSTICK} "
-              f"{correlations[name][f'vs_{YARDSTICK}']:+.3f}", flush=True)  # fmt: skip
+        correlations[name] = {
+            "vs_same_definition": spearman(searched, same),
+            f"vs_{YARDSTICK}": spearman(searched, fixed),
+        }
+        print(
+            f"{name:12s} spearman vs confirmed mean: same definition "
+            f"{correlations[name]['vs_same_definition']:+.3f}, vs {YARDSTICK} "
+            f"{correlations[name][f'vs_{YARDSTICK}']:+.3f}",
+            flush=True,
+        )
 
     healthy = [r for r in search_runs + confirm_runs if not r["error"]]
     blowups = blowup_runs(settings, epochs=3)
     fp = divergence_figures(healthy, blowups, settings)
 
-    out = {"args": vars(args), "settings": settings.__dict__, "base": base.to_dict(),
-           "correlations": correlations, "table": table, "false_positives": fp,
-           "blowups": blowups, "search_runs": search_runs, "confirm_runs": confirm_runs,
-           "wall_s": time.perf_counter() - t0}  # fmt: skip
+    out = {
+        "args": vars(args),
+        "settings": settings.__dict__,
+        "base": base.to_dict(),
+        "correlations": correlations,
+        "table": table,
+        "false_positives": fp,
+        "blowups": blowups,
+        "search_runs": search_runs,
+        "confirm_runs": confirm_runs,
+        "wall_s": time.perf_counter() - t0,
+    }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {args.json}")

@@ -116,21 +116,32 @@ def side_ours(args, baton: Baton) -> dict:
     from cattle_yolo.train import train
 
     cfg = TrainConfig(
-        data=str(args.data), imgsz=args.imgsz, epochs=args.epochs, device=args.device,
-        out=str(args.out), seed=0, workers=args.workers,
-    )  # fmt: skip
+        data=str(args.data),
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        device=args.device,
+        out=str(args.out),
+        seed=0,
+        workers=args.workers,
+    )
     if args.ours_batch:  # else the project's defaults (batch 4 x accumulate 4)
         cfg = cfg.replace(batch=args.ours_batch, accumulate=args.ours_accumulate)
     flops = training_flops(CattleYOLO(1, cfg), args.imgsz)
     epochs = []
 
     def callback(stats: dict) -> None:
-        epochs.append({
-            "epoch": stats["epoch"], "mAP50": stats["mAP50"], "mAP50_95": stats["mAP50_95"],
-            "train_loss": stats["train_loss"], "val_loss": stats["val_loss"],
-            "train_s": stats["train_time"], "epoch_s": stats["epoch_time"],
-            "images": round(stats["train_time"] * stats["images_per_sec"]),
-        })  # fmt: skip
+        epochs.append(
+            {
+                "epoch": stats["epoch"],
+                "mAP50": stats["mAP50"],
+                "mAP50_95": stats["mAP50_95"],
+                "train_loss": stats["train_loss"],
+                "val_loss": stats["val_loss"],
+                "train_s": stats["train_time"],
+                "epoch_s": stats["epoch_time"],
+                "images": round(stats["train_time"] * stats["images_per_sec"]),
+            }
+        )
         if stats["epoch"] < args.epochs:
             baton.give()
             baton.wait()
@@ -139,8 +150,12 @@ def side_ours(args, baton: Baton) -> dict:
     train(cfg, callbacks=[callback])
     for f in Path(args.out, "models").glob("*.pt"):  # metrics are read; weights are not kept
         f.unlink()
-    return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb(),
-            "config": cfg.to_dict()}  # fmt: skip
+    return {
+        "flops_per_image": flops,
+        "epochs": epochs,
+        "peak_rss_mb": peak_rss_mb(),
+        "config": cfg.to_dict(),
+    }
 
 
 def side_peer(args, baton: Baton) -> dict:
@@ -197,11 +212,22 @@ def side_peer(args, baton: Baton) -> dict:
     run = Path(args.out)
     baton.wait()
     model.train(
-        data=str(data_yaml), epochs=args.epochs, imgsz=args.imgsz, batch=args.batch,
-        device=args.device if args.device != "cuda" else 0, pretrained=False,
-        amp=args.device != "cpu", plots=False, val=True, seed=0, workers=args.workers,
-        project=str(run.parent), name=run.name, exist_ok=True, verbose=False,
-    )  # fmt: skip
+        data=str(data_yaml),
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device if args.device != "cuda" else 0,
+        pretrained=False,
+        amp=args.device != "cpu",
+        plots=False,
+        val=True,
+        seed=0,
+        workers=args.workers,
+        project=str(run.parent),
+        name=run.name,
+        exist_ok=True,
+        verbose=False,
+    )
     rows = list(csv.DictReader((run / "results.csv").open()))
     epochs = [
         {
@@ -223,11 +249,26 @@ def export_detections(weights: Path, files: list[str], out: Path, args) -> None:
     model = YOLO(str(weights))
     device = args.device if args.device != "cuda" else 0
     rows = []
-    for r in model.predict(files, conf=0.001, iou=0.7, max_det=300, imgsz=args.imgsz,
-                           device=device, verbose=False, stream=True, batch=16):  # fmt: skip
+    for r in model.predict(
+        files,
+        conf=0.001,
+        iou=0.7,
+        max_det=300,
+        imgsz=args.imgsz,
+        device=device,
+        verbose=False,
+        stream=True,
+        batch=16,
+    ):
         b = r.boxes
-        rows.append({"file": r.path, "boxes": b.xyxy.tolist(), "scores": b.conf.tolist(),
-                     "labels": b.cls.long().tolist()})  # fmt: skip
+        rows.append(
+            {
+                "file": r.path,
+                "boxes": b.xyxy.tolist(),
+                "scores": b.conf.tolist(),
+                "labels": b.cls.long().tolist(),
+            }
+        )
     out.write_text(json.dumps(rows))
 
 
@@ -252,8 +293,11 @@ def same_ruler(workdir: Path, data: Path, imgsz: int) -> dict[int, dict]:
         for row in json.loads(path.read_text()):
             k = index[Path(row["file"]).name]
             boxes = np.asarray(row["boxes"], np.float64).reshape(-1, 4)
-            detections[k] = {"boxes": to_letterbox(boxes, *val.letterbox[k]),
-                             "scores": row["scores"], "labels": row["labels"]}  # fmt: skip
+            detections[k] = {
+                "boxes": to_letterbox(boxes, *val.letterbox[k]),
+                "scores": row["scores"],
+                "labels": row["labels"],
+            }
         m = coco_metrics(detections, targets, val.names, max_dets=300)
         scored[int(path.stem[5:])] = {"mAP50": m["mAP50"], "mAP50_95": m["mAP50_95"]}
     return scored
@@ -280,7 +324,7 @@ def summarize(result: dict, peak_gflops: float) -> dict:
         "best_mAP50_95": max(e["mAP50_95"] for e in result["epochs"]),
         "mAP50_95_at": {
             e["epoch"]: e["mAP50_95"] for e in result["epochs"] if e["epoch"] in (10, 20, 30)
-        },  # fmt: skip
+        },
     }
 
 
@@ -337,11 +381,32 @@ def main() -> None:
     env = {**os.environ, "CATTLE_YOLO_NO_PROGRESS": "1", "YOLO_OFFLINE": "1"}
     procs = {}
     for side, python in (("ours", sys.executable), ("peer", args.peer_python)):
-        cmd = [python, __file__, "--side", side, "--epochs", str(args.epochs),
-               "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--data", str(args.data),
-               "--ours-batch", str(args.ours_batch), "--ours-accumulate", str(args.ours_accumulate),
-               "--device", args.device, "--workers", str(args.workers),
-               "--workdir", str(workdir), "--out", str(workdir / side)]  # fmt: skip
+        cmd = [
+            python,
+            __file__,
+            "--side",
+            side,
+            "--epochs",
+            str(args.epochs),
+            "--imgsz",
+            str(args.imgsz),
+            "--batch",
+            str(args.batch),
+            "--data",
+            str(args.data),
+            "--ours-batch",
+            str(args.ours_batch),
+            "--ours-accumulate",
+            str(args.ours_accumulate),
+            "--device",
+            args.device,
+            "--workers",
+            str(args.workers),
+            "--workdir",
+            str(workdir),
+            "--out",
+            str(workdir / side),
+        ]
         log = (workdir / f"{side}.log").open("w")
         procs[side] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     t0 = time.perf_counter()
@@ -374,14 +439,27 @@ def main() -> None:
     out = Path(args.json) if args.json else workdir / "results.json"
     print("val mAP50-95 by epoch (same ruler), ours / YOLOv8n (Ultralytics' own):")
     for o_e, p_e in zip(results["ours"]["epochs"], results["peer"]["epochs"], strict=True):
-        print(f"  {o_e['epoch']:3d}  {o_e['mAP50_95']:.4f} / {p_e['mAP50_95']:.4f} "
-              f"({p_e['own_mAP50_95']:.4f})")  # fmt: skip
-    out.write_text(json.dumps({
-        "matmul_peak_gflops": peak, "epochs": args.epochs, "imgsz": args.imgsz,
-        "batch": args.batch, "ours_batch": args.ours_batch, "device": args.device,
-        "wall_s": time.perf_counter() - t0, "summary": summary,
-        "ratios": ratios, "runs": results,
-    }, indent=2))  # fmt: skip
+        print(
+            f"  {o_e['epoch']:3d}  {o_e['mAP50_95']:.4f} / {p_e['mAP50_95']:.4f} "
+            f"({p_e['own_mAP50_95']:.4f})"
+        )
+    out.write_text(
+        json.dumps(
+            {
+                "matmul_peak_gflops": peak,
+                "epochs": args.epochs,
+                "imgsz": args.imgsz,
+                "batch": args.batch,
+                "ours_batch": args.ours_batch,
+                "device": args.device,
+                "wall_s": time.perf_counter() - t0,
+                "summary": summary,
+                "ratios": ratios,
+                "runs": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -50,14 +50,25 @@ def standalone_vs_trial(cfg: TrainConfig, storage: Path, cpus: int) -> dict:
     cfg = cfg.replace(threads=cpus)
     datasets = load_datasets(cfg, verbose=False)
     cfg.to_yaml(storage / "config.yaml")
-    cmd = [sys.executable, "-m", "cattle_yolo", "train", "--config", str(storage / "config.yaml"),
-           "--out", str(storage / "cli")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cattle_yolo",
+        "train",
+        "--config",
+        str(storage / "config.yaml"),
+        "--out",
+        str(storage / "cli"),
+    ]
     start, t0 = datetime.now(), time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
     cli_s = time.perf_counter() - t0
     log = (storage / "cli" / "logs" / "train.log").read_text().splitlines()
-    cli = {"cli_s": cli_s, "cli_to_first_step_s": (_stamp(log[0]) - start).total_seconds(),
-           "cli_training_s": (_stamp(log[-1]) - _stamp(log[0])).total_seconds()}  # fmt: skip
+    cli = {
+        "cli_s": cli_s,
+        "cli_to_first_step_s": (_stamp(log[0]) - start).total_seconds(),
+        "cli_training_s": (_stamp(log[-1]) - _stamp(log[0])).total_seconds(),
+    }
 
     torch.set_num_threads(cpus)
     t0 = time.perf_counter()
@@ -140,9 +151,21 @@ def startup(cfg: TrainConfig, storage: Path, trials: int) -> dict:
 
 def first_step(storage: Path) -> float:
     """Seconds from launching ``run_search.py --smoke-test`` to its first trial's first step."""
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--trials", "1",
-           "--epochs", "1", "--storage", str(storage), "--name", "first-step", "--no-dashboard",
-           "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "run_search.py"),
+        "--smoke-test",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+        "--storage",
+        str(storage),
+        "--name",
+        "first-step",
+        "--no-dashboard",
+        "--quiet",
+    ]
     start = datetime.now()
     subprocess.run(cmd, check=True, capture_output=True)
     logs = list((storage / "first-step").glob("*/run/logs/train.log"))
@@ -165,9 +188,15 @@ def main() -> None:
         args.epochs, args.imgsz, args.trials = 1, 64, 2
     cpus = os.cpu_count() or 1
     cfg = TrainConfig(
-        imgsz=args.imgsz, epochs=args.epochs, synthetic_images=64, neck_channels=32, batch=8,
-        accumulate=1, warmup_epochs=1.0, device="cpu",
-    )  # fmt: skip
+        imgsz=args.imgsz,
+        epochs=args.epochs,
+        synthetic_images=64,
+        neck_channels=32,
+        batch=8,
+        accumulate=1,
+        warmup_epochs=1.0,
+        device="cpu",
+    )
     startup_data = cfg.replace(data=str(REAL)) if (REAL / "train").is_dir() else cfg
     ray.init(include_dashboard=False, num_cpus=cpus, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:

@@ -89,17 +89,31 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
     from tune import report, search
 
     settings = space.settings.replace(
-        {"trials": args.trials, "epochs": args.epochs, "seed": seed,
-         "grace_period": min(args.grace_period, args.epochs),
-         "reduction_factor": args.reduction_factor, "objective": args.objective}, "benchmark"
-    )  # fmt: skip
+        {
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "seed": seed,
+            "grace_period": min(args.grace_period, args.epochs),
+            "reduction_factor": args.reduction_factor,
+            "objective": args.objective,
+        },
+        "benchmark",
+    )
     cfg = base.replace(epochs=args.epochs, seed=seed)
     resources = search.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(cfg, datasets, settings, resources)
     tuner, _ = search.build_tuner(
-        trainable, space, cfg, settings, resources, f"{name}-seed{seed}", str(storage),
-        max_failures=0, verbose=0, **STRATEGIES[name],
-    )  # fmt: skip
+        trainable,
+        space,
+        cfg,
+        settings,
+        resources,
+        f"{name}-seed{seed}",
+        str(storage),
+        max_failures=0,
+        verbose=0,
+        **STRATEGIES[name],
+    )
     t0 = time.perf_counter()
     results = tuner.fit()
     for weights in (storage / f"{name}-seed{seed}").glob("*/run/models/*.pt"):
@@ -140,8 +154,11 @@ def holdout(cfg, datasets, out: Path) -> dict:
     model, cfg2, names = load_trained(str(out / "models" / "best.pt"), torch.device("cpu"))
     loader = make_loader(datasets.test, cfg2, train=False)
     test = evaluate(model, loader, DetectionLoss(cfg2, len(names)), cfg2, torch.device("cpu"), 0)
-    return {"val_best": result["best_mAP50_95"], "test_mAP50_95": test["mAP50_95"],
-            "test_mAP50": test["mAP50"]}  # fmt: skip
+    return {
+        "val_best": result["best_mAP50_95"],
+        "test_mAP50_95": test["mAP50_95"],
+        "test_mAP50": test["mAP50"],
+    }
 
 
 def plot(runs: list[dict], path: Path) -> None:
@@ -150,8 +167,12 @@ def plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"random_fifo": "tab:gray", "tpe_fifo": "tab:blue", "random_asha": "tab:orange",
-              "default": "tab:green"}  # fmt: skip
+    colors = {
+        "random_fifo": "tab:gray",
+        "tpe_fifo": "tab:blue",
+        "random_asha": "tab:orange",
+        "default": "tab:green",
+    }
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, run in enumerate(runs):
         xs, ys = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
@@ -213,10 +234,13 @@ def main() -> None:
         for name in args.strategies:  # interleaved per seed: machine noise hits all alike
             run = run_strategy(name, seed, args, space, base, datasets, storage)
             runs.append(run)
-            print(f"{name:12s} seed {seed}: best {run['best']:.4f}, {run['epochs']} epochs, "
-                  f"{run['diverged_trials']} diverged ({sum(run['diverged_epochs'])} epochs), "
-                  f"{len(run['blowup_epochs'])} blew up ({sum(run['blowup_epochs'])} epochs), "
-                  f"{run['wall_s']:.0f} s", flush=True)  # fmt: skip
+            print(
+                f"{name:12s} seed {seed}: best {run['best']:.4f}, {run['epochs']} epochs, "
+                f"{run['diverged_trials']} diverged ({sum(run['diverged_epochs'])} epochs), "
+                f"{len(run['blowup_epochs'])} blew up ({sum(run['blowup_epochs'])} epochs), "
+                f"{run['wall_s']:.0f} s",
+                flush=True,
+            )
     ray.shutdown()
 
     summary = {}

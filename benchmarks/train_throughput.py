@@ -35,9 +35,15 @@ def run_case(imgsz: int, device_name: str, images: int, batch: int, data: str | 
     from cattle_yolo.train import build_optimizer, resolve_device
 
     cfg = TrainConfig(
-        imgsz=imgsz, batch=batch, accumulate=1, epochs=2, device=device_name,
-        synthetic_images=images, data=data, close_mosaic=0,  # both epochs with mosaic
-    )  # fmt: skip
+        imgsz=imgsz,
+        batch=batch,
+        accumulate=1,
+        epochs=2,
+        device=device_name,
+        synthetic_images=images,
+        data=data,
+        close_mosaic=0,  # both epochs with mosaic
+    )
     device = resolve_device(cfg.device)
     torch.manual_seed(0)
     datasets = load_datasets(cfg)
@@ -111,8 +117,16 @@ def main() -> None:
     rows = []
     for device in devices:
         for imgsz in args.imgsz:
-            cmd = [sys.executable, __file__, "--case", f"{imgsz},{device}", "--images",
-                   str(args.images), "--batch", str(args.batch)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--case",
+                f"{imgsz},{device}",
+                "--images",
+                str(args.images),
+                "--batch",
+                str(args.batch),
+            ]
             if args.data:
                 cmd += ["--data", args.data]
             t0 = time.perf_counter()

@@ -39,9 +39,15 @@ class Augment:
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> Augment:
         return cls(
-            cfg.fliplr, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.scale, cfg.translate,
-            cfg.mosaic, max(0, cfg.epochs - cfg.close_mosaic),
-        )  # fmt: skip
+            cfg.fliplr,
+            cfg.hsv_h,
+            cfg.hsv_s,
+            cfg.hsv_v,
+            cfg.scale,
+            cfg.translate,
+            cfg.mosaic,
+            max(0, cfg.epochs - cfg.close_mosaic),
+        )
 
 
 def mosaic(
@@ -83,9 +89,14 @@ def _clip_boxes(moved: np.ndarray, window: tuple[float, float, float, float]):
     a box is kept if at least ``MIN_BOX_PIXELS`` wide and high and ``MIN_VISIBLE`` of it shows."""
     x0, y0, x1, y1 = window
     clipped = np.stack(
-        [moved[:, 0].clip(x0, x1), moved[:, 1].clip(y0, y1),
-         moved[:, 2].clip(x0, x1), moved[:, 3].clip(y0, y1)], 1,
-    ).astype(np.float32)  # fmt: skip
+        [
+            moved[:, 0].clip(x0, x1),
+            moved[:, 1].clip(y0, y1),
+            moved[:, 2].clip(x0, x1),
+            moved[:, 3].clip(y0, y1),
+        ],
+        1,
+    ).astype(np.float32)
     w, h = clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1]
     area = (moved[:, 2] - moved[:, 0]) * (moved[:, 3] - moved[:, 1])
     keep = (w > MIN_BOX_PIXELS) & (h > MIN_BOX_PIXELS) & (w * h > MIN_VISIBLE * area)

@@ -46,7 +46,8 @@ def yolo_to_pixel_xyxy(boxes: np.ndarray, width: int, height: int) -> np.ndarray
 
 
 def pixel_xyxy_to_yolo(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(N, 4) pixel x1 y1 x2 y2 -> (N, 4) normalized cx cy w h; inverse of ``yolo_to_pixel_xyxy``."""
+    """(N, 4) pixel x1 y1 x2 y2 -> (N, 4) normalized cx cy w h; inverse of
+    ``yolo_to_pixel_xyxy``."""
     scale = np.array([width, height, width, height], dtype=np.float32)
     return xyxy_to_cxcywh(boxes.astype(np.float32) / scale)
 

@@ -178,22 +178,39 @@ FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 
 # Names people bring from other tools (Ultralytics, timm, papers) for our keys.
 ALIASES: dict[str, str] = {
-    "learning_rate": "lr", "lr0": "lr", "base_lr": "lr",
-    "img_size": "imgsz", "image_size": "imgsz", "imagesize": "imgsz", "size": "imgsz",
-    "batch_size": "batch", "bs": "batch",
-    "box_weight": "box_loss_weight", "box": "box_loss_weight",
-    "cls_weight": "cls_loss_weight", "cls": "cls_loss_weight",
-    "dfl_weight": "dfl_loss_weight", "dfl": "dfl_loss_weight",
-    "gamma": "focal_gamma", "fl_gamma": "focal_gamma",
-    "conf": "score_threshold", "conf_thres": "score_threshold", "threshold": "score_threshold",
-    "iou_thres": "nms_iou", "iou": "nms_iou", "warmup": "warmup_epochs",
-    "warmup_bias_lr": "warmup_start_fraction", "decay": "weight_decay",
-    "num_workers": "workers", "random_seed": "seed",
-}  # fmt: skip
+    "learning_rate": "lr",
+    "lr0": "lr",
+    "base_lr": "lr",
+    "img_size": "imgsz",
+    "image_size": "imgsz",
+    "imagesize": "imgsz",
+    "size": "imgsz",
+    "batch_size": "batch",
+    "bs": "batch",
+    "box_weight": "box_loss_weight",
+    "box": "box_loss_weight",
+    "cls_weight": "cls_loss_weight",
+    "cls": "cls_loss_weight",
+    "dfl_weight": "dfl_loss_weight",
+    "dfl": "dfl_loss_weight",
+    "gamma": "focal_gamma",
+    "fl_gamma": "focal_gamma",
+    "conf": "score_threshold",
+    "conf_thres": "score_threshold",
+    "threshold": "score_threshold",
+    "iou_thres": "nms_iou",
+    "iou": "nms_iou",
+    "warmup": "warmup_epochs",
+    "warmup_bias_lr": "warmup_start_fraction",
+    "decay": "weight_decay",
+    "num_workers": "workers",
+    "random_seed": "seed",
+}
 
 
-def closest_key(key: str, options: Sequence[str] = FIELD_NAMES,
-                aliases: dict[str, str] | None = None) -> str:  # fmt: skip
+def closest_key(
+    key: str, options: Sequence[str] = FIELD_NAMES, aliases: dict[str, str] | None = None
+) -> str:
     """A hint naming the closest valid key among ``options``, or the empty string.
 
     In order: a known alias (``learning_rate`` -> ``lr``); the longest option the key starts

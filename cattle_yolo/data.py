@@ -53,7 +53,8 @@ REASONS_SHOWN = 5  # skip reasons printed per split; all are kept in the report
 
 @dataclass
 class SplitReport:
-    """What loading one split found; ``reasons`` are ``file:line: reason`` for each skipped image."""
+    """What loading one split found; ``reasons`` are ``file:line: reason`` for each skipped
+    image."""
 
     split: str
     found: int = 0  # image files found
@@ -65,7 +66,8 @@ class SplitReport:
 
     def summary(self, used: int, cache_bytes: int) -> str:
         text = (
-            f"{self.split}: {self.found} images found, {used} used ({self.backgrounds} backgrounds),"
+            f"{self.split}: {self.found} images found, {used} used "
+            f"({self.backgrounds} backgrounds),"
             f" {self.skipped} skipped; {self.duplicates} duplicate boxes dropped,"
             f" {self.clipped} clipped; cache {cache_bytes / 2**20:.1f} MB"
         )
@@ -147,9 +149,11 @@ class DetectionDataset(Dataset):
             if use_mosaic:
                 idx = [i, *others.tolist()]
                 image, boxes, labels = mosaic(
-                    [self.images[k] for k in idx], [self.boxes[k] for k in idx],
-                    [self.labels[k] for k in idx], (round(centre[0]), round(centre[1])),
-                )  # fmt: skip
+                    [self.images[k] for k in idx],
+                    [self.boxes[k] for k in idx],
+                    [self.labels[k] for k in idx],
+                    (round(centre[0]), round(centre[1])),
+                )
             image, boxes, labels = augment(image, boxes, labels, self.aug, rng, self.imgsz)
         target = np.concatenate([labels[:, None].astype(np.float32), boxes], axis=1)
         return (
@@ -256,8 +260,10 @@ def load_datasets(cfg: TrainConfig, verbose: bool = True) -> Datasets:
     parsed = {split: [parse_labels(label_path(f)) for f in fs] for split, fs in files.items()}
     names = names or classes_txt(class_dirs)
     if names is None:  # numbered: as many as the largest class id needs
-        top = max((int(p.classes.max()) for ps in parsed.values() for p in ps if len(p.classes)),
-                  default=0)  # fmt: skip
+        top = max(
+            (int(p.classes.max()) for ps in parsed.values() for p in ps if len(p.classes)),
+            default=0,
+        )
         names = [str(k) for k in range(top + 1)]
     built = {}
     for split in splits:
@@ -308,8 +314,10 @@ def _build_split(
         if labels.error is None and (labels.classes >= len(names)).any():
             k = int(np.argmax(labels.classes >= len(names)))
             plural = "class" if len(names) == 1 else "classes"
-            labels.error = (f"{labels.path}:{labels.lines[k]}: class id {labels.classes[k]} but"
-                            f" only {len(names)} {plural} named")  # fmt: skip
+            labels.error = (
+                f"{labels.path}:{labels.lines[k]}: class id {labels.classes[k]} but"
+                f" only {len(names)} {plural} named"
+            )
         if labels.error is not None:
             skip(labels.error)
         else:
@@ -333,8 +341,10 @@ def _build_split(
             skip(e)
     if not ok.any():
         first = f" (first: {report.reasons[0]})" if report.reasons else ""
-        raise DataError(f"{split}: no usable image among {len(files)} found in"
-                        f" {', '.join(map(str, sources))}{first}")  # fmt: skip
+        raise DataError(
+            f"{split}: no usable image among {len(files)} found in"
+            f" {', '.join(map(str, sources))}{first}"
+        )
     boxes, labels_out, kept_files = [], [], []
     for k in np.flatnonzero(ok):
         image, labels = kept[k]

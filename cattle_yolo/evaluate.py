@@ -3,7 +3,8 @@
 ``coco_metrics`` scores detections with pycocotools' ``COCOeval``: mAP50, mAP75 and mAP50-95 over
 every detection the caller passes (the model keeps everything above ``cfg.conf_floor``, 0.001, as
 COCO and Ultralytics do), because mAP integrates over the whole ranked list and a score threshold
-must never gate it. Precision, recall and F1 at ``score_threshold`` and per-class AP50 sit beside it.
+must never gate it. Precision, recall and F1 at ``score_threshold`` and per-class AP50 sit
+beside it.
 
 Boxes are pixel ``x1 y1 x2 y2`` throughout; they become COCO ``x y w h`` here, through
 ``cattle_yolo.boxes``. ``evaluate`` scores in the letterboxed ``imgsz`` space: a letterbox is a
@@ -108,10 +109,11 @@ def coco_metrics(
     Returns:
         ``mAP50_95``, ``mAP50``, ``mAP75`` (as COCOeval.summarize computes them: area "all",
         101-point interpolated precision averaged over classes with ground truth, at most
-        ``max_dets`` detections per image); ``precision``, ``recall``, ``f1`` at ``score_threshold``, where a
-        detection is a true positive if COCOeval's greedy matching (highest score first, same
-        class, IoU >= 0.5) paired it with a ground-truth box; ``AP50/<name>`` per class, **nan**
-        for a class with no ground-truth box (COCO leaves such a class out of the mean);
+        ``max_dets`` detections per image); ``precision``, ``recall``, ``f1`` at
+        ``score_threshold``, where a detection is a true positive if COCOeval's greedy
+        matching (highest score first, same class, IoU >= 0.5) paired it with a ground-truth
+        box; ``AP50/<name>`` per class, **nan** for a class with no ground-truth box (COCO
+        leaves such a class out of the mean);
         ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``: the score threshold chosen
         after training, the one with the best F1 over all classes (see ``f1_sweep``).
         Edge cases: no ground truth at all gives mAP 0 (COCO itself would give -1) and

@@ -228,9 +228,17 @@ class DetectionLoss(nn.Module):
             anchors, strides = outputs["anchors"].float(), outputs["strides"].float()
             gt_boxes, gt_labels, gt_mask = pad_targets(targets.to(boxes.device), boxes.shape[0])
             a = assign(
-                cls.detach().sigmoid(), boxes.detach(), anchors, gt_boxes, gt_labels, gt_mask,
-                cfg.tal_topk, cfg.tal_alpha, cfg.tal_beta, iou_threshold(epoch, cfg),
-            )  # fmt: skip
+                cls.detach().sigmoid(),
+                boxes.detach(),
+                anchors,
+                gt_boxes,
+                gt_labels,
+                gt_mask,
+                cfg.tal_topk,
+                cfg.tal_alpha,
+                cfg.tal_beta,
+                iou_threshold(epoch, cfg),
+            )
             norm = a.scores.sum().clamp(min=1.0)
             weight = a.scores.sum(-1)  # (B, A): a positive's target score, 0 elsewhere
             weight_sum = weight.sum().clamp(min=EPS)
@@ -255,8 +263,10 @@ class DetectionLoss(nn.Module):
             dfl = boxes.new_zeros(())
             if "dist" in outputs:
                 dist = outputs["dist"].float()
-                dfl = (dfl_loss(dist, dfl_encode(target_boxes, anchors, strides, dist.shape[-1]))
-                       * weight).sum() / weight_sum  # fmt: skip
+                dfl = (
+                    dfl_loss(dist, dfl_encode(target_boxes, anchors, strides, dist.shape[-1]))
+                    * weight
+                ).sum() / weight_sum
 
             box = cfg.box_loss_weight * box
             cls_loss = cfg.cls_loss_weight * cls_loss

@@ -56,7 +56,8 @@ def build_backbone(pretrained: bool) -> nn.Module:
             hub = torch.hub.get_dir()
             name = weights.url.rsplit("/", 1)[-1]
             raise RuntimeError(
-                f"pretrained: true needs torchvision's ImageNet ResNet18 weights from {weights.url}, "
+                "pretrained: true needs torchvision's ImageNet ResNet18 weights from "
+                f"{weights.url}, "
                 f"which could not be loaded ({type(e).__name__}: {e}). If this machine is offline, "
                 f"set pretrained: false, or put the file {name} in $TORCH_HOME/hub/checkpoints "
                 f"(here {hub}/checkpoints/{name})."

@@ -33,7 +33,8 @@ class DataError(Exception):
 
 
 def resolve(source: Path) -> tuple[dict[str, list[Path]], list[str] | None, str, list[Path]]:
-    """-> split sources {split: [folder or list file]}, yaml names, dataset name, classes.txt dirs."""
+    """-> split sources {split: [folder or list file]}, yaml names, dataset name, classes.txt
+    dirs."""
     if source.is_dir() and (source / "data.yaml").is_file():
         source = source / "data.yaml"
     if source.is_file():
@@ -47,8 +48,10 @@ def resolve(source: Path) -> tuple[dict[str, list[Path]], list[str] | None, str,
                 splits[split] = [candidate]
                 break
     if "train" not in splits or "val" not in splits:
-        raise DataError(f"{source}: expected train/ and val/ folders (or images/train, images/val)"
-                        " or a data.yaml")  # fmt: skip
+        raise DataError(
+            f"{source}: expected train/ and val/ folders (or images/train, images/val)"
+            " or a data.yaml"
+        )
     dirs = [*splits["train"], *splits["val"]]
     return splits, None, source.name, [*dirs, *map(_labels_dir, dirs), source]
 
@@ -182,8 +185,11 @@ def parse_labels(path: Path | None) -> Labels:
         inside = 0 <= cx <= 1 and 0 <= cy <= 1 and w <= 1 and h <= 1
         for edge, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
             if not inside and not -COORD_TOLERANCE <= v <= 1 + COORD_TOLERANCE:
-                return Labels(path, error=f"{where}: box edge {edge} = {v:.4f} is outside [0, 1]"
-                              f" beyond the {COORD_TOLERANCE:.0%} tolerance")  # fmt: skip
+                return Labels(
+                    path,
+                    error=f"{where}: box edge {edge} = {v:.4f} is outside [0, 1]"
+                    f" beyond the {COORD_TOLERANCE:.0%} tolerance",
+                )
         if box[0] >= 1 or box[1] >= 1 or box[2] <= 0 or box[3] <= 0:
             return Labels(path, error=f"{where}: box lies outside the image")
         rows.append([cls, *box])
@@ -195,8 +201,14 @@ def parse_labels(path: Path | None) -> Labels:
     keep = np.sort(first)  # first occurrences, in file order
     boxes = table[keep, 1:]
     clipped = int(((boxes < -1e-5) | (boxes > 1 + 1e-5)).any(axis=1).sum())  # not rounding
-    return Labels(path, table[keep, 0].astype(np.int64), np.clip(boxes, 0, 1).astype(np.float32),
-                  np.array(lines)[keep], len(table) - len(keep), clipped)  # fmt: skip
+    return Labels(
+        path,
+        table[keep, 0].astype(np.int64),
+        np.clip(boxes, 0, 1).astype(np.float32),
+        np.array(lines)[keep],
+        len(table) - len(keep),
+        clipped,
+    )
 
 
 def _is_number(text: str) -> bool:

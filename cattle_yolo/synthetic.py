@@ -72,7 +72,8 @@ def generate(
             image.save(root / "images" / split / f"{i:06d}.jpg", quality=int(rng.integers(80, 96)))
             text = "".join(f"{c} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n" for c, cx, cy, w, h in rows)
             (root / "labels" / split / f"{i:06d}.txt").write_text(text)
-    # data.yaml last: its presence means the dataset is complete. No `path:`, so the folder can move.
+    # data.yaml last: its presence means the dataset is complete. No `path:`, so the folder
+    # can move.
     lines = [f"{split}: images/{split}" for split, n in splits if n]
     lines.append("names: [" + ", ".join(NAMES) + "]")
     (root / "data.yaml").write_text("\n".join(lines) + "\n")
@@ -113,8 +114,11 @@ def default_dataset(cfg: TrainConfig) -> Path:
 def render_scene(rng: np.random.Generator, long_side: int) -> tuple[Image.Image, list[tuple]]:
     """One RGB scene and its labels ``[(class, cx, cy, w, h), ...]`` normalized to the image."""
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
-    width, height = (long_side, round(long_side / aspect)) if aspect >= 1 else (
-        round(long_side * aspect), long_side)  # fmt: skip
+    width, height = (
+        (long_side, round(long_side / aspect))
+        if aspect >= 1
+        else (round(long_side * aspect), long_side)
+    )
     image, horizon = _background(rng, width, height)
     sprites = _place_animals(rng, width, height, horizon)
     light = rng.uniform(-0.25, 0.25, 2) + (0.0, 0.12)  # shadow offset, fraction of animal size
@@ -134,13 +138,21 @@ def render_scene(rng: np.random.Generator, long_side: int) -> tuple[Image.Image,
     rows = []
     for sprite, (x, y), cls in sprites:
         x0, y0, x1, y1 = np.clip(np.add(_bbox(sprite), (x, y, x, y)), 0, (width, height) * 2)
-        rows.append((cls, (x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
-                     (x1 - x0) / width, (y1 - y0) / height))  # fmt: skip
+        rows.append(
+            (
+                cls,
+                (x0 + x1) / 2 / width,
+                (y0 + y1) / 2 / height,
+                (x1 - x0) / width,
+                (y1 - y0) / height,
+            )
+        )
     return image, rows
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, int]:
-    """Grass: a base colour, smooth colour blotches, mid and fine noise, blades; plus distractors."""
+    """Grass: a base colour, smooth colour blotches, mid and fine noise, blades; plus
+    distractors."""
     base = np.array(GRASS[rng.integers(len(GRASS))], np.float32) + rng.normal(0, 8, 3)
     light = _smooth_noise(rng, w, h, (3, 4)) * 18  # brighter and darker stretches
     dry = _smooth_noise(rng, w, h, (3, 4)) * np.array([16, 8, -4], np.float32)  # green to straw
@@ -172,8 +184,10 @@ def _background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, 
         colour = [(128, 126, 120), (28, 44, 22), (196, 170, 104)][kind] + rng.normal(0, 10, 3)
         for _ in range(3 if kind == 1 else 1):
             dx, dy = rng.normal(0, r * 0.5, 2)
-            draw.ellipse((x + dx - r, y + dy - r * 0.7, x + dx + r, y + dy + r * 0.7),
-                         fill=tuple(colour.astype(int).tolist()))  # fmt: skip
+            draw.ellipse(
+                (x + dx - r, y + dy - r * 0.7, x + dx + r, y + dy + r * 0.7),
+                fill=tuple(colour.astype(int).tolist()),
+            )
     if rng.random() < 0.3:  # a tree's shadow
         _soft_blob(rng, image, (24, 40, 18), rng.uniform(0.2, 0.4) * min(w, h), horizon, 0.45)
     return image, horizon
@@ -252,7 +266,8 @@ def _area(b: np.ndarray) -> float:
 
 
 def _covered(a: np.ndarray, b: np.ndarray) -> float:
-    """The larger of: the share of ``a`` that ``b`` covers, and the share of ``b`` that ``a`` does."""
+    """The larger of: the share of ``a`` that ``b`` covers, and the share of ``b`` that ``a``
+    does."""
     inter = _area(np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])]))
     return inter / max(1e-9, min(_area(a), _area(b)))
 
@@ -279,13 +294,26 @@ def _animal(rng: np.random.Generator, size: float, calf: bool) -> Image.Image:
         draw.ellipse((c - bw, c - bh, c + bw, c + bh), fill=255)
         for fx in (-0.75, -0.55, 0.5, 0.72):
             lx = c + fx * bw + rng.normal(0, s * 0.02)
-            draw.polygon([(lx - s * 0.035, c), (lx + s * 0.035, c),
-                          (lx + s * 0.03 + rng.normal(0, s * 0.03), c + bh + leg),
-                          (lx - s * 0.03 + rng.normal(0, s * 0.03), c + bh + leg)], fill=255)  # fmt: skip
+            draw.polygon(
+                [
+                    (lx - s * 0.035, c),
+                    (lx + s * 0.035, c),
+                    (lx + s * 0.03 + rng.normal(0, s * 0.03), c + bh + leg),
+                    (lx - s * 0.03 + rng.normal(0, s * 0.03), c + bh + leg),
+                ],
+                fill=255,
+            )
         head_y = c - bh * 1.4 if rng.random() < 0.6 else c + bh + leg * 0.6  # alert or grazing
         hx, hw, hh = c + bw * 1.05, s * 0.13 * head_scale, s * 0.09 * head_scale
-        draw.polygon([(c + bw * 0.55, c - bh * 0.8), (c + bw * 0.75, c + bh * 0.3),
-                      (hx, head_y + hh), (hx, head_y - hh)], fill=255)  # fmt: skip
+        draw.polygon(
+            [
+                (c + bw * 0.55, c - bh * 0.8),
+                (c + bw * 0.75, c + bh * 0.3),
+                (hx, head_y + hh),
+                (hx, head_y - hh),
+            ],
+            fill=255,
+        )
         draw.ellipse((hx - hw * 0.6, head_y - hh, hx + hw * 1.4, head_y + hh), fill=255)
         draw.ellipse((hx - hw * 0.8, head_y - hh * 1.5, hx - hw * 0.1, head_y - hh * 0.6), fill=255)
         draw.line(
@@ -295,14 +323,23 @@ def _animal(rng: np.random.Generator, size: float, calf: bool) -> Image.Image:
         bw, bh = s * (0.18 if calf else 0.16), s / 2
         draw.ellipse((c - bw, c - bh, c + bw, c + bh), fill=255)
         for fx in (-0.7, 0.7):  # hip bones
-            draw.ellipse((c + fx * bw - bw * 0.35, c + bh * 0.35, c + fx * bw + bw * 0.35,
-                          c + bh * 0.8), fill=255)  # fmt: skip
+            draw.ellipse(
+                (c + fx * bw - bw * 0.35, c + bh * 0.35, c + fx * bw + bw * 0.35, c + bh * 0.8),
+                fill=255,
+            )
         hx = c + rng.normal(0, bw * 0.3)
         hw, hh = bw * 0.5 * head_scale, s * 0.15 * head_scale
         draw.ellipse((hx - hw, c - bh - hh * 1.1, hx + hw, c - bh + hh * 0.6), fill=255)
         for ex in (-1, 1):  # ears
-            draw.ellipse((hx + ex * hw * 1.4 - hw * 0.5, c - bh - hh * 0.5, hx + ex * hw * 1.4
-                          + hw * 0.5, c - bh - hh * 0.1), fill=255)  # fmt: skip
+            draw.ellipse(
+                (
+                    hx + ex * hw * 1.4 - hw * 0.5,
+                    c - bh - hh * 0.5,
+                    hx + ex * hw * 1.4 + hw * 0.5,
+                    c - bh - hh * 0.1,
+                ),
+                fill=255,
+            )
         draw.line((c, c + bh * 0.9, c + rng.normal(0, bw * 0.3), c + bh * 1.25), fill=255, width=2)
     coat = _coat(rng, mask.size, base, patch, side)
     sprite = Image.merge("RGBA", (*coat.split(), mask))

@@ -63,7 +63,8 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(f"device {name!r} requested but CUDA is not available here; use cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) exist"
             )
     return device
 
@@ -227,7 +228,8 @@ def _train(
         if train_stats["skipped_steps"] > cfg.max_skipped_fraction * steps:
             raise DivergedError(
                 f"{train_stats['skipped_steps']} of {steps} steps skipped for non-finite "
-                f"loss or gradients, or class scores collapsed to 0 (limit {cfg.max_skipped_fraction:.0%})",
+                "loss or gradients, or class scores collapsed to 0 "
+                f"(limit {cfg.max_skipped_fraction:.0%})",
                 epoch + 1,
             )
         eval_model = ema.module if ema is not None else model

@@ -20,10 +20,19 @@ REPO = Path(__file__).resolve().parents[1]
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "t.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--smoke-test",
-         "--devices", "cpu", "--json", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_throughput.py"),
+            "--smoke-test",
+            "--devices",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["images_per_sec"] > 0
@@ -46,14 +55,18 @@ class FakeResult:
 
 def test_anytime_curve_orders_epochs_by_time_and_skips_diverged_values():
     se = load("search_efficiency")
-    a = FakeResult([
-        {"timestamp": 1, "epoch": 1, "mAP50_95": 0.1, "diverged": False},
-        {"timestamp": 4, "epoch": 2, "mAP50_95": 0.3, "diverged": False},
-    ])  # fmt: skip
-    b = FakeResult([
-        {"timestamp": 2, "epoch": 1, "mAP50_95": 0.2, "diverged": False},
-        {"timestamp": 3, "epoch": 2, "mAP50_95": 0.9, "diverged": True},  # worst, not 0.9
-    ])  # fmt: skip
+    a = FakeResult(
+        [
+            {"timestamp": 1, "epoch": 1, "mAP50_95": 0.1, "diverged": False},
+            {"timestamp": 4, "epoch": 2, "mAP50_95": 0.3, "diverged": False},
+        ]
+    )
+    b = FakeResult(
+        [
+            {"timestamp": 2, "epoch": 1, "mAP50_95": 0.2, "diverged": False},
+            {"timestamp": 3, "epoch": 2, "mAP50_95": 0.9, "diverged": True},  # worst, not 0.9
+        ]
+    )
     curve = se.anytime([a, b], "mAP50_95")
     assert curve == [(1, 0.1), (2, 0.2), (3, 0.2), (4, 0.3)]
     assert se.epochs_to_reach(curve, 0.2) == 2
@@ -98,14 +111,32 @@ def test_summary_leaves_out_the_first_epoch_and_takes_the_last_accuracy():
         "flops_per_image": 2e9,
         "peak_rss_mb": 100.0,
         "epochs": [
-            {"epoch": 1, "images": 10, "train_s": 100.0, "epoch_s": 110.0, "mAP50": 0.1,
-             "mAP50_95": 0.05},
-            {"epoch": 2, "images": 10, "train_s": 5.0, "epoch_s": 6.0, "mAP50": 0.4,
-             "mAP50_95": 0.2},
-            {"epoch": 3, "images": 10, "train_s": 5.0, "epoch_s": 6.0, "mAP50": 0.3,
-             "mAP50_95": 0.1},
+            {
+                "epoch": 1,
+                "images": 10,
+                "train_s": 100.0,
+                "epoch_s": 110.0,
+                "mAP50": 0.1,
+                "mAP50_95": 0.05,
+            },
+            {
+                "epoch": 2,
+                "images": 10,
+                "train_s": 5.0,
+                "epoch_s": 6.0,
+                "mAP50": 0.4,
+                "mAP50_95": 0.2,
+            },
+            {
+                "epoch": 3,
+                "images": 10,
+                "train_s": 5.0,
+                "epoch_s": 6.0,
+                "mAP50": 0.3,
+                "mAP50_95": 0.1,
+            },
         ],
-    }  # fmt: skip
+    }
     s = peer.summarize(run, peak_gflops=8.0)
     assert s["images_per_sec"] == 2.0 and s["achieved_gflops"] == 4.0 and s["share_of_peak"] == 0.5
     assert s["train_s_per_epoch"] == 5.0 and s["epoch_s_with_val"] == 6.0
@@ -116,18 +147,22 @@ def test_blowups_use_the_divergence_rules_whether_or_not_the_stopper_ran():
     se = load("search_efficiency")
     settings = SimpleNamespace(patience=3, spike_ratio=3.0, min_rise=0.05)
     healthy = FakeResult([{"epoch": e, "train_loss": 10.0 - e, "val_loss": 9.0} for e in (1, 2, 3)])
-    nan_val = FakeResult([  # finite training loss, overflowing outputs at epoch 2; ran 3 epochs
-        {"epoch": 1, "train_loss": 10.0, "val_loss": 9.0},
-        {"epoch": 2, "train_loss": 9.0, "val_loss": math.inf},
-        {"epoch": 3, "train_loss": 8.0, "val_loss": 9.0},
-    ])  # fmt: skip
+    nan_val = FakeResult(
+        [  # finite training loss, overflowing outputs at epoch 2; ran 3 epochs
+            {"epoch": 1, "train_loss": 10.0, "val_loss": 9.0},
+            {"epoch": 2, "train_loss": 9.0, "val_loss": math.inf},
+            {"epoch": 3, "train_loss": 8.0, "val_loss": 9.0},
+        ]
+    )
     spike = FakeResult([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 7.0}])
     assert se.blowups([healthy, nan_val, spike], settings) == [3, 2]
     # blown up inside epoch 1 (first step 11, epoch mean 5894), then "falling": caught too
-    inside = FakeResult([
-        {"epoch": 1, "train_loss": 5894.0, "first_step_loss": 11.0, "val_loss": 9.0},
-        {"epoch": 2, "train_loss": 531.0, "first_step_loss": 600.0, "val_loss": 9.0},
-    ])  # fmt: skip
+    inside = FakeResult(
+        [
+            {"epoch": 1, "train_loss": 5894.0, "first_step_loss": 11.0, "val_loss": 9.0},
+            {"epoch": 2, "train_loss": 531.0, "first_step_loss": 600.0, "val_loss": 9.0},
+        ]
+    )
     assert se.blowups([healthy, inside], settings) == [2]
 
 

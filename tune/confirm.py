@@ -64,8 +64,9 @@ def fresh_seeds(settings: SearchSettings, count: int) -> list[int]:
     return [settings.seed + 1 + i for i in range(count)]
 
 
-def pick_candidates(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings,
-                    base: TrainConfig, k: int) -> list[Candidate]:  # fmt: skip
+def pick_candidates(
+    rows: list[TrialRow], space: SearchSpace, settings: SearchSettings, base: TrainConfig, k: int
+) -> list[Candidate]:
     """The default first, then the top ``k`` other configs: completed trials by objective, then
     ASHA-stopped ones if fewer than ``k`` completed."""
     default = {key: getattr(base, key) for key in space.knobs}
@@ -108,10 +109,16 @@ def build_confirm_tuner(
 
     runs = run_configs(candidates, seeds)
     reporter = tune.CLIReporter(
-        metric=OBJECTIVE, mode=settings.mode, parameter_columns=[CONFIRM_ID, "seed"],
-        metric_columns={"epoch": "epoch", "train_loss": "loss", OBJECTIVE: objective_label(settings)},
+        metric=OBJECTIVE,
+        mode=settings.mode,
+        parameter_columns=[CONFIRM_ID, "seed"],
+        metric_columns={
+            "epoch": "epoch",
+            "train_loss": "loss",
+            OBJECTIVE: objective_label(settings),
+        },
         max_report_frequency=30,
-    )  # fmt: skip
+    )
     tune_config = tune.TuneConfig(
         search_alg=BasicVariantGenerator(points_to_evaluate=runs, max_concurrent=concurrent),
         num_samples=len(runs),
@@ -119,8 +126,16 @@ def build_confirm_tuner(
         trial_dirname_creator=trial_name,
     )
     # last.pt goes as each run ends; best.pt stays until the export is known (report())
-    run_config = make_run_config(name + CONFIRM_SUFFIX, storage, settings, max_failures,
-                                 divergence, reporter, verbose, keep_weights=None)  # fmt: skip
+    run_config = make_run_config(
+        name + CONFIRM_SUFFIX,
+        storage,
+        settings,
+        max_failures,
+        divergence,
+        reporter,
+        verbose,
+        keep_weights=None,
+    )
     # Tune takes preset points only for keys its param space names; None leaves them unchecked.
     keys = {key: None for run in runs for key in run}
     return tune.Tuner(trainable, param_space=keys, tune_config=tune_config, run_config=run_config)
@@ -156,26 +171,40 @@ def verdict(candidates: list[Candidate], settings: SearchSettings) -> str:
     gain = (m_w - m_d) if settings.mode == "max" else (m_d - m_w)
     spread = max(sd_w, sd_d)
     beats = "beats" if gain > spread else "does not beat"
-    return (f"confirmation: {best.label} {beats} the default by more than the seed spread "
-            f"({m_w:.4g} ± {sd_w:.2g} against {m_d:.4g} ± {sd_d:.2g}: a gain of {gain:.3g}, "
-            f"spread {spread:.2g})")  # fmt: skip
+    return (
+        f"confirmation: {best.label} {beats} the default by more than the seed spread "
+        f"({m_w:.4g} ± {sd_w:.2g} against {m_d:.4g} ± {sd_d:.2g}: a gain of {gain:.3g}, "
+        f"spread {spread:.2g})"
+    )
 
 
-def summary_lines(candidates: list[Candidate], seeds: list[int], settings: SearchSettings
-                  ) -> list[str]:  # fmt: skip
+def summary_lines(
+    candidates: list[Candidate], seeds: list[int], settings: SearchSettings
+) -> list[str]:
     label = objective_label(settings)
-    lines = [f"confirmation: {len(candidates) - 1} searched config(s) and the default, "
-             f"{len(seeds)} fresh seed(s) each ({', '.join(map(str, seeds))}), "
-             f"{settings.epochs} epochs", ""]  # fmt: skip
+    lines = [
+        f"confirmation: {len(candidates) - 1} searched config(s) and the default, "
+        f"{len(seeds)} fresh seed(s) each ({', '.join(map(str, seeds))}), "
+        f"{settings.epochs} epochs",
+        "",
+    ]
     header = ["config", f"search {label}", "confirmed mean", "sd", "runs", "per seed"]
     body = []
     for c in candidates:
         mean, sd = c.mean_sd(settings.worst)
         per_seed = ", ".join(f"{v:.4g}" for v in c.values(settings.worst))
         diverged = sum(r.status == "diverged" for r in c.runs)
-        body.append([c.label, "-" if c.search_value is None else f"{c.search_value:.4g}",
-                     f"{mean:.4g}", f"{sd:.2g}", f"{len(c.values(settings.worst))}"
-                     + (f" ({diverged} diverged)" if diverged else ""), per_seed])  # fmt: skip
+        body.append(
+            [
+                c.label,
+                "-" if c.search_value is None else f"{c.search_value:.4g}",
+                f"{mean:.4g}",
+                f"{sd:.2g}",
+                f"{len(c.values(settings.worst))}"
+                + (f" ({diverged} diverged)" if diverged else ""),
+                per_seed,
+            ]
+        )
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     for line in [header, ["-" * w for w in widths], *body]:
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
@@ -189,13 +218,29 @@ def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst
         w.writerow(["config", *space.knobs, "seed", "objective", "status", "path"])
         for c in candidates:
             for r in c.runs:
-                w.writerow([c.label, *(c.params.get(k) for k in space.knobs),
-                            r.config.get("seed"), r.best, r.status, r.path])  # fmt: skip
+                w.writerow(
+                    [
+                        c.label,
+                        *(c.params.get(k) for k in space.knobs),
+                        r.config.get("seed"),
+                        r.best,
+                        r.status,
+                        r.path,
+                    ]
+                )
 
 
-def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
-           settings: SearchSettings, base: TrainConfig, folder: Path, experiment: str,
-           export: Path | None, keep: int | None = None) -> list[str]:  # fmt: skip
+def report(
+    candidates: list[Candidate],
+    seeds: list[int],
+    space: SearchSpace,
+    settings: SearchSettings,
+    base: TrainConfig,
+    folder: Path,
+    experiment: str,
+    export: Path | None,
+    keep: int | None = None,
+) -> list[str]:
     """Summary lines, ``confirm.csv``, and the export of the winner by mean; then only the
     best ``keep`` runs and the exported one keep a best.pt (None: all do)."""
     lines = summary_lines(candidates, seeds, settings)
@@ -209,12 +254,19 @@ def report(candidates: list[Candidate], seeds: list[int], space: SearchSpace,
     runs = [r for r in best.runs if r.best is not None and r.status != "errored"]
     run = max(runs, key=lambda r: sign * r.best)
     mean, sd = best.mean_sd(settings.worst)
-    confirmed = {"config": best.label, "mean": mean, "sd": sd, "seeds": seeds,
-                 "values": best.values(settings.worst)}  # fmt: skip
+    confirmed = {
+        "config": best.label,
+        "mean": mean,
+        "sd": sd,
+        "seeds": seeds,
+        "values": best.values(settings.worst),
+    }
     for target in [folder / "best_config.yaml", *([export] if export else [])]:
         export_best(run, base, settings, target, experiment + CONFIRM_SUFFIX, confirmed)
-        lines.append(f"best config (by confirmed mean: {best.label}, its best seed "
-                     f"{run.config.get('seed')}): {target}")  # fmt: skip
+        lines.append(
+            f"best config (by confirmed mean: {best.label}, its best seed "
+            f"{run.config.get('seed')}): {target}"
+        )
     runs_ = [r for c in candidates for r in c.runs]
     enforce(ended_rows(runs_, settings.epochs, settings.mode), keep, protect=[run.path])
     return lines

@@ -11,7 +11,8 @@ search retries it from its ``last.pt``.
 So at any time a search holds at most ``concurrent`` resumable checkpoints (plus one being
 written per trial) and ``concurrent + keep`` inference ones, whatever its trial count.
 ``DiskKeeper`` applies this as trials end (a Tune callback on the driver; it reads the trials'
-folders each time, so it works after a resume), and ``enforce`` once more at the end. On cloud storage the same rule holds;
+folders each time, so it works after a resume), and ``enforce`` once more at the end. On cloud
+storage the same rule holds;
 there a trial's ``last.pt`` lives in its Tune checkpoints (``checkpoint_*/last.pt``, the latest
 two), which go when it ends.
 """
@@ -160,8 +161,14 @@ def ended_rows(rows: Iterable[Any], max_epochs: int, mode: str) -> list[Ended]:
     """``Ended`` entries for the summary's rows (``tune.report.TrialRow``) that ended for good:
     completed, stopped by ASHA or diverged (errored and unfinished ones may still resume)."""
     return [
-        Ended(r.path, rank({"objective": r.best, "epoch": r.epochs_run,
-                                  "diverged": r.status == "diverged"}, max_epochs, mode))
+        Ended(
+            r.path,
+            rank(
+                {"objective": r.best, "epoch": r.epochs_run, "diverged": r.status == "diverged"},
+                max_epochs,
+                mode,
+            ),
+        )
         for r in rows
         if r.status in ("completed", "stopped by ASHA", "diverged")
-    ]  # fmt: skip
+    ]

@@ -110,16 +110,24 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
         history = _history(result, settings.metric)
         best = metrics.get("objective")
         finite = isinstance(best, int | float) and math.isfinite(best)
-        rows.append(TrialRow(
-            name=Path(result.path).name, params=_params(result),
-            best=float(best) if finite else None,
-            best_epoch=int(metrics.get("objective_epoch") or 0),
-            epochs_run=max([h["epoch"] for h in history], default=int(metrics.get("epoch") or 0)),
-            status=status, detail=detail, path=result_uri(result),
-            threads=int(metrics.get("threads") or 0), history=history,
-            threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
-            config=dict(result.config or {}),
-        ))  # fmt: skip
+        rows.append(
+            TrialRow(
+                name=Path(result.path).name,
+                params=_params(result),
+                best=float(best) if finite else None,
+                best_epoch=int(metrics.get("objective_epoch") or 0),
+                epochs_run=max(
+                    [h["epoch"] for h in history], default=int(metrics.get("epoch") or 0)
+                ),
+                status=status,
+                detail=detail,
+                path=result_uri(result),
+                threads=int(metrics.get("threads") or 0),
+                history=history,
+                threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
+                config=dict(result.config or {}),
+            )
+        )
     return sorted(rows, key=lambda r: r.name)
 
 
@@ -149,15 +157,30 @@ def objective_label(settings: SearchSettings) -> str:
 
 def summary_table(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings) -> str:
     """The end-of-search table: trial, sampled values, best metric and epoch, epochs, status."""
-    header = ["trial", *space.knobs, objective_label(settings), "at epoch", "epochs",
-              "threshold", "P", "R", "F1", "status"]  # fmt: skip
+    header = [
+        "trial",
+        *space.knobs,
+        objective_label(settings),
+        "at epoch",
+        "epochs",
+        "threshold",
+        "P",
+        "R",
+        "F1",
+        "status",
+    ]
     body = [
-        [r.name, *(_fmt(r.params.get(k)) for k in space.knobs), _fmt(r.best),
-         str(r.best_epoch or "-"), str(r.epochs_run),
-         *(_fmt(r.threshold.get(k)) for k in THRESHOLD_KEYS),
-         r.status + (f": {r.detail}" if r.detail else "")]
+        [
+            r.name,
+            *(_fmt(r.params.get(k)) for k in space.knobs),
+            _fmt(r.best),
+            str(r.best_epoch or "-"),
+            str(r.epochs_run),
+            *(_fmt(r.threshold.get(k)) for k in THRESHOLD_KEYS),
+            r.status + (f": {r.detail}" if r.detail else ""),
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=False)]
     widths[-1] = len(header[-1])  # the status column is last and may run long
     lines = [
@@ -171,15 +194,34 @@ def summary_table(rows: list[TrialRow], space: SearchSpace, settings: SearchSett
 def write_csv(
     rows: list[TrialRow], space: SearchSpace, settings: SearchSettings, path: Path
 ) -> None:
-    fields = ["trial", *space.knobs, "objective", "objective_epoch", "epochs_run",
-              *THRESHOLD_KEYS, "status", "detail", "path"]  # fmt: skip
+    fields = [
+        "trial",
+        *space.knobs,
+        "objective",
+        "objective_epoch",
+        "epochs_run",
+        *THRESHOLD_KEYS,
+        "status",
+        "detail",
+        "path",
+    ]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields)
         for r in rows:
-            writer.writerow([r.name, *(r.params.get(k) for k in space.knobs), r.best,
-                             r.best_epoch, r.epochs_run, *(r.threshold.get(k) for k in THRESHOLD_KEYS),
-                             r.status, r.detail, r.path])  # fmt: skip
+            writer.writerow(
+                [
+                    r.name,
+                    *(r.params.get(k) for k in space.knobs),
+                    r.best,
+                    r.best_epoch,
+                    r.epochs_run,
+                    *(r.threshold.get(k) for k in THRESHOLD_KEYS),
+                    r.status,
+                    r.detail,
+                    r.path,
+                ]
+            )
 
 
 def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
@@ -193,8 +235,14 @@ def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
     return cfg.replace(threads=row.threads) if row.threads and not cfg.threads else cfg
 
 
-def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path: Path,
-                experiment: str, confirmed: dict[str, Any] | None = None) -> None:  # fmt: skip
+def export_best(
+    row: TrialRow,
+    base: TrainConfig,
+    settings: SearchSettings,
+    path: Path,
+    experiment: str,
+    confirmed: dict[str, Any] | None = None,
+) -> None:
     """Write ``{config: <TrainConfig>, checkpoint, trial, metric, value, epoch, ...}``:
     ``TrainConfig.load`` reads the ``config`` section and ignores the rest. ``confirmed``: the
     config's mean and sd over fresh seeds, when a confirmation ran."""
@@ -212,18 +260,21 @@ def export_best(row: TrialRow, base: TrainConfig, settings: SearchSettings, path
         **({"confirmed": confirmed} if confirmed else {}),
         **row.threshold,
     }
-    header = (f"# Best trial {row.name} of {experiment}: {objective_label(settings)} {_fmt(row.best)} at "
-              f"epoch {row.best_epoch}.\n# Train with it (config.threads is the trial's CPU thread "
-              f"count, so a CPU run repeats it exactly):\n"
-              f"#   python -m cattle_yolo train --config {path.name}\n")  # fmt: skip
+    header = (
+        f"# Best trial {row.name} of {experiment}: {objective_label(settings)} {_fmt(row.best)} at "
+        f"epoch {row.best_epoch}.\n# Train with it (config.threads is the trial's CPU thread "
+        f"count, so a CPU run repeats it exactly):\n"
+        f"#   python -m cattle_yolo train --config {path.name}\n"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(path)
 
 
-def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings
-               ) -> tuple[dict[str, float] | None, str]:  # fmt: skip
+def importance(
+    rows: list[TrialRow], space: SearchSpace, settings: SearchSettings
+) -> tuple[dict[str, float] | None, str]:
     """Optuna's parameter importance over the finished trials (errored ones left out),
     computed on a study rebuilt from the results; (None, why) where it cannot be computed."""
     import optuna
@@ -232,8 +283,13 @@ def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSetting
 
     # By knob value (iou_end itself, not its sampling fraction); a post-hoc knob is not listed.
     distributions = {key: optuna_distribution(dist) for key, dist in space.knobs.items()}
-    usable = [r for r in rows if r.best is not None and r.status != "errored"
-              and all(k in r.params and d.contains(r.params[k]) for k, d in space.knobs.items())]  # fmt: skip
+    usable = [
+        r
+        for r in rows
+        if r.best is not None
+        and r.status != "errored"
+        and all(k in r.params and d.contains(r.params[k]) for k, d in space.knobs.items())
+    ]
     if len(usable) < 4:
         return None, f"needs at least 4 finished trials, have {len(usable)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -241,8 +297,9 @@ def importance(rows: list[TrialRow], space: SearchSpace, settings: SearchSetting
     study = optuna.create_study(direction=direction)
     for r in usable:
         params = {k: r.params[k] for k in distributions}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                  value=r.best))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=r.best)
+        )
     try:
         with warnings.catch_warnings():  # PED-ANOVA warns when few trials make them all equal
             warnings.simplefilter("ignore")
@@ -275,15 +332,26 @@ def plot_curves(rows: list[TrialRow], settings: SearchSettings, path: Path) -> N
         color = STATUS_COLORS.get(r.status, "grey")
         label = r.status if r.status not in seen else None
         seen.add(r.status)
-        ax_m.plot(epochs, [h[settings.metric] for h in r.history], color=color, alpha=0.8,
-                  marker=".", label=label)  # fmt: skip
+        ax_m.plot(
+            epochs,
+            [h[settings.metric] for h in r.history],
+            color=color,
+            alpha=0.8,
+            marker=".",
+            label=label,
+        )
         losses = [
             h["train_loss"] if math.isfinite(h["train_loss"]) else math.nan for h in r.history
         ]
         ax_l.plot(epochs, losses, color=color, alpha=0.8, marker=".")
         if r.status == "diverged":
-            ax_l.plot(epochs[-1], next((x for x in reversed(losses) if math.isfinite(x)), 0) or 1,
-                      "x", color=color, markersize=10)  # fmt: skip
+            ax_l.plot(
+                epochs[-1],
+                next((x for x in reversed(losses) if math.isfinite(x)), 0) or 1,
+                "x",
+                color=color,
+                markersize=10,
+            )
     ax_m.set(xlabel="epoch", ylabel=f"val {settings.metric}", title="metric per epoch")
     ax_l.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch (x: diverged)")
     ax_l.set_yscale("log")
@@ -345,17 +413,27 @@ def epochs_saved(rows: list[TrialRow], settings: SearchSettings) -> str:
     """Epochs trained against running every finished trial to the end, and who saved them."""
     finished = [r for r in rows if r.status != "unfinished"]
     run = sum(r.epochs_run for r in finished)
-    saved = {s: sum(settings.epochs - r.epochs_run for r in finished if r.status == s)
-             for s in ("stopped by ASHA", "diverged", "errored")}  # fmt: skip
+    saved = {
+        s: sum(settings.epochs - r.epochs_run for r in finished if r.status == s)
+        for s in ("stopped by ASHA", "diverged", "errored")
+    }
     full = settings.epochs * len(finished)
-    return (f"epochs trained: {run} of {full} ({run / max(1, full):.0%}); saved by ASHA "
-            f"{saved['stopped by ASHA']}, by the divergence rules {saved['diverged']}, "
-            f"lost to errors {saved['errored']}")  # fmt: skip
+    return (
+        f"epochs trained: {run} of {full} ({run / max(1, full):.0%}); saved by ASHA "
+        f"{saved['stopped by ASHA']}, by the divergence rules {saved['diverged']}, "
+        f"lost to errors {saved['errored']}"
+    )
 
 
-def write_report(rows: list[TrialRow], space: SearchSpace, settings: SearchSettings,
-                 base: TrainConfig, folder: Path, experiment: str,
-                 export: Path | None = None) -> list[str]:  # fmt: skip
+def write_report(
+    rows: list[TrialRow],
+    space: SearchSpace,
+    settings: SearchSettings,
+    base: TrainConfig,
+    folder: Path,
+    experiment: str,
+    export: Path | None = None,
+) -> list[str]:
     """Everything at the end of a search; returns the lines to print."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [summary_table(rows, space, settings), ""]
@@ -367,23 +445,32 @@ def write_report(rows: list[TrialRow], space: SearchSpace, settings: SearchSetti
         (r for r in rows if all(r.params.get(k) == getattr(base, k) for k in space.knobs)), None
     )
     if default is not None:
-        lines.append(f"hand-fixed default: {default.name}, {objective_label(settings)} "
-                     f"{_fmt(default.best)} at epoch {default.best_epoch} ({default.status})")  # fmt: skip
+        lines.append(
+            f"hand-fixed default: {default.name}, {objective_label(settings)} "
+            f"{_fmt(default.best)} at epoch {default.best_epoch} ({default.status})"
+        )
     lines.append(f"results: {folder / 'results.csv'}")
     best = pick_best(rows, settings.mode)
     if best is None:
         lines.append("no trial finished without diverging or erroring: no best config to export")
     else:
-        lines.append(f"best trial: {best.name}, {objective_label(settings)} {_fmt(best.best)} at "
-                     f"epoch {best.best_epoch}: " + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs))  # fmt: skip
+        lines.append(
+            f"best trial: {best.name}, {objective_label(settings)} {_fmt(best.best)} at "
+            f"epoch {best.best_epoch}: "
+            + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs)
+        )
         t = best.threshold
         if t and t.get("threshold_F1", 0) > 0:
-            lines.append(f"  score threshold {_fmt(t.get('threshold'))} (P {_fmt(t.get('threshold_P'))}, "
-                         f"R {_fmt(t.get('threshold_R'))}, F1 {_fmt(t.get('threshold_F1'))} on val), "
-                         "chosen after training on best.pt's val detections")  # fmt: skip
+            lines.append(
+                f"  score threshold {_fmt(t.get('threshold'))} (P {_fmt(t.get('threshold_P'))}, "
+                f"R {_fmt(t.get('threshold_R'))}, F1 {_fmt(t.get('threshold_F1'))} on val), "
+                "chosen after training on best.pt's val detections"
+            )
         elif t:
-            lines.append(f"  score threshold {_fmt(t.get('threshold'))}: the config's own, as no "
-                         "threshold gives a true positive on val")  # fmt: skip
+            lines.append(
+                f"  score threshold {_fmt(t.get('threshold'))}: the config's own, as no "
+                "threshold gives a true positive on val"
+            )
         for target in [folder / "best_config.yaml", *([export] if export else [])]:
             export_best(best, base, settings, target, experiment)
             lines.append(f"best config: {target}")

@@ -93,8 +93,10 @@ def dashboard_lines(context: Any, dashboard_host: str, attached: bool) -> list[s
             "'Authorization: Bearer <token>'"
         )
     else:
-        lines.append("  WARNING: token auth is off (RAY_AUTH_MODE); anyone who reaches this port "
-                     "can submit jobs and run code on this machine")  # fmt: skip
+        lines.append(
+            "  WARNING: token auth is off (RAY_AUTH_MODE); anyone who reaches this port "
+            "can submit jobs and run code on this machine"
+        )
     if not attached and dashboard_host not in ("127.0.0.1", "localhost"):
         lines.append(
             f"  WARNING: the dashboard listens on {dashboard_host}, not only on this machine. "
@@ -271,12 +273,16 @@ def progress_reporter(space: SearchSpace, settings: SearchSettings) -> tune.CLIR
         metric=OBJECTIVE,
         mode=settings.mode,
         parameter_columns=list(space.knobs),
-        metric_columns={"epoch": "epoch", "train_loss": "loss",
-                        settings.metric: settings.metric, OBJECTIVE: f"best {settings.metric}"},
+        metric_columns={
+            "epoch": "epoch",
+            "train_loss": "loss",
+            settings.metric: settings.metric,
+            OBJECTIVE: f"best {settings.metric}",
+        },
         max_report_frequency=15,
         max_progress_rows=40,
         sort_by_metric=True,
-    )  # fmt: skip
+    )
 
 
 def build_tuner(
@@ -307,8 +313,9 @@ def build_tuner(
     ``asha=False`` (FIFO: every trial runs to the end) and ``divergence=False`` exist for the
     plain strategies of benchmarks/search_efficiency.py.
     """
-    searcher, notes = make_searcher(space, base, settings, resources.concurrent, sampler,
-                                    journal, name, warm_trials)  # fmt: skip
+    searcher, notes = make_searcher(
+        space, base, settings, resources.concurrent, sampler, journal, name, warm_trials
+    )
     scheduler = (
         ASHAScheduler(
             metric=RUNG_SCORE,
@@ -328,9 +335,17 @@ def build_tuner(
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
-    run_config = make_run_config(name, storage, settings, max_failures, divergence,
-                                 progress_reporter(space, settings), verbose, keep_weights,
-                                 callbacks)  # fmt: skip
+    run_config = make_run_config(
+        name,
+        storage,
+        settings,
+        max_failures,
+        divergence,
+        progress_reporter(space, settings),
+        verbose,
+        keep_weights,
+        callbacks,
+    )
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), notes
 
 
@@ -350,8 +365,9 @@ def make_run_config(
     latest two with cloud storage, see ``CHECKPOINTS_TO_KEEP_CLOUD``), retries
     and the ``DiskKeeper`` with ``keep_weights``. Ray's artifact sync stays off: on cloud
     storage the trial uploads its run folder's files itself (see ``tune/trainable.py``)."""
-    stopper = DivergenceStopper(settings.patience, settings.spike_ratio, settings.worst,
-                                OBJECTIVE, settings.min_rise)  # fmt: skip
+    stopper = DivergenceStopper(
+        settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
+    )
     cloud = is_uri(storage)
     return tune.RunConfig(
         name=name,
@@ -375,8 +391,9 @@ def can_restore(path: str) -> bool:
 def restore_tuner(path: str, trainable: Any) -> tune.Tuner:
     """Continue an interrupted search: finished trials are kept, unfinished ones resume from
     their last checkpoint, errored ones are retried from their last checkpoint too."""
-    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                              resume_errored=True)  # fmt: skip
+    return tune.Tuner.restore(
+        path, trainable=trainable, resume_unfinished=True, resume_errored=True
+    )
 
 
 def extend_trials(path: str, trials: int) -> None:

@@ -38,9 +38,16 @@ SECTIONS = ("search", "space", "points")
 
 # Per-epoch stats a search may optimise, with their natural direction.
 METRICS = {
-    "mAP50_95": "max", "mAP50": "max", "mAP75": "max", "precision": "max", "recall": "max",
-    "f1": "max", "F1": "max", "val_loss": "min", "train_loss": "min",
-}  # fmt: skip
+    "mAP50_95": "max",
+    "mAP50": "max",
+    "mAP75": "max",
+    "precision": "max",
+    "recall": "max",
+    "f1": "max",
+    "F1": "max",
+    "val_loss": "min",
+    "train_loss": "min",
+}
 # Metrics read at cfg.score_threshold: only under these is score_threshold a training knob.
 THRESHOLD_METRICS = ("precision", "recall", "f1")
 # A trial's objective, from its per-epoch metric (the value ASHA's rungs, Optuna and the export
@@ -172,10 +179,13 @@ def for_metric(space: SearchSpace, metric: str) -> tuple[SearchSpace, list[str]]
         "within that range on its best epoch's val detections, and the export carries it"
     )
     if not knobs:
-        raise SpaceError(f"{space.path}: space searches only score_threshold, which {metric} "
-                         "does not depend on; search a training knob too")  # fmt: skip
-    return dataclasses.replace(space, knobs=knobs, points=points,
-                               post_hoc={"score_threshold": dist}), [note]  # fmt: skip
+        raise SpaceError(
+            f"{space.path}: space searches only score_threshold, which {metric} "
+            "does not depend on; search a training knob too"
+        )
+    return dataclasses.replace(
+        space, knobs=knobs, points=points, post_hoc={"score_threshold": dist}
+    ), [note]
 
 
 def _suggest_name(key: str, options: tuple[str, ...] | list[str]) -> str:
@@ -208,7 +218,8 @@ def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
 
     if not isinstance(s.metric, str) or s.metric not in METRICS:
         raise SpaceError(
-            f"{source}: metric {s.metric!r} is not a per-epoch stat{_suggest_name(str(s.metric), list(METRICS))}; "
+            f"{source}: metric {s.metric!r} is not a per-epoch stat"
+            f"{_suggest_name(str(s.metric), list(METRICS))}; "
             f"choose one of {', '.join(METRICS)}"
         )
     if s.mode not in ("max", "min"):
@@ -243,8 +254,12 @@ def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
             f"{source}: grace_period {s.grace_period} is above epochs {s.epochs} "
             "(ASHA needs grace_period <= epochs per trial)"
         )
-    return dataclasses.replace(s, reduction_factor=float(s.reduction_factor),
-                               spike_ratio=float(s.spike_ratio), min_rise=float(s.min_rise))  # fmt: skip
+    return dataclasses.replace(
+        s,
+        reduction_factor=float(s.reduction_factor),
+        spike_ratio=float(s.spike_ratio),
+        min_rise=float(s.min_rise),
+    )
 
 
 def _number(value: Any, where: str) -> float:
@@ -324,8 +339,10 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(str(e)) from None
     for key in doc:
         if key not in SECTIONS:
-            raise SpaceError(f"{path}: unknown section {key!r}{_suggest_name(str(key), SECTIONS)}; "
-                             f"expected {', '.join(SECTIONS)}")  # fmt: skip
+            raise SpaceError(
+                f"{path}: unknown section {key!r}{_suggest_name(str(key), SECTIONS)}; "
+                f"expected {', '.join(SECTIONS)}"
+            )
     search = doc.get("search") or {}
     space = doc.get("space")
     if not isinstance(search, dict):
@@ -358,8 +375,10 @@ def load_space(path: str | Path) -> SearchSpace:
     if "iou_start" in knobs and "iou_end" in knobs:
         start, end = knobs["iou_start"], knobs["iou_end"]
         if "choice" in (start.kind, end.kind):
-            raise SpaceError(f"{path}: space.iou_start/iou_end: searched together they must be "
-                             "ranges (uniform or loguniform), not choice")  # fmt: skip
+            raise SpaceError(
+                f"{path}: space.iou_start/iou_end: searched together they must be "
+                "ranges (uniform or loguniform), not choice"
+            )
         if start.high > end.high:
             raise SpaceError(
                 f"{path}: space.iou_start: high {start.high:g} is above iou_end's high "
@@ -390,11 +409,15 @@ def check_base(space: SearchSpace, base: TrainConfig) -> None:
     dist = knobs[key]
     values = dist.choices if dist.kind == "choice" else (dist.low, dist.high)
     if key == "iou_start" and max(values) > base.iou_end:
-        raise SpaceError(f"{space.path}: space.iou_start: {max(values):g} is above the fixed "
-                         f"iou_end {base.iou_end:g}; lower it or search iou_end too")  # fmt: skip
+        raise SpaceError(
+            f"{space.path}: space.iou_start: {max(values):g} is above the fixed "
+            f"iou_end {base.iou_end:g}; lower it or search iou_end too"
+        )
     if key == "iou_end" and min(values) < base.iou_start:
-        raise SpaceError(f"{space.path}: space.iou_end: {min(values):g} is below the fixed "
-                         f"iou_start {base.iou_start:g}; raise it or search iou_start too")  # fmt: skip
+        raise SpaceError(
+            f"{space.path}: space.iou_end: {min(values):g} is below the fixed "
+            f"iou_start {base.iou_start:g}; raise it or search iou_start too"
+        )
 
 
 def _end_bounds(end: Distribution, start: float) -> tuple[float, float]:

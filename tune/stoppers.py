@@ -43,7 +43,8 @@ def divergence_rule(
     warmup_epochs: float = 0.0,
 ) -> str | None:
     """Which rule the last epoch of ``losses`` (training loss per epoch from epoch 1, oldest
-    first) breaks; ``val_loss`` is that epoch's validation loss (None: unknown), ``start_loss`` the loss of the
+    first) breaks; ``val_loss`` is that epoch's validation loss (None: unknown), ``start_loss``
+    the loss of the
     trial's first training step (``None`` when unknown). The rising rule's window starts no
     earlier than the last warmup epoch (``ceil(warmup_epochs)``).
 
@@ -71,8 +72,10 @@ def divergence_rule(
         window = losses[-patience - 1 :]
         rising = all(b > a for a, b in zip(window, window[1:], strict=False))
         if rising and last > (1 + min_rise) * window[0]:
-            return (f"rising: training loss rose {patience} epochs in a row, "
-                    f"{window[0]:.4g} -> {last:.4g}")  # fmt: skip
+            return (
+                f"rising: training loss rose {patience} epochs in a row, "
+                f"{window[0]:.4g} -> {last:.4g}"
+            )
     return None
 
 
@@ -118,8 +121,15 @@ class DivergenceStopper(Stopper):
             self._start[trial_id] = float(result[START_KEY])
         losses = [history[e] for e in sorted(history) if e <= epoch]
         val_loss = float(result[VAL_LOSS_KEY]) if VAL_LOSS_KEY in result else None
-        rule = divergence_rule(losses, self.patience, self.spike_ratio, val_loss, self.min_rise,
-                               self._start.get(trial_id), float(result.get(WARMUP_KEY, 0.0)))  # fmt: skip
+        rule = divergence_rule(
+            losses,
+            self.patience,
+            self.spike_ratio,
+            val_loss,
+            self.min_rise,
+            self._start.get(trial_id),
+            float(result.get(WARMUP_KEY, 0.0)),
+        )
         if rule is None:
             return False
         result.update({self.objective: self.worst, "diverged": True, "diverged_rule": rule})

@@ -165,8 +165,14 @@ class FolderUploader:
     per file.
     """
 
-    def __init__(self, folder: Path, fs: pyarrow.fs.FileSystem, root: str,
-                 skip: Sequence[Path] = (), drop: Sequence[Path] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        folder: Path,
+        fs: pyarrow.fs.FileSystem,
+        root: str,
+        skip: Sequence[Path] = (),
+        drop: Sequence[Path] = (),
+    ) -> None:
         self.folder, self.fs, self.root = folder, fs, root.rstrip("/")
         self.skip, self.drop = {Path(p) for p in skip}, {Path(p) for p in drop}
         self.seen: dict[Path, tuple[int, int, int]] = {}  # relative path -> (ino, size, mtime)

@@ -66,8 +66,12 @@ def make_sampler(settings: SearchSettings, concurrent: int, kind: str = "tpe") -
         return optuna.samplers.RandomSampler(seed=settings.seed)
     # TPE's default of 10 random start-up trials is most of a 12-16 trial search.
     startup = min(10, max(3, settings.trials // 4))
-    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=startup,
-                                      multivariate=True, constant_liar=concurrent > 1)  # fmt: skip
+    return optuna.samplers.TPESampler(
+        seed=settings.seed,
+        n_startup_trials=startup,
+        multivariate=True,
+        constant_liar=concurrent > 1,
+    )
 
 
 def finished_trials(journal: Path, space: SearchSpace) -> list[optuna.trial.FrozenTrial]:
@@ -89,9 +93,15 @@ def finished_trials(journal: Path, space: SearchSpace) -> list[optuna.trial.Froz
     for t in trials:
         if t.distributions != want:
             theirs, ours = sorted(t.distributions), sorted(want)
-            what = (f"knobs {theirs} against {ours}" if theirs != ours else
-                    "; ".join(f"{k}: {t.distributions[k]} against {want[k]}"
-                              for k in ours if t.distributions[k] != want[k]))  # fmt: skip
+            what = (
+                f"knobs {theirs} against {ours}"
+                if theirs != ours
+                else "; ".join(
+                    f"{k}: {t.distributions[k]} against {want[k]}"
+                    for k in ours
+                    if t.distributions[k] != want[k]
+                )
+            )
             raise SpaceError(
                 f"--warm-start: trial {t.number} of {journal} was sampled over another space "
                 f"({what}); a warm start needs the same knobs and ranges"
@@ -108,8 +118,9 @@ class StudySearch(OptunaSearch):
         The rest are ``OptunaSearch``'s.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, warm_trials: list | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *args: Any, max_epochs: int, warm_trials: list | None = None, **kwargs: Any
+    ) -> None:
         self._max_epochs = max_epochs
         self._warm_trials = list(warm_trials or [])
         self._reported: dict[str, set[int]] = {}  # trial id -> epochs told to the study

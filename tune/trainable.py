@@ -127,8 +127,9 @@ class EpochReporter:
     def objective_value(self, kind: str | None = None) -> tuple[float, int]:
         """(objective, the epoch it is read at) from the values reported so far; ``kind``
         overrides the reporter's objective (``best`` gives the best epoch)."""
-        return trial_objective(self.values, kind or self.objective, self.window, self.mode,
-                               self.worst)  # fmt: skip
+        return trial_objective(
+            self.values, kind or self.objective, self.window, self.mode, self.worst
+        )
 
     def rung_score(self, objective: float, val_loss: float) -> float:
         """What ASHA compares at a rung: the objective, with ties broken by val loss.
@@ -145,8 +146,12 @@ class EpochReporter:
     def _choose_threshold(self, stats: dict[str, Any]) -> dict[str, float]:
         """The score threshold of the weights in best.pt (this epoch's), with P, R and F1."""
         if self.threshold_range is None:
-            return {"threshold": self.own_threshold, "threshold_P": stats.get("precision", 0.0),
-                    "threshold_R": stats.get("recall", 0.0), "threshold_F1": stats.get("f1", 0.0)}  # fmt: skip
+            return {
+                "threshold": self.own_threshold,
+                "threshold_P": stats.get("precision", 0.0),
+                "threshold_R": stats.get("recall", 0.0),
+                "threshold_F1": stats.get("f1", 0.0),
+            }
         found = stats
         if tuple(self.threshold_range) != (0.0, 1.0):
             from cattle_yolo.evaluate import coco_metrics, load_detections
@@ -154,12 +159,21 @@ class EpochReporter:
 
             saved = Path(stats["out"]) / "metrics" / BEST_DETECTIONS
             dets, targets = load_detections(saved)
-            found = coco_metrics(dets, targets, self.names, max_dets=self.max_det,
-                                 threshold_range=self.threshold_range)  # fmt: skip
+            found = coco_metrics(
+                dets,
+                targets,
+                self.names,
+                max_dets=self.max_det,
+                threshold_range=self.threshold_range,
+            )
         # No threshold gives a true positive: nothing to choose from, keep the config's own.
         threshold = found["F1_threshold"] if found["F1"] > 0 else self.own_threshold
-        return {"threshold": threshold, "threshold_P": found["F1_precision"],
-                "threshold_R": found["F1_recall"], "threshold_F1": found["F1"]}  # fmt: skip
+        return {
+            "threshold": threshold,
+            "threshold_P": found["F1_precision"],
+            "threshold_R": found["F1_recall"],
+            "threshold_F1": found["F1"],
+        }
 
     def metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The numbers of an epoch's stats plus the search's own keys."""
@@ -247,11 +261,18 @@ class EpochReporter:
         """The final result of a trial the training loop declared diverged."""
         if self.uploader is not None:
             self.uploader.upload()
-        tune.report({
-            "epoch": epoch, "train_loss": math.nan, OBJECTIVE: self.worst,
-            RUNG_SCORE: self.worst, "objective_epoch": self.objective_value("best")[1], "diverged": True,
-            "diverged_rule": f"training loop: {reason}", "resumed_from_epoch": self.resumed_from_epoch,
-        })  # fmt: skip
+        tune.report(
+            {
+                "epoch": epoch,
+                "train_loss": math.nan,
+                OBJECTIVE: self.worst,
+                RUNG_SCORE: self.worst,
+                "objective_epoch": self.objective_value("best")[1],
+                "diverged": True,
+                "diverged_rule": f"training loop: {reason}",
+                "resumed_from_epoch": self.resumed_from_epoch,
+            }
+        )
 
 
 class TrialGauges:
@@ -273,9 +294,12 @@ class TrialGauges:
 
         self.tags = {"trial_id": trial_id, "experiment": experiment}
         self.gauges = {
-            name: (key, Gauge(f"cattle_trial_{name}", description, tag_keys=("trial_id", "experiment")))
+            name: (
+                key,
+                Gauge(f"cattle_trial_{name}", description, tag_keys=("trial_id", "experiment")),
+            )
             for name, (key, description) in self.KEYS.items()
-        }  # fmt: skip
+        }
 
     def set(self, metrics: dict[str, Any]) -> None:
         for key, gauge in self.gauges.values():
@@ -319,8 +343,13 @@ def trial_out_dir() -> tuple[Path, FolderUploader | None]:
     # Not ctx.get_trial_dir(): that is the driver's staging folder on the driver's node, which
     # Ray uploads whole with the experiment state.
     run = Path(storage.trial_working_directory) / "run"
-    uploader = FolderUploader(run, storage.storage_filesystem, f"{storage.trial_fs_path}/run",
-                              skip=[LAST_IN_RUN], drop=[BEST_IN_RUN])  # fmt: skip
+    uploader = FolderUploader(
+        run,
+        storage.storage_filesystem,
+        f"{storage.trial_fs_path}/run",
+        skip=[LAST_IN_RUN],
+        drop=[BEST_IN_RUN],
+    )
     if not run.is_dir():
         uploader.download()
     run.mkdir(parents=True, exist_ok=True)
@@ -365,10 +394,18 @@ def train_trial(
     out, uploader = trial_out_dir()
     cfg = resolve_trial_config(TrainConfig.from_dict(base), config, out=str(out), device=device)
     reporter = EpochReporter(
-        metric, mode, worst, uploader=uploader, objective=objective,
-        window=window, threshold_range=threshold_range, names=datasets.names,
-        max_det=cfg.max_det, own_threshold=cfg.score_threshold, warmup_epochs=cfg.warmup_epochs,
-    )  # fmt: skip
+        metric,
+        mode,
+        worst,
+        uploader=uploader,
+        objective=objective,
+        window=window,
+        threshold_range=threshold_range,
+        names=datasets.names,
+        max_det=cfg.max_det,
+        own_threshold=cfg.score_threshold,
+        warmup_epochs=cfg.warmup_epochs,
+    )
     ctx = tune.get_context()
     reporter.gauges = TrialGauges(ctx.get_trial_id(), ctx.get_experiment_name())
     checkpoint = tune.get_checkpoint()

@@ -100,17 +100,20 @@ def test_mosaic_places_four_images_around_the_centre() -> None:
     boxes = [[8, 8, 40, 40], [30, 20, 60, 50], [2, 4, 20, 30], [10, 34, 50, 62]]
     images = [drawn(64, b, c) for b, c in zip(boxes, COLOURS, strict=True)]
     canvas, out, labels = mosaic(
-        images, [np.array([b], np.float32) for b in boxes], [np.array([k]) for k in range(4)],
+        images,
+        [np.array([b], np.float32) for b in boxes],
+        [np.array([k]) for k in range(4)],
         centre=(70, 60),
-    )  # fmt: skip
+    )
     assert canvas.shape == (128, 128, 3)
     # image k's top-left corner lands at (70 - 64 or 70, 60 - 64 or 60), cut at the canvas edge
     shift = [(6, -4), (70, -4), (6, 60), (70, 60)]
     expected = []
     for (x1, y1, x2, y2), (dx, dy) in zip(boxes, shift, strict=True):
         lo_x, lo_y, hi_x, hi_y = max(0, dx), max(0, dy), min(128, dx + 64), min(128, dy + 64)
-        expected.append([max(x1 + dx, lo_x), max(y1 + dy, lo_y),
-                         min(x2 + dx, hi_x), min(y2 + dy, hi_y)])  # fmt: skip
+        expected.append(
+            [max(x1 + dx, lo_x), max(y1 + dy, lo_y), min(x2 + dx, hi_x), min(y2 + dy, hi_y)]
+        )
     assert expected[0] == [14, 4, 46, 36] and expected[1] == [100, 16, 128, 46]  # cut at x 128
     np.testing.assert_allclose(out, expected)
     assert labels.tolist() == [0, 1, 2, 3]
@@ -132,9 +135,11 @@ def test_mosaic_then_crop_keeps_boxes_on_their_pixels() -> None:
             )
         images = [drawn(size, b, c) for b, c in zip(boxes, COLOURS, strict=True)]
         canvas, out, labels = mosaic(
-            images, [np.array([b], np.float32) for b in boxes], [np.array([k]) for k in range(4)],
+            images,
+            [np.array([b], np.float32) for b in boxes],
+            [np.array([k]) for k in range(4)],
             centre=tuple(int(v) for v in rng.uniform(0.5, 1.5, 2) * size),
-        )  # fmt: skip
+        )
         aug = Augment(0.0, 0.0, 0.0, 0.0, scale=0.3, translate=0.1, mosaic=1.0, mosaic_epochs=1)
         image, moved, kept = augment(canvas, out, labels, aug, np.random.default_rng(trial), size)
         assert image.shape == (size, size, 3)

@@ -7,11 +7,23 @@ from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 def test_defaults_are_the_hand_fixed_values():
     cfg = TrainConfig()
     expected = {
-        "lr": 1e-3, "weight_decay": 5e-4, "batch": 4, "accumulate": 4, "warmup_epochs": 10,
-        "warmup_start_fraction": 0.5, "iou_start": 0.25, "iou_end": 0.45, "iou_ramp_epochs": 30,
-        "score_threshold": 0.25, "focal_gamma": 2.0, "box_loss_weight": 7.5,
-        "cls_loss_weight": 0.5, "wh_clamp": 4.0, "imgsz": 384, "epochs": 150,
-    }  # fmt: skip
+        "lr": 1e-3,
+        "weight_decay": 5e-4,
+        "batch": 4,
+        "accumulate": 4,
+        "warmup_epochs": 10,
+        "warmup_start_fraction": 0.5,
+        "iou_start": 0.25,
+        "iou_end": 0.45,
+        "iou_ramp_epochs": 30,
+        "score_threshold": 0.25,
+        "focal_gamma": 2.0,
+        "box_loss_weight": 7.5,
+        "cls_loss_weight": 0.5,
+        "wh_clamp": 4.0,
+        "imgsz": 384,
+        "epochs": 150,
+    }
     for key, value in expected.items():
         assert getattr(cfg, key) == value, key
 
@@ -70,8 +82,9 @@ def test_frozen():
         TrainConfig().lr = 1.0  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("key", "replacement"), [("obj_loss_weight", "cls_loss_weight"),
-                                                  ("focal_alpha", "focal_gamma")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "replacement"), [("obj_loss_weight", "cls_loss_weight"), ("focal_alpha", "focal_gamma")]
+)
 def test_retired_keys_name_their_replacement(tmp_path, key, replacement):
     (tmp_path / "old.yaml").write_text(f"{key}: 0.5\n")
     with pytest.raises(ConfigError, match=f"{key}.*retired.*{replacement}") as err:
@@ -97,9 +110,15 @@ def test_floats_in_every_form_float_takes(text, tmp_path):
 
 @pytest.mark.parametrize(
     ("key", "hint"),
-    [("lr_typo", "lr"), ("learning_rate", "lr"), ("box_weight", "box_loss_weight"),
-     ("img_size", "imgsz"), ("batch_size", "batch"), ("imgsize", "imgsz")],
-)  # fmt: skip
+    [
+        ("lr_typo", "lr"),
+        ("learning_rate", "lr"),
+        ("box_weight", "box_loss_weight"),
+        ("img_size", "imgsz"),
+        ("batch_size", "batch"),
+        ("imgsize", "imgsz"),
+    ],
+)
 def test_unknown_keys_name_the_closest_by_prefix_alias_and_spelling(key, hint):
     with pytest.raises(ConfigError, match=f"unknown key '{key}' \\(did you mean '{hint}'\\?\\)"):
         TrainConfig.from_dict({key: 1})

@@ -74,15 +74,32 @@ def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    state = {"model": model.state_dict(), "ema": ema, "optimizer": opt.state_dict(),
-             "scaler": {}, "rng": {"torch": torch.get_rng_state()}, "epoch": 3,
-             "best_fitness": 0.5, "best_epoch": 3, "config": {"lr": 0.001},
-             "names": ["cow"], "metrics": {"mAP50_95": 0.5}}  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "ema": ema,
+        "optimizer": opt.state_dict(),
+        "scaler": {},
+        "rng": {"torch": torch.get_rng_state()},
+        "epoch": 3,
+        "best_fitness": 0.5,
+        "best_epoch": 3,
+        "config": {"lr": 0.001},
+        "names": ["cow"],
+        "metrics": {"mAP50_95": 0.5},
+    }
     save_checkpoint(state, tmp_path / "last.pt")
     save_checkpoint(inference_checkpoint(state), tmp_path / "best.pt")
     best = load_checkpoint(tmp_path / "best.pt")
-    assert set(best) == {"model", "ema", "config", "names", "epoch", "best_fitness",
-                         "best_epoch", "metrics"}  # fmt: skip
+    assert set(best) == {
+        "model",
+        "ema",
+        "config",
+        "names",
+        "epoch",
+        "best_fitness",
+        "best_epoch",
+        "metrics",
+    }
     assert best["ema"] is None and best["epoch"] == 3 and best["names"] == ["cow"]
     for k, v in ema["module"].items():  # the EMA weights, not the raw model's
         assert torch.equal(best["model"][k], v)

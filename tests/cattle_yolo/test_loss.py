@@ -71,8 +71,9 @@ def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, 
         align, cand, topk_of, best_of = {}, {}, {}, {}
         for j in objects:
             x1, y1, x2, y2 = gt_boxes[b, j].tolist()
-            inside = [a for a in range(num_anchors)
-                      if x1 < anchors[a, 0] < x2 and y1 < anchors[a, 1] < y2]  # fmt: skip
+            inside = [
+                a for a in range(num_anchors) if x1 < anchors[a, 0] < x2 and y1 < anchors[a, 1] < y2
+            ]
             if not inside:  # the anchor nearest the centre
                 centre = torch.tensor([(x1 + x2) / 2, (y1 + y2) / 2])
                 inside = [int(((anchors - centre) ** 2).sum(-1).argmin())]
@@ -86,8 +87,10 @@ def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, 
             for a in topk_of[j]:
                 if iou[j, a] >= gate or a == best_of[j]:
                     claims.setdefault(a, []).append(j)
-        owner = {a: max(js, key=lambda j, a=a: (best_of[j] == a, iou[j, a].item(), -j))
-                 for a, js in claims.items()}  # fmt: skip
+        owner = {
+            a: max(js, key=lambda j, a=a: (best_of[j] == a, iou[j, a].item(), -j))
+            for a, js in claims.items()
+        }
         taken = set(owner)
         for j in objects:  # orphans take their best spare candidate, the lower slot first
             if j not in owner.values():
@@ -142,8 +145,12 @@ def test_assign_matches_per_image_reference(seed: int) -> None:
     counts = [int(c) for c in torch.randint(1, 7, (4,), generator=gen)]
     counts[seed % 4] = 0  # always one image with no objects, so padding is exercised
     targets = random_targets(gen, counts)
-    extra = torch.tensor([[(seed + 1) % 4, 1, 30.2, 30.2, 31.0, 31.0],  # tiny: no anchor inside
-                          [(seed + 2) % 4, 0, 0.0, 0.0, 64.0, 64.0]])  # image-sized  # fmt: skip
+    extra = torch.tensor(
+        [
+            [(seed + 1) % 4, 1, 30.2, 30.2, 31.0, 31.0],  # tiny: no anchor inside
+            [(seed + 2) % 4, 0, 0.0, 0.0, 64.0, 64.0],
+        ]
+    )  # image-sized
     targets = torch.cat([targets, extra])
     gt_boxes, gt_labels, gt_mask = pad_targets(targets, 4)
     pred = random_preds(gen, 4)
@@ -167,8 +174,7 @@ def test_iou_gate_at_epoch_0_mid_ramp_and_after() -> None:
     """One object with ten candidates of known IoU: the gate keeps those at or above it (and
     always the best), and the rest of the top-k are ignored, not negatives."""
     box = torch.tensor([8.0, 8.0, 40.0, 56.0])
-    cand = [a for a in range(len(ANCHORS))
-            if 8 < ANCHORS[a, 0] < 40 and 8 < ANCHORS[a, 1] < 56]  # fmt: skip
+    cand = [a for a in range(len(ANCHORS)) if 8 < ANCHORS[a, 0] < 40 and 8 < ANCHORS[a, 1] < 56]
     ious = [0.9, 0.5, 0.44, 0.40, 0.36, 0.34, 0.30, 0.26, 0.24, 0.20] + [0.1] * (len(cand) - 10)
     pred = box.repeat(1, len(ANCHORS), 1)
     for a, q in zip(cand, ious, strict=True):  # width q of the object's: IoU = q
@@ -206,11 +212,19 @@ def test_every_object_gets_positives_at_init_on_its_level() -> None:
     gt_boxes, gt_labels, gt_mask = pad_targets(targets, 4)
 
     def positives(gate: float) -> tuple[torch.Tensor, object]:
-        a = assign(out["cls"].sigmoid(), out["boxes"], out["anchors"], gt_boxes, gt_labels,
-                   gt_mask, **TAL, iou_gate=gate)  # fmt: skip
-        per_object = torch.stack([
-            torch.bincount(a.gt_index[b][a.fg[b]], minlength=gt_mask.shape[1]) for b in range(4)
-        ])  # fmt: skip
+        a = assign(
+            out["cls"].sigmoid(),
+            out["boxes"],
+            out["anchors"],
+            gt_boxes,
+            gt_labels,
+            gt_mask,
+            **TAL,
+            iou_gate=gate,
+        )
+        per_object = torch.stack(
+            [torch.bincount(a.gt_index[b][a.fg[b]], minlength=gt_mask.shape[1]) for b in range(4)]
+        )
         return per_object[gt_mask], a
 
     gated, a = positives(iou_threshold(0, cfg))
@@ -240,8 +254,10 @@ def test_dfl_encode_decode_round_trip() -> None:
     decoded = dfl_decode(probs.clamp(min=1e-12).log(), ANCHORS, STRIDES)
     assert torch.allclose(decoded, boxes, atol=1e-3)
     # ... and it is where DFL is lowest: moving the mass one bin costs more
-    assert (dfl_loss(probs.clamp(min=1e-12).log(), encoded)
-            < dfl_loss(probs.roll(1, -1).clamp(min=1e-12).log(), encoded)).all()  # fmt: skip
+    assert (
+        dfl_loss(probs.clamp(min=1e-12).log(), encoded)
+        < dfl_loss(probs.roll(1, -1).clamp(min=1e-12).log(), encoded)
+    ).all()
     # far distances clip to the span DFL can represent
     far = torch.tensor([[-500.0, -500.0, 500.0, 500.0]]).expand(1, len(ANCHORS), 4)
     assert (dfl_encode(far, ANCHORS, STRIDES, reg_max) <= reg_max - 1 - 0.01 + 1e-6).all()

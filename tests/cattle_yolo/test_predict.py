@@ -76,7 +76,8 @@ class ScriptedModel(nn.Module):
 
 
 def letterboxed(path: Path, boxes: np.ndarray) -> list[float]:
-    """``boxes`` pixel xyxy in the original image -> the letterboxed image, as data.letterbox maps."""
+    """``boxes`` pixel xyxy in the original image -> the letterboxed image, as letterbox
+    maps them."""
     from cattle_yolo.data import letterbox
 
     _, ratio, pad_x, pad_y = letterbox(np.asarray(Image.open(path).convert("RGB")), IMGSZ)
@@ -218,8 +219,17 @@ def test_predict_cli_bad_source_exits_2_with_a_message(tmp_path, capsys, name, m
 
     (tmp_path / "notes.txt").write_text("not an image\n")
     (tmp_path / "empty").mkdir()
-    code = cli.main(["predict", "--weights", str(tmp_path / "w.pt"), "--source", str(tmp_path / name),
-                     "--out", str(tmp_path / "out")])  # fmt: skip
+    code = cli.main(
+        [
+            "predict",
+            "--weights",
+            str(tmp_path / "w.pt"),
+            "--source",
+            str(tmp_path / name),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and str(tmp_path / name) in err and "Traceback" not in err

@@ -47,14 +47,22 @@ BAD_LABELS = [
     ("0 0.5 0.5 0.2\n", 1, "expected 5 fields (class cx cy w h), got 4"),
     (GOOD + "0 0.5 x 0.2 0.2\n", 2, "'x' is not a number"),
     ("0 nan 0.5 0.2 0.2\n", 1, "not a finite number"),
-    (GOOD + "\n0 1.05 0.5 0.2 0.2\n", 3, "box edge x2 = 1.1500 is outside [0, 1] beyond the 1% tolerance"),
-    ("0 0.5 -0.02 0.2 0.02\n", 1, "box edge y1 = -0.0300 is outside [0, 1] beyond the 1% tolerance"),
+    (
+        GOOD + "\n0 1.05 0.5 0.2 0.2\n",
+        3,
+        "box edge x2 = 1.1500 is outside [0, 1] beyond the 1% tolerance",
+    ),
+    (
+        "0 0.5 -0.02 0.2 0.02\n",
+        1,
+        "box edge y1 = -0.0300 is outside [0, 1] beyond the 1% tolerance",
+    ),
     ("0 0.5 0.5 0 0.2\n", 1, "non-positive width or height (w=0, h=0.2)"),
     ("0 0.5 0.5 0.2 -0.1\n", 1, "non-positive width or height (w=0.2, h=-0.1)"),
     (GOOD + "2 0.5 0.5 0.2 0.2\n", 2, "class id 2 but only 2 classes named"),
     ("-1 0.5 0.5 0.2 0.2\n", 1, "class id -1 is not a non-negative integer"),
     ("0.5 0.5 0.5 0.2 0.2\n", 1, "class id 0.5 is not a non-negative integer"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("text", "line", "reason"), BAD_LABELS)

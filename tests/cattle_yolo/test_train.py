@@ -15,9 +15,15 @@ from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.train import DivergedError, train
 
 TINY = {
-    "imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch": 4, "accumulate": 1,
-    "epochs": 3, "warmup_epochs": 1.0, "device": "cpu",
-}  # fmt: skip
+    "imgsz": 64,
+    "neck_channels": 16,
+    "synthetic_images": 8,
+    "batch": 4,
+    "accumulate": 1,
+    "epochs": 3,
+    "warmup_epochs": 1.0,
+    "device": "cpu",
+}
 
 
 def tiny(tmp_path, **changes) -> TrainConfig:
@@ -34,8 +40,21 @@ def test_outputs_layout_and_metrics(tmp_path):
     result = train(cfg, callbacks=[seen.append])
     out = tmp_path / "run"
     assert [s["epoch"] for s in seen] == [1, 2]
-    for key in ("train_loss", "train_box", "train_cls", "train_dfl", "lr", "val_loss", "mAP50",
-                "mAP50_95", "precision", "recall", "f1", "epoch_time", "images_per_sec"):  # fmt: skip
+    for key in (
+        "train_loss",
+        "train_box",
+        "train_cls",
+        "train_dfl",
+        "lr",
+        "val_loss",
+        "mAP50",
+        "mAP50_95",
+        "precision",
+        "recall",
+        "f1",
+        "epoch_time",
+        "images_per_sec",
+    ):
         assert key in seen[-1], key
     assert (out / "models" / "last.pt").is_file() and (out / "models" / "best.pt").is_file()
     assert TrainConfig.load(out / "config.yaml") == cfg
@@ -96,10 +115,24 @@ def test_overfit_a_few_images(tmp_path):
     (The loss is no measure under task-aligned targets: it grows with the target scores, which
     are the IoUs of the predicted boxes.)"""
     cfg = tiny(
-        tmp_path, imgsz=128, neck_channels=32, epochs=100, warmup_epochs=3,
-        fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, mosaic=0.0,
-        lr=6e-3, iou_start=0.1, iou_end=0.3, iou_ramp_epochs=30, ema_decay=0.0,
-    )  # fmt: skip
+        tmp_path,
+        imgsz=128,
+        neck_channels=32,
+        epochs=100,
+        warmup_epochs=3,
+        fliplr=0.0,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.0,
+        scale=0.0,
+        translate=0.0,
+        mosaic=0.0,
+        lr=6e-3,
+        iou_start=0.1,
+        iou_end=0.3,
+        iou_ramp_epochs=30,
+        ema_decay=0.0,
+    )
     full = load_datasets(cfg)
     few = full.train.subset(range(4))  # one batch: 100 epochs are 100 optimizer steps
     data = Datasets(train=few, val=few, test=None, names=full.names, name="overfit")
@@ -158,14 +191,39 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=1", f"out={out}"]
     assert run_cli(args) == 0
     weights = out / "models" / "best.pt"
-    assert run_cli(["evaluate", "--weights", str(weights), "--split", "test",
-                    "--json", str(tmp_path / "m.json")]) == 0  # fmt: skip
+    assert (
+        run_cli(
+            [
+                "evaluate",
+                "--weights",
+                str(weights),
+                "--split",
+                "test",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     assert "mAP50_95" in json.loads((tmp_path / "m.json").read_text())
     cfg = TrainConfig.load(out / "config.yaml")
     images = load_datasets(cfg).val.files[:2]
     pred_out = tmp_path / "pred"
-    assert run_cli(["predict", "--weights", str(weights), "--source", str(images[0]),
-                    "--out", str(pred_out), "score_threshold=0.0"]) == 0  # fmt: skip
+    assert (
+        run_cli(
+            [
+                "predict",
+                "--weights",
+                str(weights),
+                "--source",
+                str(images[0]),
+                "--out",
+                str(pred_out),
+                "score_threshold=0.0",
+            ]
+        )
+        == 0
+    )
     assert (pred_out / "predictions.json").is_file()
 
 

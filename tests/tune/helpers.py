@@ -5,8 +5,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # Tiny trials: 64 px, a thin neck, 8 synthetic images, batch 4 without accumulation.
-TINY = {"imgsz": 64, "neck_channels": 16, "synthetic_images": 8, "batch": 4, "accumulate": 1,
-        "warmup_epochs": 1.0}  # fmt: skip
+TINY = {
+    "imgsz": 64,
+    "neck_channels": 16,
+    "synthetic_images": 8,
+    "batch": 4,
+    "accumulate": 1,
+    "warmup_epochs": 1.0,
+}
 
 
 def read_events(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], int]:

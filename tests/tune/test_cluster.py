@@ -35,8 +35,9 @@ class RecordNode:
 def two_nodes():
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 1, "include_dashboard": False})  # fmt: skip
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+    )
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
@@ -49,18 +50,34 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
     storage = str(tmp_path / "runs")
     assert search.check_shared_storage(storage) == 2
     space_file = tmp_path / "space.yaml"
-    space_file.write_text("search: {trials: 2, epochs: 2, grace_period: 2}\n"
-                          "space:\n  lr: {loguniform: [3.0e-4, 3.0e-3]}\n")  # fmt: skip
+    space_file.write_text(
+        "search: {trials: 2, epochs: 2, grace_period: 2}\n"
+        "space:\n  lr: {loguniform: [3.0e-4, 3.0e-3]}\n"
+    )
     space = load_space(space_file)
     base = TrainConfig.load(None, {**TINY, "epochs": 2})
     resources = search.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, 2)
     assert resources.concurrent == 2
     nodes_dir = tmp_path / "nodes"
     nodes_dir.mkdir()
-    trainable = search.make_trainable(base, load_datasets(base, verbose=False), space.settings,
-                                      resources, (RecordNode(str(nodes_dir)),))  # fmt: skip
-    tuner, _ = search.build_tuner(trainable, space, base, space.settings, resources, "cluster",
-                                  storage, max_failures=0, verbose=0)  # fmt: skip
+    trainable = search.make_trainable(
+        base,
+        load_datasets(base, verbose=False),
+        space.settings,
+        resources,
+        (RecordNode(str(nodes_dir)),),
+    )
+    tuner, _ = search.build_tuner(
+        trainable,
+        space,
+        base,
+        space.settings,
+        resources,
+        "cluster",
+        storage,
+        max_failures=0,
+        verbose=0,
+    )
     rows = report.trial_rows(tuner.fit(), space.settings)
     assert [r.status for r in rows] == ["completed", "completed"]
     ran_on = {p.read_text() for p in nodes_dir.iterdir()}
@@ -69,10 +86,26 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
 
 
 def test_driver_attaches_to_the_cluster_with_address(two_nodes, tmp_path):
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--address",
-           two_nodes.address, "--storage", str(tmp_path / "runs"), "--name", "attached", "--quiet"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "run_search.py"),
+        "--smoke-test",
+        "--address",
+        two_nodes.address,
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "attached",
+        "--quiet",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 node(s)" in proc.stdout and "2 trial(s) at once" in proc.stdout
     assert (tmp_path / "runs" / "attached" / "best_config.yaml").is_file()

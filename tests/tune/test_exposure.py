@@ -12,15 +12,21 @@ from helpers import REPO
 
 
 def _run_search(args, env):
-    return subprocess.run([sys.executable, str(REPO / "run_search.py"), "--smoke-test", *args],
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_search.py"), "--smoke-test", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
     t0 = time.perf_counter()
-    proc = _run_search(["--dashboard-host", "0.0.0.0", "--storage", str(tmp_path)],
-                       {"RAY_AUTH_MODE": "disabled"})  # fmt: skip
+    proc = _run_search(
+        ["--dashboard-host", "0.0.0.0", "--storage", str(tmp_path)], {"RAY_AUTH_MODE": "disabled"}
+    )
     assert proc.returncode == 2, proc.stderr
     assert "token auth off" in proc.stderr and "CVE-2023-48022" in proc.stderr
     assert "--allow-unauthenticated-dashboard" in proc.stderr
@@ -54,9 +60,14 @@ def test_network_dashboard_with_auth_binds_and_needs_the_token():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(port)], cwd=REPO,
-                          env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, str(port)],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 

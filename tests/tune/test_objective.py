@@ -11,8 +11,9 @@ from tune.trainable import OBJECTIVE, RUNG_SCORE, EpochReporter
 
 
 def _reporter(objective="best", window=3, mode="max", threshold_range=None):
-    return EpochReporter("mAP50_95", mode, 0.0,
-                         objective=objective, window=window, threshold_range=threshold_range)  # fmt: skip
+    return EpochReporter(
+        "mAP50_95", mode, 0.0, objective=objective, window=window, threshold_range=threshold_range
+    )
 
 
 def _feed(reporter, curve, val_loss=1.0):
@@ -64,8 +65,14 @@ def test_rung_score_only_breaks_ties():
 def test_asha_keeps_the_tied_trial_with_the_lower_val_loss():
     """Four trials all at mAP 0.000 at the first rung: ASHA (reduction 2) stops by rung score,
     so the two with the higher val loss are the ones cut."""
-    asha = ASHAScheduler(metric=RUNG_SCORE, mode="max", time_attr="epoch", max_t=8,
-                         grace_period=1, reduction_factor=2)  # fmt: skip
+    asha = ASHAScheduler(
+        metric=RUNG_SCORE,
+        mode="max",
+        time_attr="epoch",
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,
+    )
     reporters = [_reporter() for _ in range(4)]
     val_losses = [3.0, 1.0, 4.0, 2.0]  # trial 1 best, then 3
     trials = [Trial("__fake", trial_id=f"t{i}", stub=True) for i in range(4)]
@@ -103,12 +110,30 @@ def test_the_threshold_of_best_pt_is_reported_and_kept():
     reporter = EpochReporter("mAP50_95", "max", 0.0)
     epochs = [(0.2, 1, 0.31), (0.3, 2, 0.42), (0.25, 2, 0.55)]  # mAP, best_epoch, F1_threshold
     for e, (m, best, thr) in enumerate(epochs, 1):
-        out = reporter.metrics({"epoch": e, "mAP50_95": m, "best_epoch": best, "F1": 0.5,
-                                "F1_threshold": thr, "F1_precision": 0.6, "F1_recall": 0.4})  # fmt: skip
+        out = reporter.metrics(
+            {
+                "epoch": e,
+                "mAP50_95": m,
+                "best_epoch": best,
+                "F1": 0.5,
+                "F1_threshold": thr,
+                "F1_precision": 0.6,
+                "F1_recall": 0.4,
+            }
+        )
     assert out["threshold"] == 0.42 and out["threshold_F1"] == 0.5
     blind = EpochReporter("mAP50_95", "max", 0.0, own_threshold=0.25)
-    out = blind.metrics({"epoch": 1, "mAP50_95": 0.0, "best_epoch": 1, "F1": 0.0,
-                         "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0})  # fmt: skip
+    out = blind.metrics(
+        {
+            "epoch": 1,
+            "mAP50_95": 0.0,
+            "best_epoch": 1,
+            "F1": 0.0,
+            "F1_threshold": 1.0,
+            "F1_precision": 0.0,
+            "F1_recall": 0.0,
+        }
+    )
     assert out["threshold"] == 0.25  # no true positive at any threshold: the config's own
 
 
@@ -118,8 +143,11 @@ def test_reporter_state_restores_from_new_and_older_checkpoints(tmp_path):
     from tune.trainable import STATE_FILE
 
     (tmp_path / "new").mkdir()
-    (tmp_path / "new" / STATE_FILE).write_text(json.dumps(
-        {"epoch": 3, "values": {"1": 0.1, "2": 0.3, "3": 0.2}, "threshold": {"threshold": 0.4}}))  # fmt: skip
+    (tmp_path / "new" / STATE_FILE).write_text(
+        json.dumps(
+            {"epoch": 3, "values": {"1": 0.1, "2": 0.3, "3": 0.2}, "threshold": {"threshold": 0.4}}
+        )
+    )
     r = _reporter()
     assert r.resume_point(tmp_path / "new", tmp_path / "run") is None  # no weights to load
     assert r.epoch == 3 and r.objective_value() == (0.3, 2) and r.threshold == {"threshold": 0.4}

@@ -37,10 +37,22 @@ def test_trial_status(metrics, error, status):
 
 def _rows():
     def row(name, lr, best, status, epochs):
-        history = [{"epoch": e, "train_loss": 10.0 - e, "mAP50_95": (best or 0) * e / epochs}
-                   for e in range(1, epochs + 1)]  # fmt: skip
-        return TrialRow(name, {"lr": lr, "box_loss_weight": min(12.0, 5.0 + lr * 1000)}, best, epochs,
-                        epochs, status, "", f"/x/{name}", 1, history)  # fmt: skip
+        history = [
+            {"epoch": e, "train_loss": 10.0 - e, "mAP50_95": (best or 0) * e / epochs}
+            for e in range(1, epochs + 1)
+        ]
+        return TrialRow(
+            name,
+            {"lr": lr, "box_loss_weight": min(12.0, 5.0 + lr * 1000)},
+            best,
+            epochs,
+            epochs,
+            status,
+            "",
+            f"/x/{name}",
+            1,
+            history,
+        )
 
     return [
         row("trial_001", 1e-3, 0.30, "completed", 4),
@@ -61,8 +73,12 @@ def test_best_is_the_best_completed_trial():
 
 
 def test_write_report_files(tmp_path, write_space):
-    space = load_space(write_space(
-        "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n  box_loss_weight: {uniform: [2, 12]}\n"))  # fmt: skip
+    space = load_space(
+        write_space(
+            "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n"
+            "  box_loss_weight: {uniform: [2, 12]}\n"
+        )
+    )
     base = TrainConfig(epochs=4, out="/somewhere", device="cpu")
     lines = write_report(_rows(), space, space.settings, base, tmp_path, "exp", tmp_path / "b.yaml")
     text = "\n".join(lines)
@@ -101,9 +117,12 @@ def test_shipped_spaces_exist():
 
 
 def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_space):
-    space = load_space(write_space(
-        "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n"
-        "  score_threshold: {uniform: [0.05, 0.5]}\n"))  # fmt: skip
+    space = load_space(
+        write_space(
+            "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n"
+            "  score_threshold: {uniform: [0.05, 0.5]}\n"
+        )
+    )
     from tune.space import for_metric
 
     space, notes = for_metric(space, "mAP50_95")
@@ -111,8 +130,12 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     rows = _rows()
     for r in rows:
         r.params.pop("box_loss_weight")
-    rows[2].threshold = {"threshold": 0.3712, "threshold_P": 0.8, "threshold_R": 0.7,
-                         "threshold_F1": 0.7467}  # fmt: skip
+    rows[2].threshold = {
+        "threshold": 0.3712,
+        "threshold_P": 0.8,
+        "threshold_R": 0.7,
+        "threshold_F1": 0.7467,
+    }
     base = TrainConfig(epochs=4, score_threshold=0.25)
     lines = write_report(rows, space, space.settings, base, tmp_path, "exp", tmp_path / "b.yaml")
     assert any("score threshold 0.3712" in line for line in lines)
@@ -141,8 +164,13 @@ def test_cloud_trial_paths_keep_their_scheme(tmp_path):
     assert result_uri(local) == "/x/exp/trial_001_ab"
     row = _rows()[0]
     row.path = result_uri(s3)
-    export_best(row, TrainConfig(epochs=4), load_space(REPO / "search_spaces" / "smoke.yaml").settings,
-                tmp_path / "b.yaml", "exp")  # fmt: skip
+    export_best(
+        row,
+        TrainConfig(epochs=4),
+        load_space(REPO / "search_spaces" / "smoke.yaml").settings,
+        tmp_path / "b.yaml",
+        "exp",
+    )
     import yaml
 
     doc = yaml.safe_load((tmp_path / "b.yaml").read_text())

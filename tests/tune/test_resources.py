@@ -42,8 +42,10 @@ def test_bad_requests(gpus, per_trial, cpus):
 
 
 def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
-    nodes = [{"Alive": True, "NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"},
-             {"Alive": True, "NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"}]  # fmt: skip
+    nodes = [
+        {"Alive": True, "NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"},
+        {"Alive": True, "NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"},
+    ]
 
     class Probe:
         def options(self, **_):

@@ -41,14 +41,29 @@ def _epochs_trained(experiment: Path) -> dict[str, int]:
 
 
 def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--trials", "4",
-           "--epochs", "6", "--grace-period", "6", "--storage", str(tmp_path), "--name", "killed",
-           "--no-dashboard", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "run_search.py"),
+        "--smoke-test",
+        "--trials",
+        "4",
+        "--epochs",
+        "6",
+        "--grace-period",
+        "6",
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "killed",
+        "--no-dashboard",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     experiment = tmp_path / "killed"
     log = (tmp_path / "first.log").open("w")
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)  # fmt: skip
+    driver = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     finished: dict[str, str] = {}
     try:
         deadline = time.monotonic() + 240
@@ -104,8 +119,18 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
 
 
 def _run(args, cwd):
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--epochs", "1",
-           "--storage", str(cwd), "--no-dashboard", "--quiet", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "run_search.py"),
+        "--smoke-test",
+        "--epochs",
+        "1",
+        "--storage",
+        str(cwd),
+        "--no-dashboard",
+        "--quiet",
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 

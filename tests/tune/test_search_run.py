@@ -51,8 +51,9 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ctx = search.init_ray(None, dashboard=True, dashboard_host="127.0.0.1",
-                          dashboard_port=_free_port())  # fmt: skip
+    ctx = search.init_ray(
+        None, dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port()
+    )
     yield ctx
     ray.shutdown()
 
@@ -64,11 +65,26 @@ def _search(tmp_path, space_text, name, extra_callbacks=(), max_failures=1, conc
     resources = search.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, space.settings.trials)
     if concurrent:
         resources = search.Resources(0, 0, 1.0, concurrent)
-    trainable = search.make_trainable(base, datasets, space.settings, resources, extra_callbacks,
-                                      threshold_range=space.threshold_range())  # fmt: skip
-    tuner, _ = search.build_tuner(trainable, space, base, space.settings, resources, name,
-                                  str(tmp_path / "runs"), max_failures, verbose=0,
-                                  journal=tmp_path / "runs" / name / JOURNAL_FILE)  # fmt: skip
+    trainable = search.make_trainable(
+        base,
+        datasets,
+        space.settings,
+        resources,
+        extra_callbacks,
+        threshold_range=space.threshold_range(),
+    )
+    tuner, _ = search.build_tuner(
+        trainable,
+        space,
+        base,
+        space.settings,
+        resources,
+        name,
+        str(tmp_path / "runs"),
+        max_failures,
+        verbose=0,
+        journal=tmp_path / "runs" / name / JOURNAL_FILE,
+    )
     results = tuner.fit()
     return space, base, tuner, results, report.trial_rows(results, space.settings)
 
@@ -110,15 +126,17 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
 
     # every trial reached Optuna finished (none left RUNNING): ASHA's cuts as PRUNED
     assert all(math.isfinite(r.metrics["objective"]) for r in results)
-    study = optuna.load_study(study_name="search", storage=journal_storage(
-        tmp_path / "runs" / "search" / JOURNAL_FILE))  # fmt: skip
+    study = optuna.load_study(
+        study_name="search", storage=journal_storage(tmp_path / "runs" / "search" / JOURNAL_FILE)
+    )
     want = {"completed": "COMPLETE", "diverged": "COMPLETE", "stopped by ASHA": "PRUNED"}
     assert sorted(t.state.name for t in study.trials) == sorted(want[r.status] for r in rows)
     complete = [r.best for r in rows if r.status != "stopped by ASHA"]
     assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == sorted(complete)
 
-    lines = report.write_report(rows, space, space.settings, base, tmp_path / "report", "search",
-                                tmp_path / "best.yaml")  # fmt: skip
+    lines = report.write_report(
+        rows, space, space.settings, base, tmp_path / "report", "search", tmp_path / "best.yaml"
+    )
     assert any(line.startswith("best trial:") for line in lines)
     best = report.pick_best(rows, "max")
     cfg = TrainConfig.load(tmp_path / "best.yaml")
@@ -132,11 +150,22 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     # (the export carries the trial's thread count; the data, seed and epochs are the same)
     assert cfg.threads == best.threads >= 1
     proc = subprocess.run(
-        [sys.executable, "-m", "cattle_yolo", "train", "--config", str(tmp_path / "best.yaml"),
-         "--out", str(tmp_path / "retrain")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "cattle_yolo",
+            "train",
+            "--config",
+            str(tmp_path / "best.yaml"),
+            "--out",
+            str(tmp_path / "retrain"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "retrain" / "metrics" / "training_metrics.jsonl").read_text().splitlines()
     retrained = max(json.loads(line)["mAP50_95"] for line in log)
@@ -156,7 +185,10 @@ class FailOnce:
 
 
 def test_a_trial_that_raises_is_retried_from_its_checkpoint(ray_session, tmp_path):
-    text = "search: {trials: 1, epochs: 3, grace_period: 3}\nspace:\n  lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+    text = (
+        "search: {trials: 1, epochs: 3, grace_period: 3}\n"
+        "space:\n  lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+    )
     marker = tmp_path / "failed"
     _, _, _, results, rows = _search(tmp_path, text, "retry", (FailOnce(str(marker), 2),))
     assert marker.is_file()  # the fault fired
@@ -218,8 +250,9 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     assert "score_threshold" not in space.knobs  # under mAP it is chosen after training
     cut = [r for r in rows if r.status == "stopped by ASHA"]
     assert cut, [(r.name, r.status) for r in rows]
-    study = optuna.load_study(study_name="asha", storage=journal_storage(
-        tmp_path / "runs" / "asha" / JOURNAL_FILE))  # fmt: skip
+    study = optuna.load_study(
+        study_name="asha", storage=journal_storage(tmp_path / "runs" / "asha" / JOURNAL_FILE)
+    )
     trials = sorted(study.trials, key=lambda t: t.number)
     for row, trial in zip(rows, trials, strict=True):  # trial order is the study's order
         assert trial.state.name == ("PRUNED" if row.status == "stopped by ASHA" else "COMPLETE")
@@ -263,10 +296,12 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     assert seeds == [2, 3]  # the search trained on seed 1
     datasets = load_datasets(base, verbose=False)
     resources = search.Resources(0, 0, 1.0, 2)
-    trainable = search.make_trainable(base, datasets, settings, resources,
-                                      threshold_range=space.threshold_range())  # fmt: skip
-    tuner = confirm.build_confirm_tuner(trainable, candidates, seeds, settings, 2, "asha",
-                                        str(tmp_path / "runs"), 0, verbose=0)  # fmt: skip
+    trainable = search.make_trainable(
+        base, datasets, settings, resources, threshold_range=space.threshold_range()
+    )
+    tuner = confirm.build_confirm_tuner(
+        trainable, candidates, seeds, settings, 2, "asha", str(tmp_path / "runs"), 0, verbose=0
+    )
     confirm.attach_runs(candidates, tuner.fit(), settings)
     assert [len(c.runs) for c in candidates] == [2, 2]
     for c in candidates:
@@ -275,8 +310,9 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         for r in c.runs:  # trained with that seed and the config's knobs
             saved = TrainConfig.load(Path(r.path) / "run" / "config.yaml")
             assert saved.seed == r.config["seed"] and saved.lr == c.params["lr"]
-    lines = confirm.report(candidates, seeds, space, settings, base, tmp_path / "rep", "asha",
-                           tmp_path / "best.yaml")  # fmt: skip
+    lines = confirm.report(
+        candidates, seeds, space, settings, base, tmp_path / "rep", "asha", tmp_path / "best.yaml"
+    )
     text = "\n".join(lines)
     assert "confirmation: " in text and (
         "beats the default" in text or "default has the best" in text
@@ -334,7 +370,10 @@ def test_a_running_trial_is_named_on_the_dashboard_and_exports_its_metrics(ray_s
     node's Prometheus endpoint serves the trial's gauges labelled by trial id and experiment."""
     import threading
 
-    text = "search: {trials: 1, epochs: 20, grace_period: 20}\nspace:\n  lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+    text = (
+        "search: {trials: 1, epochs: 20, grace_period: 20}\n"
+        "space:\n  lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+    )
     worker = threading.Thread(target=_search, args=(tmp_path, text, "watched"), daemon=True)
     worker.start()
     node = ray._private.worker.global_worker.node

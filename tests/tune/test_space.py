@@ -50,8 +50,15 @@ def test_shipped_spaces_load(name):
     space = load_space(REPO / "search_spaces" / name)
     check_base(space, TrainConfig.load(None, space.fixed))
     if name == "fixes.yaml":
-        assert set(space.knobs) == {"lr", "box_loss_weight", "warmup_start_fraction", "iou_start",
-                                    "iou_end", "score_threshold", "focal_gamma"}  # fmt: skip
+        assert set(space.knobs) == {
+            "lr",
+            "box_loss_weight",
+            "warmup_start_fraction",
+            "iou_start",
+            "iou_end",
+            "score_threshold",
+            "focal_gamma",
+        }
         points, notes = first_points(space, TrainConfig())
         assert notes == [] and points[0]["lr"] == 1e-3
 
@@ -62,34 +69,110 @@ def test_yaml_exponent_without_dot_is_a_number(write_space):
 
 
 BAD = {
-    "unknown key": ("space:\n  learning_rate: {uniform: [0.1, 0.2]}\n", "space.learning_rate", "unknown config key"),
-    "suggestion": ("space:\n  box_los_weight: {uniform: [1, 2]}\n", "box_los_weight", "did you mean 'box_loss_weight'"),
-    "low above high": ("space:\n  lr: {uniform: [0.01, 0.001]}\n", "space.lr", "low 0.01 is above high 0.001"),
-    "log touches zero": ("space:\n  lr: {loguniform: [0, 0.001]}\n", "space.lr", "log range must stay above zero"),
-    "log below zero": ("space:\n  focal_gamma: {loguniform: [-1, 2]}\n", "space.focal_gamma", "above zero"),
-    "bound not a number": ("space:\n  lr: {uniform: [low, 0.1]}\n", "space.lr", "bound 'low' is not a number"),
-    "uniform on int field": ("space:\n  iou_ramp_epochs: {uniform: [1, 5]}\n", "space.iou_ramp_epochs", "use int"),
+    "unknown key": (
+        "space:\n  learning_rate: {uniform: [0.1, 0.2]}\n",
+        "space.learning_rate",
+        "unknown config key",
+    ),
+    "suggestion": (
+        "space:\n  box_los_weight: {uniform: [1, 2]}\n",
+        "box_los_weight",
+        "did you mean 'box_loss_weight'",
+    ),
+    "low above high": (
+        "space:\n  lr: {uniform: [0.01, 0.001]}\n",
+        "space.lr",
+        "low 0.01 is above high 0.001",
+    ),
+    "log touches zero": (
+        "space:\n  lr: {loguniform: [0, 0.001]}\n",
+        "space.lr",
+        "log range must stay above zero",
+    ),
+    "log below zero": (
+        "space:\n  focal_gamma: {loguniform: [-1, 2]}\n",
+        "space.focal_gamma",
+        "above zero",
+    ),
+    "bound not a number": (
+        "space:\n  lr: {uniform: [low, 0.1]}\n",
+        "space.lr",
+        "bound 'low' is not a number",
+    ),
+    "uniform on int field": (
+        "space:\n  iou_ramp_epochs: {uniform: [1, 5]}\n",
+        "space.iou_ramp_epochs",
+        "use int",
+    ),
     "bad choice": ("space:\n  box_loss: {choice: [giou, dice]}\n", "space.box_loss", "'dice'"),
     "range on str field": ("space:\n  box_loss: {int: [1, 2]}\n", "space.box_loss", "not numeric"),
-    "out of config range": ("space:\n  score_threshold: {uniform: [0.1, 1.5]}\n", "score_threshold", "out of range"),
-    "fixed wrong type": ("space:\n  batch: four\n  lr: {uniform: [0.001, 0.01]}\n", "space.batch", "must be int"),
-    "unknown distribution": ("space:\n  lr: {log_uniform: [0.001, 0.01]}\n", "space.lr", "did you mean 'loguniform'"),
-    "two distributions": ("space:\n  lr: {uniform: [0.1, 0.2], loguniform: [0.1, 0.2]}\n", "space.lr", "exactly one"),
+    "out of config range": (
+        "space:\n  score_threshold: {uniform: [0.1, 1.5]}\n",
+        "score_threshold",
+        "out of range",
+    ),
+    "fixed wrong type": (
+        "space:\n  batch: four\n  lr: {uniform: [0.001, 0.01]}\n",
+        "space.batch",
+        "must be int",
+    ),
+    "unknown distribution": (
+        "space:\n  lr: {log_uniform: [0.001, 0.01]}\n",
+        "space.lr",
+        "did you mean 'loguniform'",
+    ),
+    "two distributions": (
+        "space:\n  lr: {uniform: [0.1, 0.2], loguniform: [0.1, 0.2]}\n",
+        "space.lr",
+        "exactly one",
+    ),
     "range not a pair": ("space:\n  lr: {uniform: [0.1]}\n", "space.lr", "needs [low, high]"),
     "list as value": ("space:\n  lr: [0.1, 0.2]\n", "space.lr", "choice"),
     "nothing searched": ("space:\n  lr: 0.001\n", "space.yaml", "searches none"),
     "empty file": ("", "space.yaml", "empty"),
     "not a mapping": ("- lr\n- box_loss_weight\n", "space.yaml", "expected a mapping"),
-    "no space section": ("search: {trials: 3}\n", "space.yaml", "space must be a non-empty mapping"),
-    "unknown section": ("spaces:\n  lr: {uniform: [0.1, 0.2]}\n", "space.yaml", "did you mean 'space'"),
+    "no space section": (
+        "search: {trials: 3}\n",
+        "space.yaml",
+        "space must be a non-empty mapping",
+    ),
+    "unknown section": (
+        "spaces:\n  lr: {uniform: [0.1, 0.2]}\n",
+        "space.yaml",
+        "did you mean 'space'",
+    ),
     "searched imgsz": ("space:\n  imgsz: {choice: [320, 384]}\n", "space.imgsz", "decoded once"),
-    "epochs in space": ("space:\n  epochs: 5\n  lr: {uniform: [0.001, 0.01]}\n", "space.epochs", "search.epochs"),
-    "bad setting": ("search: {trails: 3}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n", "search", "did you mean 'trials'"),
-    "grace above epochs": ("search: {epochs: 3, grace_period: 5}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n", "search", "grace_period 5 is above epochs 3"),
-    "bad metric": ("search: {metric: map}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n", "search", "not a per-epoch stat"),
-    "iou start above end": ("space:\n  iou_start: {uniform: [0.2, 0.7]}\n  iou_end: {uniform: [0.3, 0.6]}\n", "space.iou_start", "iou_end >= iou_start"),
-    "point outside": ("space:\n  lr: {uniform: [0.001, 0.01]}\npoints:\n  - {lr: 0.5}\n", "points[0].lr", "outside"),
-}  # fmt: skip
+    "epochs in space": (
+        "space:\n  epochs: 5\n  lr: {uniform: [0.001, 0.01]}\n",
+        "space.epochs",
+        "search.epochs",
+    ),
+    "bad setting": (
+        "search: {trails: 3}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n",
+        "search",
+        "did you mean 'trials'",
+    ),
+    "grace above epochs": (
+        "search: {epochs: 3, grace_period: 5}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n",
+        "search",
+        "grace_period 5 is above epochs 3",
+    ),
+    "bad metric": (
+        "search: {metric: map}\nspace:\n  lr: {uniform: [0.001, 0.01]}\n",
+        "search",
+        "not a per-epoch stat",
+    ),
+    "iou start above end": (
+        "space:\n  iou_start: {uniform: [0.2, 0.7]}\n  iou_end: {uniform: [0.3, 0.6]}\n",
+        "space.iou_start",
+        "iou_end >= iou_start",
+    ),
+    "point outside": (
+        "space:\n  lr: {uniform: [0.001, 0.01]}\npoints:\n  - {lr: 0.5}\n",
+        "points[0].lr",
+        "outside",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -122,13 +205,28 @@ def _cli(args, cwd):
         "    sys.exit(e.code)\n"
     )
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     return proc, time.perf_counter() - t0
 
 
-@pytest.mark.parametrize("case", ["unknown key", "low above high", "log touches zero", "empty file",
-                                  "not a mapping", "bound not a number"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown key",
+        "low above high",
+        "log touches zero",
+        "empty file",
+        "not a mapping",
+        "bound not a number",
+    ],
+)
 def test_cli_bad_space_exits_2_fast_without_ray(write_space, tmp_path, case):
     text, where, problem = BAD[case]
     path = write_space(text)
@@ -140,14 +238,27 @@ def test_cli_bad_space_exits_2_fast_without_ray(write_space, tmp_path, case):
 
 
 def test_cli_bad_flag_value_exits_2(tmp_path):
-    proc, _ = _cli(["--space", str(REPO / "search_spaces" / "smoke.yaml"), "--grace-period", "9",
-                    "--storage", str(tmp_path)], tmp_path)  # fmt: skip
+    proc, _ = _cli(
+        [
+            "--space",
+            str(REPO / "search_spaces" / "smoke.yaml"),
+            "--grace-period",
+            "9",
+            "--storage",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2 and "grace_period 9 is above epochs 4" in proc.stderr
 
 
 def test_help_documents_every_flag():
-    proc = subprocess.run([sys.executable, str(REPO / "run_search.py"), "--help"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_search.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0
     import run_search
 
@@ -175,8 +286,11 @@ def _sample(space, n, seed=0):
 
 @pytest.mark.parametrize("kind", ["uniform", "loguniform"])
 def test_iou_end_never_below_iou_start(write_space, kind):
-    space = load_space(write_space(
-        f"space:\n  iou_start: {{{kind}: [0.1, 0.5]}}\n  iou_end: {{{kind}: [0.2, 0.6]}}\n"))  # fmt: skip
+    space = load_space(
+        write_space(
+            f"space:\n  iou_start: {{{kind}: [0.1, 0.5]}}\n  iou_end: {{{kind}: [0.2, 0.6]}}\n"
+        )
+    )
     samples = _sample(space, 300)
     for v in samples:
         assert 0.1 <= v["iou_start"] <= 0.5
@@ -203,7 +317,8 @@ def test_first_point_is_the_exact_default(write_space):
 def test_default_outside_a_range_is_left_to_the_sampler(write_space):
     space = load_space(
         write_space(
-            "space:\n  lr: {loguniform: [1.0e-2, 1.0]}\n  focal_gamma: {uniform: [1, 3]}\npoints:\n  - {lr: 0.5}\n"
+            "space:\n  lr: {loguniform: [1.0e-2, 1.0]}\n  focal_gamma: {uniform: [1, 3]}\n"
+            "points:\n  - {lr: 0.5}\n"
         )
     )
     points, notes = first_points(space, TrainConfig())
@@ -214,8 +329,10 @@ def test_default_outside_a_range_is_left_to_the_sampler(write_space):
 def test_score_threshold_is_chosen_after_training_under_map(write_space):
     from tune.space import for_metric
 
-    text = ("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
-            "  score_threshold: {uniform: [0.05, 0.5]}\npoints:\n  - {score_threshold: 0.3}\n")  # fmt: skip
+    text = (
+        "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+        "  score_threshold: {uniform: [0.05, 0.5]}\npoints:\n  - {score_threshold: 0.3}\n"
+    )
     space = load_space(write_space(text))
     for metric in ("mAP50_95", "mAP50", "F1", "val_loss"):
         run, notes = for_metric(space, metric)
@@ -230,29 +347,47 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
     only = load_space(write_space("space:\n  score_threshold: {uniform: [0.05, 0.5]}\n", "o.yaml"))
     with pytest.raises(SpaceError, match="only score_threshold"):
         for_metric(only, "mAP50_95")
-    fixed = load_space(write_space("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
-                                   "  score_threshold: 0.4\n", "f.yaml"))  # fmt: skip
+    fixed = load_space(
+        write_space(
+            "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  score_threshold: 0.4\n", "f.yaml"
+        )
+    )
     assert fixed.threshold_range() is None  # fixed by the space: kept
     plain = load_space(write_space("space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n", "p.yaml"))
     assert plain.threshold_range() == (0.0, 1.0)
 
 
 def test_objective_settings_are_checked(write_space):
-    space = load_space(write_space("search: {objective: last_mean, objective_window: 4}\n"
-                                   "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"))  # fmt: skip
+    space = load_space(
+        write_space(
+            "search: {objective: last_mean, objective_window: 4}\n"
+            "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+        )
+    )
     assert space.settings.objective == "last_mean" and space.settings.objective_window == 4
     with pytest.raises(SpaceError, match="objective 'mean_last' is not one of best, last_mean"):
-        load_space(write_space("search: {objective: mean_last}\nspace:\n  lr: 0.001\n"
-                               "  box_loss_weight: {uniform: [2, 12]}\n", "b.yaml"))  # fmt: skip
+        load_space(
+            write_space(
+                "search: {objective: mean_last}\nspace:\n  lr: 0.001\n"
+                "  box_loss_weight: {uniform: [2, 12]}\n",
+                "b.yaml",
+            )
+        )
     with pytest.raises(SpaceError, match="confirm must be an integer >= 0"):
-        load_space(write_space("search: {confirm: -1}\nspace:\n"
-                               "  box_loss_weight: {uniform: [2, 12]}\n", "c.yaml"))  # fmt: skip
+        load_space(
+            write_space(
+                "search: {confirm: -1}\nspace:\n  box_loss_weight: {uniform: [2, 12]}\n", "c.yaml"
+            )
+        )
 
 
 def test_numbers_without_a_dot_are_numbers_everywhere_in_a_space(write_space):
-    space = load_space(write_space(
-        "search: {min_rise: 5e-2, spike_ratio: 3e0}\nspace:\n  lr: 3e-3\n"
-        "  weight_decay: {choice: [1e-4, 5e-4]}\n  box_loss_weight: {uniform: [2, 12]}\n"))  # fmt: skip
+    space = load_space(
+        write_space(
+            "search: {min_rise: 5e-2, spike_ratio: 3e0}\nspace:\n  lr: 3e-3\n"
+            "  weight_decay: {choice: [1e-4, 5e-4]}\n  box_loss_weight: {uniform: [2, 12]}\n"
+        )
+    )
     assert space.fixed["lr"] == 0.003 and space.knobs["weight_decay"].choices == (1e-4, 5e-4)
     assert space.settings.min_rise == 0.05 and space.settings.spike_ratio == 3.0
     with pytest.raises(SpaceError, match="unknown config key \\(did you mean 'lr'\\?\\)"):

@@ -68,8 +68,13 @@ def test_stopper_counts_a_retried_epoch_once():
 
 def test_stopper_ends_a_trial_that_reported_divergence_itself():
     stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
-    result = {"epoch": 2, "train_loss": NAN, "objective": 0.0, "diverged": True,
-              "diverged_rule": "training loop: mean training loss is not finite"}  # fmt: skip
+    result = {
+        "epoch": 2,
+        "train_loss": NAN,
+        "objective": 0.0,
+        "diverged": True,
+        "diverged_rule": "training loop: mean training loss is not finite",
+    }
     assert stopper("a", result)
     assert result["diverged_rule"].startswith("training loop")
 
@@ -118,8 +123,10 @@ def test_rising_rule_waits_for_the_end_of_warmup():
 def test_stopper_reads_the_warmup_from_the_result():
     stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
     losses = [5.5, 5.96, 6.66, 6.84, 7.0]
-    stops = [stopper("t", {"epoch": e, "train_loss": x, "warmup_epochs": 3.0})
-             for e, x in enumerate(losses, 1)]  # fmt: skip
+    stops = [
+        stopper("t", {"epoch": e, "train_loss": x, "warmup_epochs": 3.0})
+        for e, x in enumerate(losses, 1)
+    ]
     assert not any(stops)
     stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
     stops = [stopper("u", {"epoch": e, "train_loss": x}) for e, x in enumerate(losses, 1)]

@@ -47,8 +47,13 @@ def test_the_uploader_sends_each_new_or_rewritten_file_once(tmp_path):
     _rewrite(run / "models" / "best.pt", b"best-1")
     _rewrite(run / "metrics" / "m.csv", b"epoch\n1\n")
     (run / "models" / ".best.pt.123.tmp").write_bytes(b"half")  # a save in progress
-    up = storage.FolderUploader(run, pyarrow.fs.LocalFileSystem(), str(remote),
-                                skip=[Path("models/last.pt")], drop=[Path("models/best.pt")])  # fmt: skip
+    up = storage.FolderUploader(
+        run,
+        pyarrow.fs.LocalFileSystem(),
+        str(remote),
+        skip=[Path("models/last.pt")],
+        drop=[Path("models/best.pt")],
+    )
 
     assert sorted(map(str, up.upload())) == ["metrics/m.csv", "models/best.pt"]
     assert (remote / "models" / "best.pt").read_bytes() == b"best-1"
@@ -66,8 +71,9 @@ def test_the_uploader_sends_each_new_or_rewritten_file_once(tmp_path):
     assert up.sent == {Path("metrics/m.csv"): 2, Path("models/best.pt"): 2}
 
     # a trial restored on a fresh folder: its files come back and count as sent
-    again = storage.FolderUploader(tmp_path / "fresh", pyarrow.fs.LocalFileSystem(),
-                                   str(remote), drop=[Path("models/best.pt")])  # fmt: skip
+    again = storage.FolderUploader(
+        tmp_path / "fresh", pyarrow.fs.LocalFileSystem(), str(remote), drop=[Path("models/best.pt")]
+    )
     assert sorted(map(str, again.download())) == ["metrics/m.csv", "models/best.pt"]
     assert (tmp_path / "fresh" / "metrics" / "m.csv").read_text() == "epoch\n1\n2\n"
     assert not (tmp_path / "fresh" / "models" / "best.pt").exists()
@@ -131,13 +137,22 @@ def s3_server(monkeypatch):
     requests = _Requests()
     logging.getLogger("werkzeug").addHandler(requests)
     logging.getLogger("werkzeug").setLevel(logging.INFO)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    fs = pyarrow.fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], scheme="http",
-                                 access_key="test", secret_key="test", region="us-east-1",
-                                 allow_bucket_creation=True)  # fmt: skip
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=env["AWS_ENDPOINT_URL"],
+        scheme="http",
+        access_key="test",
+        secret_key="test",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
     fs.create_dir("cattle")
     yield fs, requests
     logging.getLogger("werkzeug").removeHandler(requests)
@@ -145,8 +160,18 @@ def s3_server(monkeypatch):
 
 
 def _search(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "run_search.py"), "--smoke-test", "--epochs", "2",
-           "--storage", "s3://cattle/exp", "--no-dashboard", "--quiet", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "run_search.py"),
+        "--smoke-test",
+        "--epochs",
+        "2",
+        "--storage",
+        "s3://cattle/exp",
+        "--no-dashboard",
+        "--quiet",
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "CATTLE_YOLO_NO_PROGRESS": "1"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
@@ -164,8 +189,14 @@ def test_a_search_on_s3_writes_there_uploads_weights_once_and_resumes_from_there
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     keys = _keys(fs, "cattle/exp/s3")
-    for name in ("results.csv", "best_config.yaml", "optuna_journal.log", "space.yaml",
-                 "search_settings.yaml", "plots/curves.png"):  # fmt: skip
+    for name in (
+        "results.csv",
+        "best_config.yaml",
+        "optuna_journal.log",
+        "space.yaml",
+        "search_settings.yaml",
+        "plots/curves.png",
+    ):
         assert name in keys, keys
     trials = sorted({k.split("/")[0] for k in keys if k.startswith("trial_")})
     assert len(trials) == 2

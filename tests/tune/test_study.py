@@ -7,21 +7,30 @@ from cattle_yolo.config import TrainConfig
 from tune.space import SpaceError, load_space
 from tune.study import JOURNAL_FILE, StudySearch, distributions, finished_trials, journal_storage
 
-SPACE = "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  iou_start: {uniform: [0.1, 0.3]}\n  iou_end: {uniform: [0.3, 0.6]}\n"
+SPACE = (
+    "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  iou_start: {uniform: [0.1, 0.3]}\n"
+    "  iou_end: {uniform: [0.3, 0.6]}\n"
+)
 
 
 def _old_study(path, space, n=5):
     """An earlier search's journal: n finished trials (one pruned) over ``space``."""
-    study = optuna.create_study(storage=journal_storage(path), study_name="old",
-                                direction="maximize")  # fmt: skip
+    study = optuna.create_study(
+        storage=journal_storage(path), study_name="old", direction="maximize"
+    )
     dists = distributions(space)
     for i in range(n):
         params = {"lr": 1e-3 * (i + 1), "iou_start": 0.2, "iou_end_fraction": 0.1 * i}
         state = optuna.trial.TrialState.PRUNED if i == 0 else optuna.trial.TrialState.COMPLETE
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=dists, state=state,
-            value=None if i == 0 else 0.1 * i, intermediate_values={1: 0.01 * i, 2: 0.02 * i},
-        ))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions=dists,
+                state=state,
+                value=None if i == 0 else 0.1 * i,
+                intermediate_values={1: 0.01 * i, 2: 0.02 * i},
+            )
+        )
     return study
 
 
@@ -29,8 +38,15 @@ def _searcher(space, tmp_path, warm=None, max_epochs=4):
     from tune.search import make_searcher
 
     settings = space.settings.replace({"epochs": max_epochs, "trials": 8}, "test")
-    limiter, _ = make_searcher(space, TrainConfig(), settings, 2, journal=tmp_path / JOURNAL_FILE,
-                               study_name="new", warm_trials=warm)  # fmt: skip
+    limiter, _ = make_searcher(
+        space,
+        TrainConfig(),
+        settings,
+        2,
+        journal=tmp_path / JOURNAL_FILE,
+        study_name="new",
+        warm_trials=warm,
+    )
     return limiter.searcher
 
 
