@@ -40,7 +40,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
 SIDES = ("ours", "peer")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 # --------------------------------------------------------------------------- measured in-process
@@ -163,6 +162,9 @@ def side_peer(args, baton: Baton) -> dict:
 
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
+
+    sys.path.insert(0, str(REPO))  # torch, PIL and yaml are Ultralytics' dependencies too
+    from cattle_yolo.sources import IMAGE_SUFFIXES
 
     names = (Path(args.data) / "classes.txt").read_text().split()
     data_dir = Path(args.out).parent / "peer-data"

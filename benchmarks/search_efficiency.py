@@ -143,7 +143,7 @@ def holdout(cfg, datasets, out: Path) -> dict:
     """Train ``cfg`` and evaluate its best.pt on the test split."""
     import torch
 
-    from cattle_yolo.cli import load_trained
+    from cattle_yolo.checkpoint import load_trained
     from cattle_yolo.data import make_loader
     from cattle_yolo.evaluate import evaluate
     from cattle_yolo.loss import DetectionLoss

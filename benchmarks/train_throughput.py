@@ -29,10 +29,11 @@ sys.path.insert(0, str(REPO))
 def run_case(imgsz: int, device_name: str, images: int, batch: int, data: str | None) -> dict:
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.data import load_datasets, make_loader
+    from cattle_yolo.device import resolve_device
     from cattle_yolo.engine import ModelEMA, train_one_epoch
     from cattle_yolo.loss import DetectionLoss
     from cattle_yolo.model import CattleYOLO
-    from cattle_yolo.train import build_optimizer, resolve_device
+    from cattle_yolo.train import build_optimizer
 
     cfg = TrainConfig(
         imgsz=imgsz,

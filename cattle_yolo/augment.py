@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cattle_yolo.boxes import PAD_VALUE
 from cattle_yolo.config import TrainConfig
 
-PAD_VALUE = 114  # letterbox and augmentation fill, as in YOLOv5/v8
 MIN_BOX_PIXELS = 2.0  # an augmented box narrower or lower than this is dropped
 MIN_VISIBLE = 0.2  # an augmented box with less than this share of its area in view is dropped
 _LUMA = np.array([0.213, 0.715, 0.072])  # Rec. 709 weights, as SVG's hue and saturation filters

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 
 EXIT_BAD_INPUT = 2
@@ -89,22 +87,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(args.overrides)})
 
 
-def load_trained(weights: str, device: torch.device, overrides: list[str] | None = None):
-    """(model in eval mode with EMA weights, config, class names) from a checkpoint."""
-    from cattle_yolo.engine import load_checkpoint
-    from cattle_yolo.model import CattleYOLO
-
-    ckpt = load_checkpoint(weights, map_location="cpu")
-    cfg = TrainConfig.from_dict(ckpt["config"], source=weights)
-    if overrides:
-        cfg = TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(overrides)})
-    cfg = cfg.replace(pretrained=False)  # the checkpoint has the weights; never download
-    model = CattleYOLO(len(ckpt["names"]), cfg)
-    state = ckpt["ema"]["module"] if ckpt.get("ema") else ckpt["model"]
-    model.load_state_dict(state)
-    return model.to(device).eval(), cfg, list(ckpt["names"])
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from cattle_yolo.data import load_datasets
     from cattle_yolo.train import run_dir, train
@@ -127,10 +109,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cattle_yolo.checkpoint import load_trained
     from cattle_yolo.data import load_datasets, make_loader
+    from cattle_yolo.device import resolve_device
     from cattle_yolo.evaluate import evaluate
     from cattle_yolo.loss import DetectionLoss
-    from cattle_yolo.train import resolve_device
 
     device = resolve_device(args.device)
     model, cfg, names = load_trained(args.weights, device, args.overrides)
@@ -154,8 +137,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from cattle_yolo.checkpoint import load_trained
+    from cattle_yolo.device import resolve_device
     from cattle_yolo.predict import collect_sources, predict_images, write_outputs
-    from cattle_yolo.train import resolve_device
 
     try:  # the sources first: a wrong --source fails before the model loads
         paths = collect_sources(args.source)
@@ -180,8 +164,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from cattle_yolo.checkpoint import CheckpointError
     from cattle_yolo.data import DataError
-    from cattle_yolo.engine import CheckpointError
     from cattle_yolo.train import DivergedError
 
     commands = {

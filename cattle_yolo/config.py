@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from cattle_yolo.files import atomic_write_text
+
 
 class ConfigError(ValueError):
     """A config key, type or value is wrong; the message names the key and, for a file, the file."""
@@ -105,11 +107,7 @@ class TrainConfig:
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the resolved config atomically (temp file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:

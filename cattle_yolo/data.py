@@ -21,8 +21,8 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from cattle_yolo import synthetic
-from cattle_yolo.augment import PAD_VALUE, Augment, augment, mosaic
-from cattle_yolo.boxes import letterbox_params, to_letterbox
+from cattle_yolo.augment import Augment, augment, mosaic
+from cattle_yolo.boxes import letterbox_params, letterbox_pil, to_letterbox, to_pixels
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.sources import (
     DataError,
@@ -42,7 +42,6 @@ __all__ = [  # the public API; Augment, augment and DataError are re-exported fr
     "SplitReport",
     "augment",
     "collate",
-    "letterbox",
     "load_datasets",
     "make_loader",
 ]
@@ -75,30 +74,6 @@ class SplitReport:
         if len(self.reasons) > REASONS_SHOWN:
             lines.append(f"  ... and {len(self.reasons) - REASONS_SHOWN} more")
         return "\n".join(lines)
-
-
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:
-    """Fit an (H, W, 3) uint8 image into ``size`` x ``size``, centred, padded with 114.
-
-    Returns the (size, size, 3) uint8 image, ``ratio``, ``pad_x`` and ``pad_y``: a pixel ``x1 y1
-    x2 y2`` box maps with ``boxes.to_letterbox(box, ratio, pad_x, pad_y)``. The pads are the whole
-    pixels actually used (``boxes.letterbox_params``'s, rounded down).
-    """
-    out, ratio, pad_x, pad_y = _letterbox_pil(Image.fromarray(image), size)
-    return np.array(out), ratio, pad_x, pad_y
-
-
-def _letterbox_pil(
-    im: Image.Image, size: int, orig: tuple[int, int] | None = None
-) -> tuple[Image.Image, float, float, float]:
-    width, height = orig or im.size
-    ratio, pad_x, pad_y = letterbox_params(width, height, size)
-    new_w, new_h = round(width * ratio), round(height * ratio)
-    if im.size != (new_w, new_h):
-        im = im.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    out = Image.new("RGB", (size, size), (PAD_VALUE,) * 3)
-    out.paste(im, (int(pad_x), int(pad_y)))
-    return out, ratio, float(int(pad_x)), float(int(pad_y))
 
 
 class DetectionDataset(Dataset):
@@ -286,7 +261,7 @@ def _decode(
         if im.format == "JPEG" and ratio < 1:  # let libjpeg scale down while decoding
             im.draft("RGB", (round(im.size[0] * ratio), round(im.size[1] * ratio)))
         im = ImageOps.exif_transpose(im).convert("RGB")
-        out, ratio, pad_x, pad_y = _letterbox_pil(im, size, (width, height))
+        out, ratio, pad_x, pad_y = letterbox_pil(im, size, (width, height))
     return np.asarray(out), (width, height), (ratio, pad_x, pad_y)
 
 
@@ -349,7 +324,7 @@ def _build_split(
     for k in np.flatnonzero(ok):
         image, labels = kept[k]
         w, h = sizes[k]
-        pixel = labels.xyxy * np.array([w, h, w, h], np.float32)
+        pixel = to_pixels(labels.xyxy, w, h)
         boxes.append(np.clip(to_letterbox(pixel, *meta[k]), 0, size).astype(np.float32))
         labels_out.append(labels.classes)
         kept_files.append(str(image))

@@ -1,4 +1,4 @@
-"""The training engine: one epoch of optimisation, the LR schedule, the EMA and checkpoints.
+"""The training engine: one epoch of optimisation, the LR schedule and the EMA.
 
 ``train_one_epoch`` returns a stats dict; the driver in ``train.py`` calls it and ``evaluate``.
 Batches come from ``data.collate``: images uint8 (B, 3, S, S), targets float32 (N, 6)
@@ -13,14 +13,13 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.device import autocast, autocast_dtype
 
 
 def lr_multiplier(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -76,17 +75,6 @@ class ModelEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16 on CUDA, None (fp32) on CPU or with amp off."""
-    if device.type != "cuda" or not cfg.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 class _Progress:
@@ -229,39 +217,3 @@ def train_one_epoch(
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, torn or not ours; the message names the file."""
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write one checkpoint dict to a temporary file, then rename: never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-INFERENCE_KEYS = ("config", "names", "epoch", "best_fitness", "best_epoch", "metrics")
-
-
-def inference_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
-    """What inference, evaluation and a new training run need from a training checkpoint: the
-    EMA weights (or the model's, without EMA) as ``model``, the config, class names, epoch and
-    metrics; no optimizer, scaler, RNG or second copy of the weights, as Ultralytics strips its
-    final weights. About a quarter of a resumable checkpoint."""
-    weights = state["ema"]["module"] if state.get("ema") else state["model"]
-    return {"model": weights, "ema": None, **{k: state[k] for k in INFERENCE_KEYS if k in state}}
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; a missing or torn file is a clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated zip, a pickle of code objects, ...
-        raise CheckpointError(f"{path}: not a readable cattle_yolo checkpoint ({e})") from None

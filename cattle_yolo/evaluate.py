@@ -27,11 +27,17 @@ from pycocotools.cocoeval import COCOeval
 
 from cattle_yolo.boxes import xyxy_to_xywh
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.engine import autocast, autocast_dtype
+from cattle_yolo.device import autocast, autocast_dtype
+from cattle_yolo.files import atomic_write
 from cattle_yolo.model import postprocess
 
 COCO_MAX_DETS = 300  # detections per image coco_metrics counts by default (COCO itself: 100)
 LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches as val_<key>
+
+
+def coco_categories(names: Sequence[str]) -> list[dict[str, Any]]:
+    """COCO ``categories`` for class names: ``id`` is the class index + 1 (COCO ids start at 1)."""
+    return [{"id": k + 1, "name": str(n)} for k, n in enumerate(names)]
 
 
 def _numpy(x: Any, dtype: type) -> np.ndarray:
@@ -155,7 +161,7 @@ def coco_metrics(
             zip(gt_img.tolist(), gt_labels.tolist(), gt_xywh.tolist(), strict=True)
         )
     ]
-    categories = [{"id": k + 1, "name": str(n)} for k, n in enumerate(names)]
+    categories = coco_categories(names)
     dt_xywh = xyxy_to_xywh(dt_boxes)
     results = [
         {"image_id": i + 1, "category_id": c + 1, "bbox": b, "score": s}
@@ -378,9 +384,7 @@ def save_detections(
     atomically: what a threshold chosen after training is computed from."""
     d_img, d_boxes, d_labels, d_scores = _flatten(detections, 1 << 30, "detections", True)
     g_img, g_boxes, g_labels, _ = _flatten(targets, 1 << 30, "targets", False)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(
-        tmp,
+    arrays = dict(
         images=len(targets),
         det_image=d_img,
         det_boxes=d_boxes.astype(np.float32),
@@ -390,7 +394,7 @@ def save_detections(
         gt_boxes=g_boxes.astype(np.float32),
         gt_labels=g_labels,
     )
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def load_detections(path: Path) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from cattle_yolo.boxes import from_letterbox, xyxy_to_xywh
+from cattle_yolo.boxes import from_letterbox, letterbox, xyxy_to_xywh
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.data import letterbox
-from cattle_yolo.engine import autocast, autocast_dtype
-from cattle_yolo.evaluate import split_detections
+from cattle_yolo.device import autocast, autocast_dtype
+from cattle_yolo.evaluate import coco_categories, split_detections
+from cattle_yolo.files import atomic_write
 from cattle_yolo.model import postprocess
+from cattle_yolo.sources import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")  # files collect_sources picks up
 # Box colours per class (RGB), cycled: a readable set on grass and sky.
 PALETTE = (
     (255, 56, 56),
@@ -45,7 +45,7 @@ def collect_sources(source: str | Path) -> list[Path]:
     ValueError for a file that is not one of those image types; both name the path.
     """
     path = Path(source)
-    allowed = ", ".join(IMAGE_SUFFIXES)
+    allowed = ", ".join(sorted(IMAGE_SUFFIXES))
     if path.is_file():
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise ValueError(f"{path}: not an image file (expected {allowed})")
@@ -169,15 +169,6 @@ def draw(image: Image.Image, det: dict[str, Any], names: Sequence[str]) -> Image
     return out
 
 
-def _replace_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_outputs(results: Sequence[dict[str, Any]], out_dir: Path, names: Sequence[str]) -> Path:
     """Draw every result into ``out_dir`` and write the detections as COCO json there.
 
@@ -208,7 +199,7 @@ def write_outputs(results: Sequence[dict[str, Any]], out_dir: Path, names: Seque
         drawn = draw(read_image(src), result, names)
         fmt = extensions.get(dst.suffix.lower(), "PNG")
         options = {"quality": 95} if fmt == "JPEG" else {}
-        _replace_atomically(dst, lambda p, im=drawn, f=fmt, o=options: im.save(p, format=f, **o))
+        atomic_write(dst, lambda p, im=drawn, f=fmt, o=options: im.save(p, format=f, **o))
 
         xywh = xyxy_to_xywh(np.asarray(result["boxes"], dtype=np.float64).reshape(-1, 4))
         for box, score, label in zip(
@@ -226,17 +217,16 @@ def write_outputs(results: Sequence[dict[str, Any]], out_dir: Path, names: Seque
                     "score": round(float(score), 5),
                 }
             )
-    categories = [{"id": k + 1, "name": str(n)} for k, n in enumerate(names)]
+    categories = coco_categories(names)
     predictions = out_dir / "predictions.json"
-    _replace_atomically(predictions, lambda p: p.write_text(json.dumps(records)))
-    _replace_atomically(
+    atomic_write(predictions, lambda p: p.write_text(json.dumps(records)))
+    atomic_write(
         out_dir / "categories.json", lambda p: p.write_text(json.dumps(categories, indent=2))
     )
     return predictions
 
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "collect_sources",
     "draw",
     "predict_images",

@@ -24,15 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from cattle_yolo.config import ConfigError, TrainConfig
-from cattle_yolo.data import Datasets, load_datasets, make_loader
-from cattle_yolo.engine import (
-    ModelEMA,
+from cattle_yolo.checkpoint import (
     inference_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    train_one_epoch,
+    training_state,
 )
+from cattle_yolo.config import ConfigError, TrainConfig
+from cattle_yolo.data import Datasets, load_datasets, make_loader
+from cattle_yolo.device import resolve_device
+from cattle_yolo.engine import ModelEMA, train_one_epoch
 from cattle_yolo.evaluate import evaluate, save_detections
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
@@ -51,22 +52,6 @@ class DivergedError(RuntimeError):
     def __init__(self, reason: str, epoch: int) -> None:
         super().__init__(f"training diverged at epoch {epoch}: {reason}")
         self.reason, self.epoch = reason, epoch
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA where there is none is a ConfigError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} requested but CUDA is not available here; use cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} CUDA "
-                "device(s) exist"
-            )
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -242,22 +227,19 @@ def _train(
             best, best_epoch = stats["mAP50_95"], epoch + 1
         stats["best_mAP50_95"], stats["best_epoch"] = best, best_epoch
 
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "epoch": epoch + 1,
-            "best_fitness": best,
-            "best_epoch": best_epoch,
-            "config": cfg.to_dict(),
-            "names": list(names),
-            "metrics": {k: v for k, v in stats.items() if isinstance(v, int | float)},
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-            },
-        }
+        state = training_state(
+            model,
+            ema,
+            optimizer,
+            scaler,
+            epoch + 1,
+            best,
+            best_epoch,
+            cfg,
+            list(names),
+            stats,
+            device,
+        )
         last = out / "models" / "last.pt"
         save_checkpoint(state, last)
         if improved:  # inference weights only: last.pt is what resumes

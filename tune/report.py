@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.files import atomic_write_text
 from tune import storage
 from tune.space import SearchSettings, SearchSpace, resolve_trial_config, trial_values
 
@@ -266,10 +267,7 @@ def export_best(
         f"count, so a CPU run repeats it exactly):\n"
         f"#   python -m cattle_yolo train --config {path.name}\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
 
 
 def importance(

@@ -15,13 +15,14 @@ accepts (and the ``AWS_ENDPOINT_URL`` of an S3-compatible server) works here too
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 from ray import tune
+
+from cattle_yolo.files import atomic_write, atomic_write_bytes
 
 
 def is_uri(storage: str) -> bool:
@@ -115,11 +116,10 @@ def download(uri: str, folder: Path, names: list[str]) -> list[str]:
     for name, info in zip(names, infos, strict=True):
         if info.type != pyarrow.fs.FileType.File:
             continue
-        target = folder / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        pyarrow.fs.copy_files(info.path, str(tmp), source_filesystem=fs)
-        tmp.replace(target)
+        atomic_write(
+            folder / name,
+            lambda tmp, src=info.path: pyarrow.fs.copy_files(src, str(tmp), source_filesystem=fs),
+        )
         copied.append(name)
     return copied
 
@@ -134,10 +134,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write ``data`` at ``uri``: atomically on a filesystem path (temp file, then rename);
     an object store's put is atomic by itself."""
     if not is_uri(uri):
-        path = Path(uri.removeprefix("file://"))
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write_bytes(uri.removeprefix("file://"), data)
         return
     fs, path = _split(uri)
     with fs.open_output_stream(path) as f:

@@ -241,7 +241,7 @@ class EpochReporter:
             weights = folder / CHECKPOINT_FILE if folder is not None else weights
         if not weights.is_file():
             return None
-        from cattle_yolo.engine import load_checkpoint
+        from cattle_yolo.checkpoint import load_checkpoint
 
         saved = load_checkpoint(weights)
         self.resumed_from_epoch = int(saved["epoch"])

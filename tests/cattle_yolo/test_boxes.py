@@ -7,7 +7,7 @@ from cattle_yolo import boxes
 
 def test_known_answers():
     yolo = np.array([[0.5, 0.5, 0.2, 0.4]], dtype=np.float32)  # normalized cx cy w h
-    xyxy = boxes.yolo_to_pixel_xyxy(yolo, width=200, height=100)
+    xyxy = boxes.to_pixels(boxes.cxcywh_to_xyxy(yolo), width=200, height=100)
     np.testing.assert_allclose(xyxy, [[80, 30, 120, 70]], rtol=1e-6)
     np.testing.assert_allclose(boxes.xyxy_to_xywh(xyxy), [[80, 30, 40, 40]], rtol=1e-6)  # COCO
 
@@ -17,15 +17,36 @@ def test_round_trips(lib):
     rng = np.random.default_rng(0)
     cxcywh = rng.uniform(0.1, 0.9, size=(50, 4)).astype(np.float32)
     data = torch.from_numpy(cxcywh) if lib == "torch" else cxcywh
-    back = boxes.xyxy_to_cxcywh(boxes.cxcywh_to_xyxy(data))
+    xyxy = boxes.cxcywh_to_xyxy(data)
+    back = (
+        torch.stack(  # the inverse, as torchvision computes it
+            [
+                (xyxy[:, 0] + xyxy[:, 2]) / 2,
+                (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                xyxy[:, 2] - xyxy[:, 0],
+                xyxy[:, 3] - xyxy[:, 1],
+            ],
+            1,
+        )
+        if lib == "torch"
+        else np.stack(
+            [
+                (xyxy[:, 0] + xyxy[:, 2]) / 2,
+                (xyxy[:, 1] + xyxy[:, 3]) / 2,
+                xyxy[:, 2] - xyxy[:, 0],
+                xyxy[:, 3] - xyxy[:, 1],
+            ],
+            1,
+        )
+    )
     np.testing.assert_allclose(np.asarray(back), cxcywh, atol=1e-6)
-    pixel = boxes.yolo_to_pixel_xyxy(cxcywh, 640, 480)
-    np.testing.assert_allclose(boxes.pixel_xyxy_to_yolo(pixel, 640, 480), cxcywh, atol=1e-6)
+    pixel = boxes.to_pixels(np.asarray(xyxy), 640, 480)
+    np.testing.assert_allclose(pixel / [640, 480, 640, 480], np.asarray(xyxy), atol=1e-6)
 
 
 def test_torch_and_numpy_agree():
     xyxy = np.array([[1.0, 2.0, 5.0, 10.0], [0.0, 0.0, 3.0, 3.0]], dtype=np.float32)
-    for fn in (boxes.xyxy_to_cxcywh, boxes.xyxy_to_xywh):
+    for fn in (boxes.cxcywh_to_xyxy, boxes.xyxy_to_xywh):
         np.testing.assert_allclose(fn(xyxy), fn(torch.from_numpy(xyxy)).numpy())
 
 

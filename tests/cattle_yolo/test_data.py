@@ -11,13 +11,12 @@ import torch
 from test_sources import GOOD, dataset, labelimg, load, save_image
 
 from cattle_yolo import augment, data, sources
-from cattle_yolo.boxes import from_letterbox, to_letterbox
+from cattle_yolo.boxes import PAD_VALUE, from_letterbox, letterbox, to_letterbox
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import (
     DataError,
     DetectionDataset,
     collate,
-    letterbox,
     load_datasets,
     make_loader,
 )
@@ -198,5 +197,5 @@ def test_subset_copies_the_chosen_items() -> None:
 
 def test_augment_and_sources_names_are_reexported_by_data() -> None:
     assert data.Augment is augment.Augment and data.augment is augment.augment
-    assert data.DataError is sources.DataError and data.PAD_VALUE == augment.PAD_VALUE == 114
+    assert data.DataError is sources.DataError and augment.PAD_VALUE == PAD_VALUE == 114
     assert set(data.__all__) <= set(dir(data))

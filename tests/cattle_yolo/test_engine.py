@@ -4,13 +4,7 @@ import pytest
 import torch
 
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.engine import (
-    CheckpointError,
-    ModelEMA,
-    load_checkpoint,
-    lr_multiplier,
-    save_checkpoint,
-)
+from cattle_yolo.engine import ModelEMA, lr_multiplier
 
 
 def test_warmup_first_and_last_iteration():
@@ -50,58 +44,3 @@ def test_ema_follows_then_lags():
     ema.update(model)
     expected = 0.9 * before + 0.1 * model.weight
     assert torch.allclose(ema.module.weight, expected)
-
-
-def test_checkpoint_round_trip_and_torn_file(tmp_path):
-    state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "config": {"lr": 0.1}}
-    save_checkpoint(state, tmp_path / "last.pt")
-    loaded = load_checkpoint(tmp_path / "last.pt")
-    assert loaded["epoch"] == 4 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
-    assert not list(tmp_path.glob("*.tmp"))
-    data = (tmp_path / "last.pt").read_bytes()
-    (tmp_path / "torn.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="torn.pt"):
-        load_checkpoint(tmp_path / "torn.pt")
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_path):
-    from cattle_yolo.engine import inference_checkpoint
-
-    model = torch.nn.Linear(3, 2)
-    ema = {"module": {k: v + 1 for k, v in model.state_dict().items()}, "updates": 5}
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.ones(1, 3)).sum().backward()
-    opt.step()
-    state = {
-        "model": model.state_dict(),
-        "ema": ema,
-        "optimizer": opt.state_dict(),
-        "scaler": {},
-        "rng": {"torch": torch.get_rng_state()},
-        "epoch": 3,
-        "best_fitness": 0.5,
-        "best_epoch": 3,
-        "config": {"lr": 0.001},
-        "names": ["cow"],
-        "metrics": {"mAP50_95": 0.5},
-    }
-    save_checkpoint(state, tmp_path / "last.pt")
-    save_checkpoint(inference_checkpoint(state), tmp_path / "best.pt")
-    best = load_checkpoint(tmp_path / "best.pt")
-    assert set(best) == {
-        "model",
-        "ema",
-        "config",
-        "names",
-        "epoch",
-        "best_fitness",
-        "best_epoch",
-        "metrics",
-    }
-    assert best["ema"] is None and best["epoch"] == 3 and best["names"] == ["cow"]
-    for k, v in ema["module"].items():  # the EMA weights, not the raw model's
-        assert torch.equal(best["model"][k], v)
-    size = (tmp_path / "best.pt").stat().st_size
-    assert size < 0.6 * (tmp_path / "last.pt").stat().st_size

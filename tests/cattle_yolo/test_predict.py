@@ -78,7 +78,7 @@ class ScriptedModel(nn.Module):
 def letterboxed(path: Path, boxes: np.ndarray) -> list[float]:
     """``boxes`` pixel xyxy in the original image -> the letterboxed image, as letterbox
     maps them."""
-    from cattle_yolo.data import letterbox
+    from cattle_yolo.boxes import letterbox
 
     _, ratio, pad_x, pad_y = letterbox(np.asarray(Image.open(path).convert("RGB")), IMGSZ)
     return to_letterbox(boxes.astype(np.float32), ratio, pad_x, pad_y).tolist()

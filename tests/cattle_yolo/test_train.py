@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from cattle_yolo import cli
+from cattle_yolo.checkpoint import load_checkpoint
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import Datasets, load_datasets
-from cattle_yolo.engine import load_checkpoint
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.train import DivergedError, train
 

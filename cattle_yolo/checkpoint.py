@@ -1,0 +1,104 @@
+"""The checkpoint format: what training writes, what evaluation, prediction and a resume read.
+
+Two kinds, both ``torch.save`` dicts read with ``weights_only=True``:
+
+- resumable (``models/last.pt``, ``training_state``): ``model`` and ``ema`` state dicts,
+  ``optimizer``, ``scaler``, ``epoch``, ``best_fitness``, ``best_epoch``, ``config`` (the
+  resolved ``TrainConfig`` as a dict), ``names``, ``metrics`` (the epoch's numbers) and ``rng``;
+- inference (``models/best.pt``, ``inference_checkpoint``): the EMA weights as ``model``,
+  ``ema: None`` and the config, names, epoch and metrics; no optimizer, about a quarter of the
+  size, as Ultralytics strips its final weights.
+
+Both are written atomically (``save_checkpoint``), so a kill mid-save never leaves a torn file.
+``load_trained`` builds the model in eval mode from either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cattle_yolo.config import TrainConfig, parse_overrides
+from cattle_yolo.files import atomic_write
+
+INFERENCE_KEYS = ("config", "names", "epoch", "best_fitness", "best_epoch", "metrics")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, torn or not ours; the message names the file."""
+
+
+def training_state(
+    model: torch.nn.Module,
+    ema: Any,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    best: float,
+    best_epoch: int,
+    cfg: TrainConfig,
+    names: list[str],
+    stats: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """The resumable checkpoint after ``epoch`` epochs (``ema`` a ``ModelEMA`` or None)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "epoch": epoch,
+        "best_fitness": best,
+        "best_epoch": best_epoch,
+        "config": cfg.to_dict(),
+        "names": list(names),
+        "metrics": {k: v for k, v in stats.items() if isinstance(v, int | float)},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        },
+    }
+
+
+def inference_checkpoint(state: dict[str, Any]) -> dict[str, Any]:
+    """What inference, evaluation and a new training run need from a training checkpoint: the
+    EMA weights (or the model's, without EMA) as ``model``, the config, class names, epoch and
+    metrics; no optimizer, scaler, RNG or second copy of the weights."""
+    weights = state["ema"]["module"] if state.get("ema") else state["model"]
+    return {"model": weights, "ema": None, **{k: state[k] for k in INFERENCE_KEYS if k in state}}
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write one checkpoint dict atomically (temp file, then rename): never a torn file."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; a missing or torn file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated zip, a pickle of code objects, ...
+        raise CheckpointError(f"{path}: not a readable cattle_yolo checkpoint ({e})") from None
+    return ckpt
+
+
+def load_trained(
+    weights: str | Path, device: torch.device, overrides: list[str] | None = None
+) -> tuple[torch.nn.Module, TrainConfig, list[str]]:
+    """(model in eval mode with the EMA weights, config, class names) from a checkpoint of
+    either kind; ``overrides`` are ``key=value`` changes to its config."""
+    from cattle_yolo.model import CattleYOLO
+
+    ckpt = load_checkpoint(weights, map_location="cpu")
+    cfg = TrainConfig.from_dict(ckpt["config"], source=str(weights))
+    if overrides:
+        cfg = TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(overrides)})
+    cfg = cfg.replace(pretrained=False)  # the checkpoint has the weights; never download
+    model = CattleYOLO(len(ckpt["names"]), cfg)
+    model.load_state_dict(inference_checkpoint(ckpt)["model"])
+    return model.to(device).eval(), cfg, list(ckpt["names"])
