@@ -14,7 +14,6 @@ resources, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
+from tune.results import WARMUP_EPOCHS, Status
 from tune.space import (
     SearchSettings,
     SearchSpace,
@@ -44,7 +44,7 @@ SMOKE_CONFIG = {
     "synthetic_images": 8,
     "batch": 4,
     "accumulate": 1,
-    "warmup_epochs": 1.0,
+    WARMUP_EPOCHS: 1.0,
 }
 SMOKE_SETTINGS = {"trials": 2, "epochs": 2, "grace_period": 1}
 # Flags that override a setting of the space file's `search:` section.
@@ -411,10 +411,10 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
     import ray
 
     from cattle_yolo.data import DataError, load_datasets
-    from tune import disk, report, search, storage
+    from tune import cluster, disk, report, search, storage
     from tune.study import JOURNAL_FILE, finished_trials
 
-    ctx = search.init_ray(
+    ctx = cluster.init_ray(
         args.address,
         not args.no_dashboard,
         args.dashboard_host,
@@ -422,10 +422,10 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         trial_logs=not args.quiet,
     )
     try:
-        for line in search.dashboard_lines(ctx, args.dashboard_host, attached=bool(args.address)):
+        for line in cluster.dashboard_lines(ctx, args.dashboard_host, attached=bool(args.address)):
             print(line, flush=True)
-        nodes = search.check_shared_storage(plan.storage)
-        resources = search.plan_resources(
+        nodes = cluster.check_shared_storage(plan.storage)
+        resources = cluster.plan_resources(
             ray.cluster_resources(),
             args.gpus,
             args.gpus_per_trial,
@@ -449,7 +449,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
             threshold_range=plan.space.threshold_range(),
         )
         cloud = storage.is_uri(plan.storage)
-        uploads = [storage.UploadOnTrialEnd(plan.report_dir, plan.path, [JOURNAL_FILE])]
+        uploads = [search.UploadOnTrialEnd(plan.report_dir, plan.path, [JOURNAL_FILE])]
         if not cloud:
             print(
                 _disk_plan(plan, len(datasets.names), resources.concurrent, args.keep_weights),
@@ -510,7 +510,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
                 f"best {args.keep_weights} ended trials; no last.pt of an ended trial)"
             )
         print("\n".join(lines), flush=True)
-        if any(r.status == "unfinished" for r in rows):
+        if any(r.status == Status.UNFINISHED for r in rows):
             print(
                 f"the search was interrupted; continue it with the same command or --resume "
                 f"--name {plan.name}",
@@ -522,7 +522,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         if plan.settings.confirm > 0:
             return _confirm(args, plan, rows, trainable, resources, export)
         return 0
-    except (search.SearchSetupError, ConfigError, DataError, disk.DiskError) as e:
+    except (cluster.SearchSetupError, ConfigError, DataError, disk.DiskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
@@ -594,40 +594,23 @@ def _confirm(
     )
     publish(plan)
     print("\n".join(lines), flush=True)
-    if any(r.status == "unfinished" for c in candidates for r in c.runs):
+    if any(r.status == Status.UNFINISHED for c in candidates for r in c.runs):
         print("the confirmation was interrupted; the same command continues it", flush=True)
         return 130
     return 0
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def check_exposure(args: argparse.Namespace) -> None:
-    """Refuse, before Ray starts, a dashboard on a network address without token auth.
-
-    Ray 2.60 turns token auth on for a new local cluster unless ``RAY_AUTH_MODE`` says
-    otherwise; an unauthenticated dashboard lets anyone who reaches it run code on the machine
-    (ShadowRay, CVE-2023-48022). ``--allow-unauthenticated-dashboard`` is the explicit opt-out.
-    """
-    if args.address or args.no_dashboard or args.dashboard_host in LOOPBACK:
-        return  # attaching keeps the cluster's own dashboard; loopback is this machine only
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is None or mode.lower() == "token" or args.allow_unauthenticated_dashboard:
-        return
-    raise ConfigError(
-        f"--dashboard-host {args.dashboard_host} with token auth off (RAY_AUTH_MODE={mode}): "
-        "anyone who reaches that address could submit jobs and run code on this machine "
-        "(ShadowRay, CVE-2023-48022). Turn token auth on (unset RAY_AUTH_MODE or set it to "
-        "token), keep the dashboard on 127.0.0.1 and use an SSH tunnel, or pass "
-        "--allow-unauthenticated-dashboard if the network is yours alone"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
+    from tune import cluster
+
     args = build_parser().parse_args(argv)
     try:
-        check_exposure(args)
+        cluster.check_exposure(
+            args.address,
+            not args.no_dashboard,
+            args.dashboard_host,
+            args.allow_unauthenticated_dashboard,
+        )
         plan = plan_search(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

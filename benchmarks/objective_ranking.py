@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
+from tune.results import EPOCH, THREADS, TRAIN_LOSS, VAL_LOSS, WARMUP_EPOCHS  # noqa: E402 (after the path)
+
 OBJECTIVES = {
     "best": ("best", 1),
     "last_mean_2": ("last_mean", 2),
@@ -82,19 +84,17 @@ def histories(results, metric: str) -> list[dict]:
         df = result.metrics_dataframe
         if df is None or "epoch" not in df:
             continue
-        by_epoch = {
-            int(r["epoch"]): r for r in df.to_dict("records") if r.get("epoch") == r.get("epoch")
-        }
+        by_epoch = {int(r[EPOCH]): r for r in df.to_dict("records") if r.get(EPOCH) == r.get(EPOCH)}
         epochs = sorted(by_epoch)
         first = by_epoch[epochs[0]] if epochs else {}
         out.append(
             {
                 "config": {k: v for k, v in (result.config or {}).items()},
                 "metric": [float(by_epoch[e].get(metric, math.nan)) for e in epochs],
-                "train_loss": [float(by_epoch[e].get("train_loss", math.nan)) for e in epochs],
-                "val_loss": [float(by_epoch[e].get("val_loss", math.nan)) for e in epochs],
+                TRAIN_LOSS: [float(by_epoch[e].get(TRAIN_LOSS, math.nan)) for e in epochs],
+                VAL_LOSS: [float(by_epoch[e].get(VAL_LOSS, math.nan)) for e in epochs],
                 "first_step_loss": float(first.get("first_step_loss", math.nan)),
-                "warmup_epochs": float(first.get("warmup_epochs", 0.0)),
+                WARMUP_EPOCHS: float(first.get(WARMUP_EPOCHS, 0.0)),
                 "error": result.error is not None,
             }
         )
@@ -106,15 +106,15 @@ def first_stop(run: dict, settings, warmup_aware: bool) -> int | None:
     from tune.stoppers import divergence_rule
 
     start = run["first_step_loss"] if math.isfinite(run["first_step_loss"]) else None
-    for e in range(1, len(run["train_loss"]) + 1):
+    for e in range(1, len(run[TRAIN_LOSS]) + 1):
         rule = divergence_rule(
-            run["train_loss"][:e],
+            run[TRAIN_LOSS][:e],
             settings.patience,
             settings.spike_ratio,
-            run["val_loss"][e - 1],
+            run[VAL_LOSS][e - 1],
             settings.min_rise,
             start,
-            run["warmup_epochs"] if warmup_aware else 0.0,
+            run[WARMUP_EPOCHS] if warmup_aware else 0.0,
         )
         if rule is not None:
             return e
@@ -140,26 +140,26 @@ def blowup_runs(settings, epochs: int) -> list[dict]:
                 "synthetic_images": 16,
                 "batch": 4,
                 "accumulate": 1,
-                "warmup_epochs": 1.0,
+                WARMUP_EPOCHS: 1.0,
                 "epochs": epochs,
                 "lr": lr,
-                "threads": 1,
+                THREADS: 1,
                 "out": str(REPO / "outputs" / "blowup" / f"lr{lr:g}"),
             }
         )
         run = {
             "lr": lr,
-            "train_loss": [],
-            "val_loss": [],
+            TRAIN_LOSS: [],
+            VAL_LOSS: [],
             "first_step_loss": math.nan,
-            "warmup_epochs": cfg.warmup_epochs,
+            WARMUP_EPOCHS: cfg.warmup_epochs,
             "loop_diverged_at": None,
         }
 
         def record(stats, run=run):
-            run["train_loss"].append(float(stats["train_loss"]))
-            run["val_loss"].append(float(stats["val_loss"]))
-            if stats["epoch"] == 1:
+            run[TRAIN_LOSS].append(float(stats[TRAIN_LOSS]))
+            run[VAL_LOSS].append(float(stats[VAL_LOSS]))
+            if stats[EPOCH] == 1:
                 run["first_step_loss"] = float(stats.get("first_step_loss", math.nan))
 
         try:
@@ -247,7 +247,7 @@ def main() -> None:
 
     from cattle_yolo.config import TrainConfig, parse_overrides
     from cattle_yolo.data import load_datasets
-    from tune import confirm, report, search
+    from tune import cluster, confirm, report, search
     from tune.space import for_metric, load_space
 
     space = load_space(args.space)
@@ -259,7 +259,7 @@ def main() -> None:
     values = {
         **TrainConfig().to_dict(),
         **space.fixed,
-        "warmup_epochs": 1.0,
+        WARMUP_EPOCHS: 1.0,
         "accumulate": 1,
         "batch": 8,
         **parse_overrides(args.overrides),
@@ -274,7 +274,7 @@ def main() -> None:
     if not args.reuse_search:
         shutil.rmtree(storage, ignore_errors=True)
     ray.init(include_dashboard=False, log_to_driver=False)
-    resources = search.Resources(0, 0, 1, args.concurrent)
+    resources = cluster.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(base, datasets, settings, resources)
     t0 = time.perf_counter()
     if args.reuse_search:

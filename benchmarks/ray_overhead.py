@@ -30,7 +30,8 @@ from ray import tune  # noqa: E402
 from cattle_yolo.config import TrainConfig  # noqa: E402
 from cattle_yolo.data import load_datasets  # noqa: E402
 from cattle_yolo.train import train  # noqa: E402
-from tune.search import Resources, make_trainable  # noqa: E402
+from tune.cluster import Resources  # noqa: E402
+from tune.search import make_trainable  # noqa: E402
 from tune.space import SearchSettings  # noqa: E402
 
 REAL = REPO.parent / "shared" / "data" / "cattle-chute"

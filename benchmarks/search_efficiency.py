@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
+from tune.results import DIVERGED, EPOCH, OBJECTIVE, Status  # noqa: E402 (after the path)
+
 STRATEGIES = {
     "random_fifo": {"sampler": "random", "asha": False, "divergence": False},
     "tpe_fifo": {"sampler": "tpe", "asha": False, "divergence": False},
@@ -52,9 +54,9 @@ def anytime(results, metric: str) -> list[tuple[int, float]]:
             continue
         for rec in df.to_dict("records"):
             value = rec.get(metric)
-            if rec.get("epoch") is not None and not rec.get("diverged"):
+            if rec.get(EPOCH) is not None and not rec.get(DIVERGED):
                 events.append((rec["timestamp"], value))
-            elif rec.get("epoch") is not None:
+            elif rec.get(EPOCH) is not None:
                 events.append((rec["timestamp"], math.nan))
     events.sort(key=lambda e: e[0])
     best, curve = -math.inf, []
@@ -72,21 +74,21 @@ def blowups(results, settings) -> list[int]:
     from tune.stoppers import DivergenceStopper
 
     stopper = DivergenceStopper(
-        settings.patience, settings.spike_ratio, 0.0, "objective", settings.min_rise
+        settings.patience, settings.spike_ratio, 0.0, OBJECTIVE, settings.min_rise
     )
     spent = []
     for i, result in enumerate(results):
         df = result.metrics_dataframe
         if df is None or "epoch" not in df:
             continue
-        recs = [r for r in df.to_dict("records") if r.get("epoch") is not None]
+        recs = [r for r in df.to_dict("records") if r.get(EPOCH) is not None]
         if any(stopper(str(i), dict(rec)) for rec in recs):  # stops at the first rule that fires
-            spent.append(max(int(r["epoch"]) for r in recs))
+            spent.append(max(int(r[EPOCH]) for r in recs))
     return spent
 
 
 def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Path) -> dict:
-    from tune import report, search
+    from tune import cluster, report, search
 
     settings = space.settings.replace(
         {
@@ -95,12 +97,12 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
             "seed": seed,
             "grace_period": min(args.grace_period, args.epochs),
             "reduction_factor": args.reduction_factor,
-            "objective": args.objective,
+            OBJECTIVE: args.objective,
         },
         "benchmark",
     )
     cfg = base.replace(epochs=args.epochs, seed=seed)
-    resources = search.Resources(0, 0, 1, args.concurrent)
+    resources = cluster.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(cfg, datasets, settings, resources)
     tuner, _ = search.build_tuner(
         trainable,
@@ -127,8 +129,8 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
         "wall_s": time.perf_counter() - t0,
         "best": max((r.best for r in rows if r.best is not None), default=0.0),
         "epochs": sum(r.epochs_run for r in rows),
-        "diverged_trials": sum(r.status == "diverged" for r in rows),
-        "diverged_epochs": [r.epochs_run for r in rows if r.status == "diverged"],
+        "diverged_trials": sum(r.status == Status.DIVERGED for r in rows),
+        "diverged_epochs": [r.epochs_run for r in rows if r.status == Status.DIVERGED],
         "blowup_epochs": blowups(results, settings),
         "curve": curve,
         "best_params": best_row.params if best_row else {},

@@ -28,8 +28,8 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from cattle_yolo.config import TrainConfig
 from tune.disk import ended_rows, enforce
 from tune.report import TrialRow, export_best, objective_label, trial_rows
+from tune.results import EPOCH, OBJECTIVE, TRAIN_LOSS, Status
 from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
-from tune.trainable import OBJECTIVE
 
 CONFIRM_SUFFIX = "-confirm"
 CONFIRM_CSV = "confirm.csv"
@@ -47,9 +47,9 @@ class Candidate:
         """The confirmed objective of each run that did not error (diverged: ``worst``)."""
         out = []
         for r in self.runs:
-            if r.status == "errored":
+            if r.status == Status.ERRORED:
                 continue
-            out.append(worst if r.status == "diverged" or r.best is None else r.best)
+            out.append(worst if r.status == Status.DIVERGED or r.best is None else r.best)
         return out
 
     def mean_sd(self, worst: float) -> tuple[float, float]:
@@ -77,7 +77,7 @@ def pick_candidates(
     default_row = next((r for r in rows if is_default(r)), None)
     sign = 1.0 if settings.mode == "max" else -1.0
     ranked = []
-    for status in ("completed", "stopped by ASHA"):
+    for status in (Status.COMPLETED, Status.STOPPED):
         pool = [r for r in rows if r.status == status and r.best is not None and not is_default(r)]
         ranked += sorted(pool, key=lambda r: -sign * r.best)
     out = [Candidate(0, "default", default, default_row.best if default_row else None)]
@@ -113,8 +113,8 @@ def build_confirm_tuner(
         mode=settings.mode,
         parameter_columns=[CONFIRM_ID, "seed"],
         metric_columns={
-            "epoch": "epoch",
-            "train_loss": "loss",
+            EPOCH: "epoch",
+            TRAIN_LOSS: "loss",
             OBJECTIVE: objective_label(settings),
         },
         max_report_frequency=30,
@@ -193,7 +193,7 @@ def summary_lines(
     for c in candidates:
         mean, sd = c.mean_sd(settings.worst)
         per_seed = ", ".join(f"{v:.4g}" for v in c.values(settings.worst))
-        diverged = sum(r.status == "diverged" for r in c.runs)
+        diverged = sum(r.status == Status.DIVERGED for r in c.runs)
         body.append(
             [
                 c.label,
@@ -215,7 +215,7 @@ def summary_lines(
 def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst: float) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["config", *space.knobs, "seed", "objective", "status", "path"])
+        w.writerow(["config", *space.knobs, "seed", OBJECTIVE, "status", "path"])
         for c in candidates:
             for r in c.runs:
                 w.writerow(
@@ -251,7 +251,7 @@ def report(
     if best is None:
         return lines
     sign = 1.0 if settings.mode == "max" else -1.0
-    runs = [r for r in best.runs if r.best is not None and r.status != "errored"]
+    runs = [r for r in best.runs if r.best is not None and r.status != Status.ERRORED]
     run = max(runs, key=lambda r: sign * r.best)
     mean, sd = best.mean_sd(settings.worst)
     confirmed = {

@@ -29,6 +29,7 @@ from typing import Any
 from ray import tune
 
 from cattle_yolo.config import TrainConfig
+from tune.results import DIVERGED, ENDED, EPOCH, OBJECTIVE, Status
 from tune.storage import delete_files, file_sizes, uri
 
 MARGIN = 1.1  # on top of the estimate: logs, Tune's files, allocator slack
@@ -104,11 +105,11 @@ def folder_bytes(path: Path) -> int:
 
 def rank(result: dict[str, Any], max_epochs: int, mode: str) -> tuple[int, float]:
     """Completed trials first, then by objective (the order ``report.pick_best`` uses)."""
-    objective = result.get("objective")
+    objective = result.get(OBJECTIVE)
     value = float(objective) if isinstance(objective, int | float) else math.nan
-    if not math.isfinite(value) or result.get("diverged"):
+    if not math.isfinite(value) or result.get(DIVERGED):
         return (-1, -math.inf)
-    completed = int(result.get("epoch") or 0) >= max_epochs
+    completed = int(result.get(EPOCH) or 0) >= max_epochs
     return (1 if completed else 0, value if mode == "max" else -value)
 
 
@@ -164,11 +165,11 @@ def ended_rows(rows: Iterable[Any], max_epochs: int, mode: str) -> list[Ended]:
         Ended(
             r.path,
             rank(
-                {"objective": r.best, "epoch": r.epochs_run, "diverged": r.status == "diverged"},
+                {OBJECTIVE: r.best, EPOCH: r.epochs_run, DIVERGED: r.status == Status.DIVERGED},
                 max_epochs,
                 mode,
             ),
         )
         for r in rows
-        if r.status in ("completed", "stopped by ASHA", "diverged")
+        if r.status in ENDED
     ]

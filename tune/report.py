@@ -26,16 +26,22 @@ import yaml
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.files import atomic_write_text
 from tune import storage
+from tune.plots import plot_curves, plot_importance, plot_knobs
+from tune.results import (
+    DIVERGED,
+    DIVERGED_RULE,
+    DONE,
+    EPOCH,
+    OBJECTIVE,
+    OBJECTIVE_EPOCH,
+    THREADS,
+    THRESHOLD,
+    THRESHOLD_F1,
+    THRESHOLD_KEYS,
+    TRAIN_LOSS,
+    Status,
+)
 from tune.space import SearchSettings, SearchSpace, resolve_trial_config, trial_values
-
-THRESHOLD_KEYS = ("threshold", "threshold_P", "threshold_R", "threshold_F1")
-STATUS_COLORS = {
-    "completed": "tab:green",
-    "stopped by ASHA": "tab:orange",
-    "diverged": "tab:red",
-    "errored": "black",
-    "unfinished": "tab:blue",
-}
 
 
 @dataclass
@@ -59,17 +65,17 @@ def trial_status(
     metrics: dict[str, Any], error: BaseException | None, max_t: int
 ) -> tuple[str, str]:
     """(status, detail) of a trial from its last result and error."""
-    epoch = int(metrics.get("epoch") or 0)
+    epoch = int(metrics.get(EPOCH) or 0)
     if error is not None:
         lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        return "errored", (lines[-1] if lines else type(error).__name__)[:160]
-    if metrics.get("diverged"):
-        return "diverged", f"{metrics.get('diverged_rule', '')} (epoch {epoch})"
+        return Status.ERRORED.value, (lines[-1] if lines else type(error).__name__)[:160]
+    if metrics.get(DIVERGED):
+        return Status.DIVERGED.value, f"{metrics.get(DIVERGED_RULE, '')} (epoch {epoch})"
     if epoch >= max_t:
-        return "completed", ""
-    if metrics.get("done"):
-        return "stopped by ASHA", f"at epoch {epoch} of {max_t}"
-    return "unfinished", f"at epoch {epoch} of {max_t}"
+        return Status.COMPLETED.value, ""
+    if metrics.get(DONE):
+        return Status.STOPPED.value, f"at epoch {epoch} of {max_t}"
+    return Status.UNFINISHED.value, f"at epoch {epoch} of {max_t}"
 
 
 def _history(result: Any, metric: str) -> list[dict[str, float]]:
@@ -78,13 +84,11 @@ def _history(result: Any, metric: str) -> list[dict[str, float]]:
         return []
     by_epoch: dict[int, dict[str, float]] = {}
     for rec in df.to_dict("records"):  # a retried epoch appears twice: keep the later one
-        if rec.get("epoch") is None or (
-            isinstance(rec["epoch"], float) and math.isnan(rec["epoch"])
-        ):
+        if rec.get(EPOCH) is None or (isinstance(rec[EPOCH], float) and math.isnan(rec[EPOCH])):
             continue
-        by_epoch[int(rec["epoch"])] = {
-            "epoch": int(rec["epoch"]),
-            "train_loss": float(rec.get("train_loss", math.nan)),
+        by_epoch[int(rec[EPOCH])] = {
+            EPOCH: int(rec[EPOCH]),
+            TRAIN_LOSS: float(rec.get(TRAIN_LOSS, math.nan)),
             metric: float(rec.get(metric, math.nan)),
         }
     return [by_epoch[e] for e in sorted(by_epoch)]
@@ -109,21 +113,19 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
         metrics = result.metrics or {}
         status, detail = trial_status(metrics, result.error, settings.epochs)
         history = _history(result, settings.metric)
-        best = metrics.get("objective")
+        best = metrics.get(OBJECTIVE)
         finite = isinstance(best, int | float) and math.isfinite(best)
         rows.append(
             TrialRow(
                 name=Path(result.path).name,
                 params=_params(result),
                 best=float(best) if finite else None,
-                best_epoch=int(metrics.get("objective_epoch") or 0),
-                epochs_run=max(
-                    [h["epoch"] for h in history], default=int(metrics.get("epoch") or 0)
-                ),
+                best_epoch=int(metrics.get(OBJECTIVE_EPOCH) or 0),
+                epochs_run=max([h[EPOCH] for h in history], default=int(metrics.get(EPOCH) or 0)),
                 status=status,
                 detail=detail,
                 path=result_uri(result),
-                threads=int(metrics.get("threads") or 0),
+                threads=int(metrics.get(THREADS) or 0),
                 history=history,
                 threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
                 config=dict(result.config or {}),
@@ -134,7 +136,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
 
 def pick_best(rows: list[TrialRow], mode: str) -> TrialRow | None:
     """The best completed trial (ASHA's survivors); if none completed, the best ASHA-stopped."""
-    for statuses in (("completed",), ("stopped by ASHA",)):
+    for statuses in ((Status.COMPLETED,), (Status.STOPPED,)):
         pool = [r for r in rows if r.status in statuses and r.best is not None]
         if pool:
             key = (lambda r: r.best) if mode == "max" else (lambda r: -r.best)
@@ -198,8 +200,8 @@ def write_csv(
     fields = [
         "trial",
         *space.knobs,
-        "objective",
-        "objective_epoch",
+        OBJECTIVE,
+        OBJECTIVE_EPOCH,
         "epochs_run",
         *THRESHOLD_KEYS,
         "status",
@@ -230,8 +232,8 @@ def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
     folder and device are cleared so a new run neither overwrites the trial nor pins a device,
     and ``score_threshold`` is the one the trial chose after training (its F1-best on val)."""
     cfg = resolve_trial_config(base, row.params, out=None, device="auto")
-    if "threshold" in row.threshold:  # chosen after training on best.pt's val detections
-        cfg = cfg.replace(score_threshold=row.threshold["threshold"])
+    if THRESHOLD in row.threshold:  # chosen after training on best.pt's val detections
+        cfg = cfg.replace(score_threshold=row.threshold[THRESHOLD])
     # On CPU a trial repeats exactly only with its own thread count: record it in the config.
     return cfg.replace(threads=row.threads) if row.threads and not cfg.threads else cfg
 
@@ -254,10 +256,10 @@ def export_best(
         "trial": row.name,
         "experiment": experiment,
         "metric": settings.metric,
-        "objective": objective_label(settings),
+        OBJECTIVE: objective_label(settings),
         "value": row.best,
-        "epoch": row.best_epoch,
-        "threads": row.threads,
+        EPOCH: row.best_epoch,
+        THREADS: row.threads,
         **({"confirmed": confirmed} if confirmed else {}),
         **row.threshold,
     }
@@ -285,7 +287,7 @@ def importance(
         r
         for r in rows
         if r.best is not None
-        and r.status != "errored"
+        and r.status != Status.ERRORED
         and all(k in r.params and d.contains(r.params[k]) for k, d in space.knobs.items())
     ]
     if len(usable) < 4:
@@ -309,117 +311,19 @@ def importance(
     return values, ""
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(rows: list[TrialRow], settings: SearchSettings, path: Path) -> None:
-    """The metric and the training loss per epoch for every trial, coloured by status."""
-    plt = _plt()
-    fig, (ax_m, ax_l) = plt.subplots(1, 2, figsize=(12, 4.5))
-    seen = set()
-    for r in rows:
-        if not r.history:
-            continue
-        epochs = [h["epoch"] for h in r.history]
-        color = STATUS_COLORS.get(r.status, "grey")
-        label = r.status if r.status not in seen else None
-        seen.add(r.status)
-        ax_m.plot(
-            epochs,
-            [h[settings.metric] for h in r.history],
-            color=color,
-            alpha=0.8,
-            marker=".",
-            label=label,
-        )
-        losses = [
-            h["train_loss"] if math.isfinite(h["train_loss"]) else math.nan for h in r.history
-        ]
-        ax_l.plot(epochs, losses, color=color, alpha=0.8, marker=".")
-        if r.status == "diverged":
-            ax_l.plot(
-                epochs[-1],
-                next((x for x in reversed(losses) if math.isfinite(x)), 0) or 1,
-                "x",
-                color=color,
-                markersize=10,
-            )
-    ax_m.set(xlabel="epoch", ylabel=f"val {settings.metric}", title="metric per epoch")
-    ax_l.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch (x: diverged)")
-    ax_l.set_yscale("log")
-    ax_m.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_knobs(
-    rows: list[TrialRow], space: SearchSpace, settings: SearchSettings, path: Path
-) -> None:
-    """Each knob's sampled values against the trial's best metric, coloured by status."""
-    plt = _plt()
-    n = len(space.knobs)
-    cols = min(4, n)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
-    for ax, (key, dist) in zip(axes.flat, space.knobs.items(), strict=False):
-        for r in rows:
-            if r.best is None or key not in r.params:
-                continue
-            x = r.params[key]
-            if dist.kind == "choice":
-                x = list(dist.choices).index(x) if x in dist.choices else math.nan
-            ax.scatter([x], [r.best], color=STATUS_COLORS.get(r.status, "grey"), s=22)
-        if dist.kind == "loguniform":
-            from matplotlib.ticker import NullFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
-        if dist.kind == "choice":
-            ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices])
-        ax.set(xlabel=key, ylabel=f"best {settings.metric}")
-        ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    handles = [
-        plt.Line2D([], [], marker="o", ls="", color=c, label=s) for s, c in STATUS_COLORS.items()
-    ]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.9 if nrows == 1 else 0.95))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_importance(values: dict[str, float], path: Path) -> None:
-    plt = _plt()
-    keys = list(values)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(keys) + 1.2))
-    ax.barh(keys, [values[k] for k in keys], color="tab:blue")
-    ax.set(xlabel="importance (Optuna, normalised)", title="parameter importance")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def epochs_saved(rows: list[TrialRow], settings: SearchSettings) -> str:
     """Epochs trained against running every finished trial to the end, and who saved them."""
-    finished = [r for r in rows if r.status != "unfinished"]
+    finished = [r for r in rows if r.status != Status.UNFINISHED]
     run = sum(r.epochs_run for r in finished)
     saved = {
         s: sum(settings.epochs - r.epochs_run for r in finished if r.status == s)
-        for s in ("stopped by ASHA", "diverged", "errored")
+        for s in (Status.STOPPED, Status.DIVERGED, Status.ERRORED)
     }
     full = settings.epochs * len(finished)
     return (
         f"epochs trained: {run} of {full} ({run / max(1, full):.0%}); saved by ASHA "
-        f"{saved['stopped by ASHA']}, by the divergence rules {saved['diverged']}, "
-        f"lost to errors {saved['errored']}"
+        f"{saved[Status.STOPPED]}, by the divergence rules {saved[Status.DIVERGED]}, "
+        f"lost to errors {saved[Status.ERRORED]}"
     )
 
 
@@ -436,7 +340,7 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     lines = [summary_table(rows, space, settings), ""]
     write_csv(rows, space, settings, folder / "results.csv")
-    counts = {s: sum(r.status == s for r in rows) for s in STATUS_COLORS}
+    counts = {s: sum(r.status == s for r in rows) for s in Status}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
     lines.append(epochs_saved(rows, settings))
     default = next(
@@ -458,7 +362,7 @@ def write_report(
             + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs)
         )
         t = best.threshold
-        if t and t.get("threshold_F1", 0) > 0:
+        if t and t.get(THRESHOLD_F1, 0) > 0:
             lines.append(
                 f"  score threshold {_fmt(t.get('threshold'))} (P {_fmt(t.get('threshold_P'))}, "
                 f"R {_fmt(t.get('threshold_R'))}, F1 {_fmt(t.get('threshold_F1'))} on val), "

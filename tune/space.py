@@ -8,7 +8,8 @@ every trial) and optional ``points`` (configs tried right after the hand-fixed d
 
 ``iou_end >= iou_start`` always holds by construction: when both are searched, Optuna samples
 ``iou_start`` and a fraction ``iou_end_fraction`` in [0, 1] that places ``iou_end`` between
-``max(iou_start, low)`` and ``high`` (a reparameterization, never rejection).
+``max(iou_start, low)`` and ``high`` (a reparameterization, never rejection; see
+``tune.study.DefineByRun``).
 
 Every problem is a ``SpaceError`` naming the file, the key and what is wrong. Only ``yaml`` and
 ``cattle_yolo.config`` are imported here, so checking a bad file takes a fraction of a second.
@@ -95,14 +96,6 @@ class Distribution:
         if self.kind == "int" and not float(value).is_integer():
             return False
         return self.low <= value <= self.high
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        """Ask an Optuna trial for a value (define-by-run)."""
-        if self.kind == "choice":
-            return trial.suggest_categorical(name, list(self.choices))
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high))
-        return trial.suggest_float(name, self.low, self.high, log=self.kind == "loguniform")
 
     def describe(self) -> str:
         if self.kind == "choice":
@@ -418,81 +411,6 @@ def check_base(space: SearchSpace, base: TrainConfig) -> None:
             f"{space.path}: space.iou_end: {min(values):g} is below the fixed "
             f"iou_start {base.iou_start:g}; raise it or search iou_start too"
         )
-
-
-def _end_bounds(end: Distribution, start: float) -> tuple[float, float]:
-    return max(end.low, start), end.high
-
-
-def _place(end: Distribution, start: float, fraction: float) -> float:
-    low, high = _end_bounds(end, start)
-    if end.kind == "loguniform":
-        value = math.exp(math.log(low) + fraction * (math.log(high) - math.log(low)))
-    else:
-        value = low + fraction * (high - low)
-    return max(start, min(high, round(value, 10)))  # rounding keeps the default's 0.45 exact
-
-
-def _fraction(end: Distribution, start: float, value: float) -> float:
-    low, high = _end_bounds(end, start)
-    if high <= low:
-        return 0.0
-    if end.kind == "loguniform":
-        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
-    return (value - low) / (high - low)
-
-
-class DefineByRun:
-    """Optuna define-by-run space: ``trial -> {derived key: value}``; a picklable callable."""
-
-    def __init__(self, knobs: dict[str, Distribution]) -> None:
-        self.knobs = dict(knobs)
-
-    def __call__(self, trial: Any) -> dict[str, Any] | None:
-        values = {}
-        for key, dist in self.knobs.items():
-            if key == "iou_end" and "iou_start" in self.knobs:
-                continue
-            values[key] = dist.suggest(trial, key)
-        if "iou_end" in self.knobs and "iou_start" in self.knobs:
-            fraction = trial.suggest_float(IOU_END_FRACTION, 0.0, 1.0)
-            return {"iou_end": _place(self.knobs["iou_end"], values["iou_start"], fraction)}
-        return None
-
-
-def optuna_params(space: SearchSpace, values: dict[str, Any]) -> dict[str, Any]:
-    """Knob values as Optuna parameters (``iou_end`` becomes its fraction when reparameterized)."""
-    params = dict(values)
-    if "iou_end" in space.knobs and "iou_start" in space.knobs and "iou_end" in params:
-        end = params.pop("iou_end")
-        params[IOU_END_FRACTION] = _fraction(space.knobs["iou_end"], params["iou_start"], end)
-    return params
-
-
-def first_points(space: SearchSpace, base: TrainConfig) -> tuple[list[dict[str, Any]], list[str]]:
-    """The hand-fixed default (the base config's values) first, then the file's ``points``.
-
-    Returns Optuna parameter dicts and notes for knobs whose default lies outside the range
-    (those are left to the sampler).
-    """
-    notes, points = [], []
-    default = {}
-    for key, dist in space.knobs.items():
-        value = getattr(base, key)
-        if dist.contains(value):
-            default[key] = value
-        else:
-            notes.append(f"default {key}={value!r} is outside {dist.describe()}; Optuna samples it")
-    paired = "iou_start" in space.knobs and "iou_end" in space.knobs
-    for candidate in (default, *space.points):
-        point = {**default, **candidate}
-        if paired and "iou_start" not in point:
-            point.pop("iou_end", None)  # its fraction needs a start value
-        if paired and "iou_end" in point and point["iou_end"] < point["iou_start"]:
-            notes.append(f"skipped start point {candidate}: iou_end < iou_start")
-            continue
-        points.append(optuna_params(space, point))
-    return points, notes
 
 
 def trial_values(params: dict[str, Any]) -> dict[str, Any]:

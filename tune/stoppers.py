@@ -29,6 +29,8 @@ from typing import Any
 
 from ray.tune import Stopper
 
+from tune.results import DIVERGED, DIVERGED_RULE, EPOCH
+
 LOSS_KEY, VAL_LOSS_KEY, START_KEY = "train_loss", "val_loss", "first_step_loss"
 WARMUP_KEY = "warmup_epochs"  # the trial's warmup length, reported with every result
 
@@ -110,12 +112,12 @@ class DivergenceStopper(Stopper):
         self._start: dict[str, float] = {}  # trial id -> loss of its first training step
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if result.get("diverged"):  # the trial itself reported a DivergedError
+        if result.get(DIVERGED):  # the trial itself reported a DivergedError
             return True
         if LOSS_KEY not in result:
             return False
         history = self._losses.setdefault(trial_id, {})
-        epoch = int(result.get("epoch", len(history) + 1))
+        epoch = int(result.get(EPOCH, len(history) + 1))
         history[epoch] = float(result[LOSS_KEY])  # a retried epoch replaces its earlier value
         if epoch == 1 and START_KEY in result:
             self._start[trial_id] = float(result[START_KEY])
@@ -132,7 +134,7 @@ class DivergenceStopper(Stopper):
         )
         if rule is None:
             return False
-        result.update({self.objective: self.worst, "diverged": True, "diverged_rule": rule})
+        result.update({self.objective: self.worst, DIVERGED: True, DIVERGED_RULE: rule})
         return True
 
     def stop_all(self) -> bool:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pyarrow.fs
-from ray import tune
 
 from cattle_yolo.files import atomic_write, atomic_write_bytes
 
@@ -217,17 +215,3 @@ class FolderUploader:
         for rel in self.drop & set(self.seen):
             (self.folder / rel).unlink()
         return sorted(self.seen)
-
-
-class UploadOnTrialEnd(tune.Callback):
-    """Uploads ``names`` of a local ``folder`` to ``uri`` each time a trial ends and when the
-    experiment ends (the Optuna journal of a search on cloud storage)."""
-
-    def __init__(self, folder: Path, uri: str, names: list[str]) -> None:
-        self.folder, self.uri, self.names = folder, uri, names
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        upload(self.folder, self.uri, self.names)
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        upload(self.folder, self.uri, self.names)

@@ -9,6 +9,12 @@ subclassed (``StudySearch``) only where the study would otherwise learn somethin
   COMPLETE with its partial value; a diverged trial stays COMPLETE with the worst value;
 - a warm start adds an earlier study's finished trials before the first suggestion.
 
+It also holds the glue between a space file and Optuna: ``DefineByRun`` (the define-by-run
+space Ray's ``OptunaSearch`` samples), ``first_points`` (the hand-fixed default and the file's
+points as Optuna parameters) and the IoU reparameterisation (when both IoU bounds are searched,
+Optuna samples ``iou_end`` as a fraction of the room above the sampled ``iou_start``, so every
+sample is valid).
+
 The study lives in the experiment folder as a journal file (``optuna_journal.log``, Optuna's
 ``JournalStorage`` with a file backend and an open-lock, which works on NFS), so
 ``optuna-dashboard <folder>/optuna_journal.log`` shows it while the search runs and after.
@@ -16,12 +22,15 @@ The study lives in the experiment folder as a journal file (``optuna_journal.log
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
+from cattle_yolo.config import TrainConfig
+from tune.results import DIVERGED, EPOCH
 from tune.space import IOU_END_FRACTION, Distribution, SearchSettings, SearchSpace, SpaceError
 
 JOURNAL_FILE = "optuna_journal.log"
@@ -38,7 +47,7 @@ def journal_storage(path: Path) -> optuna.storages.JournalStorage:
 
 def distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
     """The Optuna parameters a trial of ``space`` has (``iou_end`` as its fraction when both IoU
-    bounds are searched, as ``tune.space.DefineByRun`` samples it)."""
+    bounds are searched, as ``DefineByRun`` samples it)."""
     out: dict[str, optuna.distributions.BaseDistribution] = {}
     for key, dist in space.knobs.items():
         if key == "iou_end" and "iou_start" in space.knobs:
@@ -57,6 +66,90 @@ def optuna_distribution(dist: Distribution) -> optuna.distributions.BaseDistribu
     return optuna.distributions.FloatDistribution(
         dist.low, dist.high, log=dist.kind == "loguniform"
     )
+
+
+def suggest(trial: Any, name: str, dist: Distribution) -> Any:
+    """Ask an Optuna trial for a knob's value (define-by-run)."""
+    if dist.kind == "choice":
+        return trial.suggest_categorical(name, list(dist.choices))
+    if dist.kind == "int":
+        return trial.suggest_int(name, int(dist.low), int(dist.high))
+    return trial.suggest_float(name, dist.low, dist.high, log=dist.kind == "loguniform")
+
+
+def _end_bounds(end: Distribution, start: float) -> tuple[float, float]:
+    return max(end.low, start), end.high
+
+
+def _place(end: Distribution, start: float, fraction: float) -> float:
+    low, high = _end_bounds(end, start)
+    if end.kind == "loguniform":
+        value = math.exp(math.log(low) + fraction * (math.log(high) - math.log(low)))
+    else:
+        value = low + fraction * (high - low)
+    return max(start, min(high, round(value, 10)))  # rounding keeps the default's 0.45 exact
+
+
+def _fraction(end: Distribution, start: float, value: float) -> float:
+    low, high = _end_bounds(end, start)
+    if high <= low:
+        return 0.0
+    if end.kind == "loguniform":
+        return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+    return (value - low) / (high - low)
+
+
+class DefineByRun:
+    """Optuna define-by-run space: ``trial -> {derived key: value}``; a picklable callable."""
+
+    def __init__(self, knobs: dict[str, Distribution]) -> None:
+        self.knobs = dict(knobs)
+
+    def __call__(self, trial: Any) -> dict[str, Any] | None:
+        values = {}
+        for key, dist in self.knobs.items():
+            if key == "iou_end" and "iou_start" in self.knobs:
+                continue
+            values[key] = suggest(trial, key, dist)
+        if "iou_end" in self.knobs and "iou_start" in self.knobs:
+            fraction = trial.suggest_float(IOU_END_FRACTION, 0.0, 1.0)
+            return {"iou_end": _place(self.knobs["iou_end"], values["iou_start"], fraction)}
+        return None
+
+
+def optuna_params(space: SearchSpace, values: dict[str, Any]) -> dict[str, Any]:
+    """Knob values as Optuna parameters (``iou_end`` becomes its fraction when reparameterized)."""
+    params = dict(values)
+    if "iou_end" in space.knobs and "iou_start" in space.knobs and "iou_end" in params:
+        end = params.pop("iou_end")
+        params[IOU_END_FRACTION] = _fraction(space.knobs["iou_end"], params["iou_start"], end)
+    return params
+
+
+def first_points(space: SearchSpace, base: TrainConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The hand-fixed default (the base config's values) first, then the file's ``points``.
+
+    Returns Optuna parameter dicts and notes for knobs whose default lies outside the range
+    (those are left to the sampler).
+    """
+    notes, points = [], []
+    default = {}
+    for key, dist in space.knobs.items():
+        value = getattr(base, key)
+        if dist.contains(value):
+            default[key] = value
+        else:
+            notes.append(f"default {key}={value!r} is outside {dist.describe()}; Optuna samples it")
+    paired = "iou_start" in space.knobs and "iou_end" in space.knobs
+    for candidate in (default, *space.points):
+        point = {**default, **candidate}
+        if paired and "iou_start" not in point:
+            point.pop("iou_end", None)  # its fraction needs a start value
+        if paired and "iou_end" in point and point["iou_end"] < point["iou_start"]:
+            notes.append(f"skipped start point {candidate}: iou_end < iou_start")
+            continue
+        points.append(optuna_params(space, point))
+    return points, notes
 
 
 def make_sampler(settings: SearchSettings, concurrent: int, kind: str = "tpe") -> Any:
@@ -134,8 +227,8 @@ class StudySearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        value, epoch = result.get(self.metric), result.get("epoch")
-        if value is None or epoch is None or result.get("diverged"):
+        value, epoch = result.get(self.metric), result.get(EPOCH)
+        if value is None or epoch is None or result.get(DIVERGED):
             return
         reported = self._reported.setdefault(trial_id, set())
         if int(epoch) not in reported:  # a retried epoch, or the last one seen twice
@@ -149,11 +242,11 @@ class StudySearch(OptunaSearch):
             return
         if result is not None:  # Tune hands the last result only to on_trial_complete
             self.on_trial_result(trial_id, result)
-        epoch = int((result or {}).get("epoch") or 0)
+        epoch = int((result or {}).get(EPOCH) or 0)
         stopped_early = (
             result is not None
             and not error
-            and not result.get("diverged")
+            and not result.get(DIVERGED)
             and 0 < epoch < self._max_epochs
         )
         if not stopped_early:

@@ -49,11 +49,26 @@ from typing import Any
 from ray import tune
 
 from cattle_yolo.config import TrainConfig
+from tune.results import (
+    DIVERGED,
+    DIVERGED_RULE,
+    EPOCH,
+    OBJECTIVE,
+    OBJECTIVE_EPOCH,
+    RESUMED_FROM_EPOCH,
+    RUNG_SCORE,
+    THREADS,
+    THRESHOLD,
+    THRESHOLD_F1,
+    THRESHOLD_P,
+    THRESHOLD_R,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    WARMUP_EPOCHS,
+)
 from tune.space import resolve_trial_config
 from tune.storage import FolderUploader
 
-OBJECTIVE = "objective"  # the result key Optuna optimises and the export ranks by
-RUNG_SCORE = "rung_score"  # what ASHA compares: the objective with ties broken by val loss
 STATE_FILE = "search_state.json"  # reporter state stored in each Tune checkpoint
 CHECKPOINT_FILE = "last.pt"
 LAST_IN_RUN = Path("models") / CHECKPOINT_FILE  # the run folder's resumable checkpoint
@@ -147,10 +162,10 @@ class EpochReporter:
         """The score threshold of the weights in best.pt (this epoch's), with P, R and F1."""
         if self.threshold_range is None:
             return {
-                "threshold": self.own_threshold,
-                "threshold_P": stats.get("precision", 0.0),
-                "threshold_R": stats.get("recall", 0.0),
-                "threshold_F1": stats.get("f1", 0.0),
+                THRESHOLD: self.own_threshold,
+                THRESHOLD_P: stats.get("precision", 0.0),
+                THRESHOLD_R: stats.get("recall", 0.0),
+                THRESHOLD_F1: stats.get("f1", 0.0),
             }
         found = stats
         if tuple(self.threshold_range) != (0.0, 1.0):
@@ -169,10 +184,10 @@ class EpochReporter:
         # No threshold gives a true positive: nothing to choose from, keep the config's own.
         threshold = found["F1_threshold"] if found["F1"] > 0 else self.own_threshold
         return {
-            "threshold": threshold,
-            "threshold_P": found["F1_precision"],
-            "threshold_R": found["F1_recall"],
-            "threshold_F1": found["F1"],
+            THRESHOLD: threshold,
+            THRESHOLD_P: found["F1_precision"],
+            THRESHOLD_R: found["F1_recall"],
+            THRESHOLD_F1: found["F1"],
         }
 
     def metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
@@ -183,21 +198,21 @@ class EpochReporter:
                 out[key] = float(value)
             elif isinstance(value, int | float):
                 out[key] = value if isinstance(value, int) else float(value)
-        epoch = int(stats["epoch"])
+        epoch = int(stats[EPOCH])
         value = float(out.get(self.metric, math.nan))
         self.values[epoch] = value
         if "F1_threshold" in stats and stats.get("best_epoch") == epoch:
             self.threshold = self._choose_threshold(stats)
         objective, objective_epoch = self.objective_value()
         out[OBJECTIVE] = objective
-        out[RUNG_SCORE] = self.rung_score(objective, float(out.get("val_loss", math.nan)))
-        out["objective_epoch"] = objective_epoch
+        out[RUNG_SCORE] = self.rung_score(objective, float(out.get(VAL_LOSS, math.nan)))
+        out[OBJECTIVE_EPOCH] = objective_epoch
         out.update(self.threshold)
-        out["diverged"] = False
-        out["diverged_rule"] = ""
-        out["resumed_from_epoch"] = self.resumed_from_epoch
-        out["warmup_epochs"] = self.warmup_epochs
-        out["threads"] = _torch_threads()
+        out[DIVERGED] = False
+        out[DIVERGED_RULE] = ""
+        out[RESUMED_FROM_EPOCH] = self.resumed_from_epoch
+        out[WARMUP_EPOCHS] = self.warmup_epochs
+        out[THREADS] = _torch_threads()
         return out
 
     def __call__(self, stats: dict[str, Any]) -> None:
@@ -208,7 +223,7 @@ class EpochReporter:
         checkpoint takes the run's ``last.pt`` (a ``replay`` of an epoch on resume copies it:
         the training loop is about to continue from it)."""
         metrics = self.metrics(stats)
-        self.epoch = int(stats["epoch"])
+        self.epoch = int(stats[EPOCH])
         if self.gauges is not None:
             self.gauges.set(metrics)
         if self.uploader is not None:
@@ -217,7 +232,7 @@ class EpochReporter:
             if self.uploader is not None:  # the checkpoint takes last.pt: no local copy stays
                 move = shutil.copy2 if replay else shutil.move
                 move(stats["checkpoint"], Path(tmp) / CHECKPOINT_FILE)
-            state = {"epoch": self.epoch, "values": self.values, "threshold": self.threshold}
+            state = {EPOCH: self.epoch, "values": self.values, THRESHOLD: self.threshold}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -231,11 +246,11 @@ class EpochReporter:
         """
         if folder is not None and (folder / STATE_FILE).is_file():
             state = json.loads((folder / STATE_FILE).read_text())
-            self.epoch = state["epoch"]
+            self.epoch = state[EPOCH]
             self.values = {int(e): float(v) for e, v in state.get("values", {}).items()}
             if not self.values and state.get("best") is not None:  # a checkpoint before values
                 self.values = {int(state["best_epoch"]): float(state["best"])}
-            self.threshold = state.get("threshold", {})
+            self.threshold = state.get(THRESHOLD, {})
         weights = run / "models" / CHECKPOINT_FILE
         if not weights.is_file():
             weights = folder / CHECKPOINT_FILE if folder is not None else weights
@@ -244,14 +259,14 @@ class EpochReporter:
         from cattle_yolo.checkpoint import load_checkpoint
 
         saved = load_checkpoint(weights)
-        self.resumed_from_epoch = int(saved["epoch"])
+        self.resumed_from_epoch = int(saved[EPOCH])
         missed = {
             e: s
             for e, s in _logged_epochs(run).items()
             if self.epoch < e <= self.resumed_from_epoch
         }
         missed.setdefault(
-            self.resumed_from_epoch, {**saved["metrics"], "epoch": self.resumed_from_epoch}
+            self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
         )
         for epoch in sorted(e for e in missed if e > self.epoch):
             self.report({**missed[epoch], "checkpoint": str(weights)}, replay=True)
@@ -263,14 +278,14 @@ class EpochReporter:
             self.uploader.upload()
         tune.report(
             {
-                "epoch": epoch,
-                "train_loss": math.nan,
+                EPOCH: epoch,
+                TRAIN_LOSS: math.nan,
                 OBJECTIVE: self.worst,
                 RUNG_SCORE: self.worst,
-                "objective_epoch": self.objective_value("best")[1],
-                "diverged": True,
-                "diverged_rule": f"training loop: {reason}",
-                "resumed_from_epoch": self.resumed_from_epoch,
+                OBJECTIVE_EPOCH: self.objective_value("best")[1],
+                DIVERGED: True,
+                DIVERGED_RULE: f"training loop: {reason}",
+                RESUMED_FROM_EPOCH: self.resumed_from_epoch,
             }
         )
 
@@ -281,11 +296,11 @@ class TrialGauges:
     so the dashboard's Metrics view shows them wherever Prometheus and Grafana run."""
 
     KEYS = {  # gauge name -> (result key, description)
-        "epoch": ("epoch", "epochs the trial has trained"),
-        "train_loss": ("train_loss", "mean training loss of the last epoch"),
-        "val_loss": ("val_loss", "validation loss of the last epoch"),
+        EPOCH: ("epoch", "epochs the trial has trained"),
+        TRAIN_LOSS: ("train_loss", "mean training loss of the last epoch"),
+        VAL_LOSS: ("val_loss", "validation loss of the last epoch"),
         "map50_95": ("mAP50_95", "val mAP50-95 of the last epoch"),
-        "objective": (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
+        OBJECTIVE: (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
         "best_map50_95": ("best_mAP50_95", "best val mAP50-95 so far"),
     }
 
@@ -317,7 +332,7 @@ def _logged_epochs(run: Path) -> dict[int, dict[str, Any]]:
             stats = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a kill
             continue
-        epochs[int(stats["epoch"])] = stats
+        epochs[int(stats[EPOCH])] = stats
     return epochs
 
 

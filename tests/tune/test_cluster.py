@@ -13,7 +13,7 @@ from ray import cloudpickle, tune
 
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import load_datasets
-from tune import report, search
+from tune import cluster, report, search
 from tune.space import load_space
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def two_nodes():
 
 def test_trials_run_on_both_nodes(two_nodes, tmp_path):
     storage = str(tmp_path / "runs")
-    assert search.check_shared_storage(storage) == 2
+    assert cluster.check_shared_storage(storage) == 2
     space_file = tmp_path / "space.yaml"
     space_file.write_text(
         "search: {trials: 2, epochs: 2, grace_period: 2}\n"
@@ -56,7 +56,7 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
     )
     space = load_space(space_file)
     base = TrainConfig.load(None, {**TINY, "epochs": 2})
-    resources = search.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, 2)
+    resources = cluster.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, 2)
     assert resources.concurrent == 2
     nodes_dir = tmp_path / "nodes"
     nodes_dir.mkdir()

@@ -38,10 +38,10 @@ def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
 PROBE = """
 import json, os, sys, urllib.error, urllib.request
 from pathlib import Path
-from tune import search
+from tune import cluster
 port = int(sys.argv[1])
-ctx = search.init_ray(None, True, "0.0.0.0", port, trial_logs=False)
-token = os.environ.get("RAY_AUTH_TOKEN") or Path(search.token_location()).read_text().strip()
+ctx = cluster.init_ray(None, True, "0.0.0.0", port, trial_logs=False)
+token = os.environ.get("RAY_AUTH_TOKEN") or Path(cluster.token_location()).read_text().strip()
 def get(headers):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/api/version", headers=headers)
     try:
@@ -49,7 +49,7 @@ def get(headers):
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
-print(json.dumps({"auth": search.token_auth_enabled(), "without": get({}),
+print(json.dumps({"auth": cluster.token_auth_enabled(), "without": get({}),
                   "with": get({"Authorization": f"Bearer {token}"})}))
 """
 

@@ -7,7 +7,8 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from tune.trainable import OBJECTIVE, RUNG_SCORE, EpochReporter
+from tune.results import OBJECTIVE, RUNG_SCORE
+from tune.trainable import EpochReporter
 
 
 def _reporter(objective="best", window=3, mode="max", threshold_range=None):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tune import search
-from tune.search import SearchSetupError, plan_resources
+from tune import cluster
+from tune.cluster import SearchSetupError, plan_resources
 
 
 def test_more_gpus_than_ray_sees_is_an_error_naming_the_count():
@@ -54,13 +54,15 @@ def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
         def remote(self, path):
             return path
 
-    monkeypatch.setattr(search.ray, "nodes", lambda: nodes)
-    monkeypatch.setattr(search, "_sees", Probe())
-    monkeypatch.setattr(search.ray, "get", lambda refs, timeout: [True, False])
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    monkeypatch.setattr(ray, "remote", lambda **_: lambda function: Probe())
+    monkeypatch.setattr(ray, "get", lambda refs, timeout: [True, False])
     with pytest.raises(SearchSetupError) as err:
-        search.check_shared_storage(str(tmp_path))
+        cluster.check_shared_storage(str(tmp_path))
     assert "10.0.0.2" in str(err.value) and "10.0.0.1" not in str(err.value)
     assert "shared" in str(err.value) and "s3://" in str(err.value)
     assert not list(tmp_path.iterdir())  # the marker is cleaned up
     # a cloud URI is taken as shared without asking the nodes
-    assert search.check_shared_storage("s3://bucket/searches") == 2
+    assert cluster.check_shared_storage("s3://bucket/searches") == 2

@@ -22,7 +22,7 @@ from ray import cloudpickle
 
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import load_datasets
-from tune import report, search
+from tune import cluster, report, search
 from tune.space import for_metric, load_space
 from tune.study import JOURNAL_FILE, journal_storage
 
@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ctx = search.init_ray(
+    ctx = cluster.init_ray(
         None, dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port()
     )
     yield ctx
@@ -62,9 +62,9 @@ def _search(tmp_path, space_text, name, extra_callbacks=(), max_failures=1, conc
     space, _ = for_metric(load_space(_write(tmp_path / f"{name}.yaml", space_text)), "mAP50_95")
     base = TrainConfig.load(None, {**TINY, **space.fixed, "epochs": space.settings.epochs})
     datasets = load_datasets(base, verbose=False)
-    resources = search.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, space.settings.trials)
+    resources = cluster.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, space.settings.trials)
     if concurrent:
-        resources = search.Resources(0, 0, 1.0, concurrent)
+        resources = cluster.Resources(0, 0, 1.0, concurrent)
     trainable = search.make_trainable(
         base,
         datasets,
@@ -201,7 +201,7 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(ray_session, tmp_pat
 def _token() -> str:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"]
-    return Path(search.token_location()).read_text().strip()
+    return Path(cluster.token_location()).read_text().strip()
 
 
 def _get(url, headers=None):
@@ -218,13 +218,13 @@ def test_dashboard_on_localhost_needs_the_token(ray_session):
     url = ray_session.dashboard_url
     host, port = url.split(":")
     assert host == "127.0.0.1"
-    assert search.token_auth_enabled()
-    lines = search.dashboard_lines(ray_session, "127.0.0.1", attached=False)
+    assert cluster.token_auth_enabled()
+    lines = cluster.dashboard_lines(ray_session, "127.0.0.1", attached=False)
     assert lines[0] == f"Ray dashboard: http://{url}"
     assert "token auth is on" in lines[1]
     assert "auth_token" in lines[1] or "RAY_AUTH_TOKEN" in lines[1]
     assert not any("WARNING" in line for line in lines)
-    assert any("WARNING" in line for line in search.dashboard_lines(ray_session, "0.0.0.0", False))
+    assert any("WARNING" in line for line in cluster.dashboard_lines(ray_session, "0.0.0.0", False))
 
     api = f"http://{url}/api/version"
     assert _get(api, {"Authorization": f"Bearer {_token()}"}) == 200
@@ -295,7 +295,7 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     seeds = confirm.fresh_seeds(settings, 2)
     assert seeds == [2, 3]  # the search trained on seed 1
     datasets = load_datasets(base, verbose=False)
-    resources = search.Resources(0, 0, 1.0, 2)
+    resources = cluster.Resources(0, 0, 1.0, 2)
     trainable = search.make_trainable(
         base, datasets, settings, resources, threshold_range=space.threshold_range()
     )

@@ -11,15 +11,8 @@ import pytest
 from helpers import REPO
 
 from cattle_yolo.config import TrainConfig
-from tune.space import (
-    IOU_END_FRACTION,
-    DefineByRun,
-    SpaceError,
-    check_base,
-    first_points,
-    load_space,
-    resolve_trial_config,
-)
+from tune.space import IOU_END_FRACTION, SpaceError, check_base, load_space, resolve_trial_config
+from tune.study import DefineByRun, first_points
 
 GOOD = """
 search: {trials: 5, epochs: 4, grace_period: 2}
