@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
-from tune.results import WARMUP_EPOCHS, Status
+from tune.results import Status
 from tune.space import (
     SearchSettings,
     SearchSpace,
@@ -44,7 +44,7 @@ SMOKE_CONFIG = {
     "synthetic_images": 8,
     "batch": 4,
     "accumulate": 1,
-    WARMUP_EPOCHS: 1.0,
+    "warmup_epochs": 1.0,
 }
 SMOKE_SETTINGS = {"trials": 2, "epochs": 2, "grace_period": 1}
 # Flags that override a setting of the space file's `search:` section.

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
-from tune.results import EPOCH, THREADS, TRAIN_LOSS, VAL_LOSS, WARMUP_EPOCHS  # noqa: E402 (after the path)
+from tune.results import EPOCH, TRAIN_LOSS, VAL_LOSS, WARMUP_EPOCHS  # noqa: E402 (after the path)
 
 OBJECTIVES = {
     "best": ("best", 1),
@@ -140,10 +140,10 @@ def blowup_runs(settings, epochs: int) -> list[dict]:
                 "synthetic_images": 16,
                 "batch": 4,
                 "accumulate": 1,
-                WARMUP_EPOCHS: 1.0,
+                "warmup_epochs": 1.0,
                 "epochs": epochs,
                 "lr": lr,
-                THREADS: 1,
+                "threads": 1,
                 "out": str(REPO / "outputs" / "blowup" / f"lr{lr:g}"),
             }
         )
@@ -259,7 +259,7 @@ def main() -> None:
     values = {
         **TrainConfig().to_dict(),
         **space.fixed,
-        WARMUP_EPOCHS: 1.0,
+        "warmup_epochs": 1.0,
         "accumulate": 1,
         "batch": 8,
         **parse_overrides(args.overrides),

@@ -256,10 +256,10 @@ def export_best(
         "trial": row.name,
         "experiment": experiment,
         "metric": settings.metric,
-        OBJECTIVE: objective_label(settings),
+        "objective": objective_label(settings),
         "value": row.best,
-        EPOCH: row.best_epoch,
-        THREADS: row.threads,
+        "epoch": row.best_epoch,
+        "threads": row.threads,
         **({"confirmed": confirmed} if confirmed else {}),
         **row.threshold,
     }

@@ -54,13 +54,9 @@ def make_trainable(
     ``threshold_range``: see ``SearchSpace.threshold_range``."""
     with_data = tune.with_parameters(
         train_trial,
-        base=base.to_dict(),
+        base=base,
+        settings=settings,
         datasets=datasets,
-        metric=settings.metric,
-        mode=settings.mode,
-        worst=settings.worst,
-        objective=settings.objective,
-        window=settings.objective_window,
         threshold_range=threshold_range,
         extra_callbacks=extra_callbacks,
     )

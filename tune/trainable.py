@@ -66,7 +66,7 @@ from tune.results import (
     VAL_LOSS,
     WARMUP_EPOCHS,
 )
-from tune.space import resolve_trial_config
+from tune.space import SearchSettings, resolve_trial_config
 from tune.storage import FolderUploader
 
 STATE_FILE = "search_state.json"  # reporter state stored in each Tune checkpoint
@@ -385,21 +385,18 @@ def trial_device_and_threads() -> str:
 def train_trial(
     config: dict[str, Any],
     *,
-    base: dict[str, Any],
+    base: TrainConfig,
+    settings: SearchSettings,
     datasets: Any,
-    metric: str,
-    mode: str,
-    worst: float,
-    objective: str = "best",
-    window: int = 3,
     threshold_range: tuple[float, float] | None = (0.0, 1.0),
     extra_callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> None:
     """Ray Tune function trainable: ``config`` holds the sampled knob values.
 
-    ``base`` is the resolved base config as a dict, ``datasets`` the ``Datasets`` the driver
-    decoded once (shared through the object store by ``tune.with_parameters``). A confirmation
-    run's ``config`` also holds its ``seed`` and ``confirm_id``. The other arguments are
+    ``base`` is the search's resolved base config and ``settings`` its settings (metric, mode,
+    objective), both as the driver built them; ``datasets`` the ``Datasets`` the driver decoded
+    once (shared through the object store by ``tune.with_parameters``). A confirmation run's
+    ``config`` also holds its ``seed`` and ``confirm_id``. ``threshold_range`` is
     ``EpochReporter``'s.
     """
     from cattle_yolo.train import DivergedError, train
@@ -407,14 +404,14 @@ def train_trial(
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one line per checkpoint
     device = trial_device_and_threads()
     out, uploader = trial_out_dir()
-    cfg = resolve_trial_config(TrainConfig.from_dict(base), config, out=str(out), device=device)
+    cfg = resolve_trial_config(base, config, out=str(out), device=device)
     reporter = EpochReporter(
-        metric,
-        mode,
-        worst,
+        settings.metric,
+        settings.mode,
+        settings.worst,
         uploader=uploader,
-        objective=objective,
-        window=window,
+        objective=settings.objective,
+        window=settings.objective_window,
         threshold_range=threshold_range,
         names=datasets.names,
         max_det=cfg.max_det,
