@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -31,6 +32,10 @@ from tune.space import (
     load_space,
     settings_from_dict,
 )
+
+if TYPE_CHECKING:  # Ray is imported only after the space and config are checked
+    from tune.cluster import Resources
+    from tune.report import TrialRow
 
 HERE = Path(__file__).resolve().parent
 EXIT_NO_RESULT, EXIT_BAD_INPUT = 1, 2
@@ -548,9 +553,9 @@ def _disk_plan(plan: Plan, num_classes: int, concurrent: int, keep: int) -> str:
 def _confirm(
     args: argparse.Namespace,
     plan: Plan,
-    rows: list,
-    trainable: object,
-    resources: object,
+    rows: list[TrialRow],
+    trainable: Any,
+    resources: Resources,
     export: Path | None,
 ) -> int:
     """Retrain the top configs and the default on fresh seeds; export the best by mean."""

@@ -79,7 +79,7 @@ def pick_candidates(
     ranked = []
     for status in (Status.COMPLETED, Status.STOPPED):
         pool = [r for r in rows if r.status == status and r.best is not None and not is_default(r)]
-        ranked += sorted(pool, key=lambda r: -sign * r.best)
+        ranked += sorted(pool, key=lambda r: -sign * (r.best or 0.0))  # best is set: filtered
     out = [Candidate(0, "default", default, default_row.best if default_row else None)]
     for i, r in enumerate(ranked[:k]):
         out.append(Candidate(i + 1, r.name, dict(r.params), r.best))
@@ -252,7 +252,7 @@ def report(
         return lines
     sign = 1.0 if settings.mode == "max" else -1.0
     runs = [r for r in best.runs if r.best is not None and r.status != Status.ERRORED]
-    run = max(runs, key=lambda r: sign * r.best)
+    run = max(runs, key=lambda r: sign * (r.best or 0.0))  # best is set: filtered
     mean, sd = best.mean_sd(settings.worst)
     confirmed = {
         "config": best.label,

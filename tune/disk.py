@@ -151,7 +151,7 @@ class DiskKeeper(tune.Callback):
         where = uri(trial.storage.storage_filesystem, trial.path)
         return Ended(where, rank(trial.last_result or {}, self.max_epochs, self.mode))
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         ended = [self._ended(t) for t in trials if t.status == "TERMINATED" and t.path]
         if trial.path and all(e.path != self._ended(trial).path for e in ended):
             ended.append(self._ended(trial))  # not yet TERMINATED

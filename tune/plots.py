@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tune.results import EPOCH, TRAIN_LOSS, Status
 from tune.space import SearchSettings, SearchSpace
@@ -13,7 +13,7 @@ from tune.space import SearchSettings, SearchSpace
 if TYPE_CHECKING:
     from tune.report import TrialRow
 
-STATUS_COLORS = {
+STATUS_COLORS: dict[str, str] = {
     Status.COMPLETED: "tab:green",
     Status.STOPPED: "tab:orange",
     Status.DIVERGED: "tab:red",
@@ -22,7 +22,8 @@ STATUS_COLORS = {
 }
 
 
-def _plt():
+def _plt() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -119,9 +119,11 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
             TrialRow(
                 name=Path(result.path).name,
                 params=_params(result),
-                best=float(best) if finite else None,
+                best=float(best) if finite and best is not None else None,
                 best_epoch=int(metrics.get(OBJECTIVE_EPOCH) or 0),
-                epochs_run=max([h[EPOCH] for h in history], default=int(metrics.get(EPOCH) or 0)),
+                epochs_run=int(
+                    max([h[EPOCH] for h in history], default=int(metrics.get(EPOCH) or 0))
+                ),
                 status=status,
                 detail=detail,
                 path=result_uri(result),
@@ -293,8 +295,7 @@ def importance(
     if len(usable) < 4:
         return None, f"needs at least 4 finished trials, have {len(usable)}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if settings.mode == "max" else "minimize"
-    study = optuna.create_study(direction=direction)
+    study = optuna.create_study(direction="maximize" if settings.mode == "max" else "minimize")
     for r in usable:
         params = {k: r.params[k] for k in distributions}
         study.add_trial(

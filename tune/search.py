@@ -9,7 +9,7 @@ Ray itself (start-up, dashboard, resources, shared-storage check) is ``tune.clus
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ def trial_name(trial: Any) -> str:
     """``trial_003_1a2b3c4d``: the trial's number in the search, then its unique id."""
     number = str(getattr(trial, "experiment_tag", "")).split("_", 1)[0]
     prefix = f"trial_{int(number):03d}_" if number.isdigit() else "trial_"
-    return prefix + trial.trial_id
+    return prefix + str(trial.trial_id)
 
 
 def make_trainable(
@@ -47,7 +47,7 @@ def make_trainable(
     datasets: Any,
     settings: SearchSettings,
     resources: Resources,
-    extra_callbacks: tuple = (),
+    extra_callbacks: tuple[Callable[[dict[str, Any]], None], ...] = (),
     threshold_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Any:
     """The trial function with the shared data in the object store and its resources.
@@ -69,11 +69,12 @@ def named_trainable(function: Any) -> type:
     trial was ``train_trial`` before."""
     from ray.tune.trainable.function_trainable import wrap_function
 
-    class TrialActor(wrap_function(function, name="train_trial")):
-        def __repr__(self) -> str:
-            return f"trial {self.trial_name}"
+    base: type = wrap_function(function, name="train_trial")
 
-    return TrialActor
+    def __repr__(self: Any) -> str:
+        return f"trial {self.trial_name}"
+
+    return type("TrialActor", (base,), {"__repr__": __repr__})
 
 
 def make_searcher(
@@ -84,7 +85,7 @@ def make_searcher(
     sampler: str = "tpe",
     journal: Path | None = None,
     study_name: str = "search",
-    warm_trials: list | None = None,
+    warm_trials: list[Any] | None = None,
 ) -> tuple[ConcurrencyLimiter, list[str]]:
     """Optuna over the define-by-run space, the default config first, the study persisted in
     ``journal`` (in memory when None) and seeded with ``warm_trials``; returns notes too."""
@@ -135,7 +136,7 @@ def build_tuner(
     asha: bool = True,
     divergence: bool = True,
     journal: Path | None = None,
-    warm_trials: list | None = None,
+    warm_trials: list[Any] | None = None,
     keep_weights: int | None = None,
     callbacks: Sequence[tune.Callback] = (),
 ) -> tuple[tune.Tuner, list[str]]:
@@ -257,8 +258,8 @@ class UploadOnTrialEnd(tune.Callback):
     def __init__(self, folder: Path, uri: str, names: list[str]) -> None:
         self.folder, self.uri, self.names = folder, uri, names
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         storage.upload(self.folder, self.uri, self.names)
 
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         storage.upload(self.folder, self.uri, self.names)

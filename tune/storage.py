@@ -51,7 +51,8 @@ def _split(uri: str | Path) -> tuple[pyarrow.fs.FileSystem, str]:
     uri = str(uri)
     if not is_uri(uri):
         return pyarrow.fs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
-    return pyarrow.fs.FileSystem.from_uri(uri)
+    fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+    return fs, str(path)
 
 
 def uri(fs: pyarrow.fs.FileSystem | None, path: str) -> str:
@@ -114,10 +115,12 @@ def download(uri: str, folder: Path, names: list[str]) -> list[str]:
     for name, info in zip(names, infos, strict=True):
         if info.type != pyarrow.fs.FileType.File:
             continue
-        atomic_write(
-            folder / name,
-            lambda tmp, src=info.path: pyarrow.fs.copy_files(src, str(tmp), source_filesystem=fs),
-        )
+        src: str = info.path
+
+        def fetch(tmp: Path, src: str = src) -> None:
+            pyarrow.fs.copy_files(src, str(tmp), source_filesystem=fs)
+
+        atomic_write(folder / name, fetch)
         copied.append(name)
     return copied
 
@@ -125,7 +128,8 @@ def download(uri: str, folder: Path, names: list[str]) -> list[str]:
 def read_bytes(uri: str) -> bytes:
     fs, path = _split(uri)
     with fs.open_input_stream(path) as f:
-        return f.read()
+        data: bytes = f.read()
+    return data
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -212,7 +212,11 @@ class StudySearch(OptunaSearch):
     """
 
     def __init__(
-        self, *args: Any, max_epochs: int, warm_trials: list | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        max_epochs: int,
+        warm_trials: list[optuna.trial.FrozenTrial] | None = None,
+        **kwargs: Any,
     ) -> None:
         self._max_epochs = max_epochs
         self._warm_trials = list(warm_trials or [])
@@ -221,6 +225,7 @@ class StudySearch(OptunaSearch):
 
     def _setup_study(self, mode: Any) -> None:
         super()._setup_study(mode)  # creates the study, enqueues the first points
+        assert self._ot_study is not None
         self._ot_study.add_trials(self._warm_trials)  # only ever called on a new search
         self._warm_trials = []
 
@@ -252,5 +257,6 @@ class StudySearch(OptunaSearch):
         if not stopped_early:
             super().on_trial_complete(trial_id, result, error)
             return
+        assert self._ot_study is not None
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
