@@ -84,7 +84,9 @@ def mosaic(
     return canvas, np.concatenate(out_boxes), np.concatenate(out_labels).astype(np.int64)
 
 
-def _clip_boxes(moved: np.ndarray, window: tuple[float, float, float, float]):
+def _clip_boxes(
+    moved: np.ndarray, window: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Clip pixel xyxy boxes (M, 4) to ``window`` (x0, y0, x1, y1) -> (keep mask, kept boxes):
     a box is kept if at least ``MIN_BOX_PIXELS`` wide and high and ``MIN_VISIBLE`` of it shows."""
     x0, y0, x1, y1 = window

@@ -10,27 +10,32 @@ And the letterbox that maps an original image into the square training space.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
 Array = np.ndarray | torch.Tensor
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)  # numpy in, numpy out; torch in, torch out
 PAD_VALUE = 114  # letterbox and augmentation fill, as in YOLOv5/v8
 
 
-def cxcywh_to_xyxy(boxes: Array) -> Array:
+def cxcywh_to_xyxy(boxes: ArrayT) -> ArrayT:
     """(..., 4) cx cy w h -> (..., 4) x1 y1 x2 y2, same units, numpy or torch."""
     if isinstance(boxes, torch.Tensor):
-        return box_convert(boxes, "cxcywh", "xyxy")
+        xyxy: torch.Tensor = box_convert(boxes, "cxcywh", "xyxy")  # torchvision is untyped
+        return xyxy
     cx, cy, w, h = np.moveaxis(boxes, -1, 0)
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
 
 
-def xyxy_to_xywh(boxes: Array) -> Array:
+def xyxy_to_xywh(boxes: ArrayT) -> ArrayT:
     """(..., 4) pixel x1 y1 x2 y2 -> (..., 4) COCO pixel x y w h."""
     if isinstance(boxes, torch.Tensor):
-        return box_convert(boxes, "xyxy", "xywh")
+        xywh: torch.Tensor = box_convert(boxes, "xyxy", "xywh")  # torchvision is untyped
+        return xywh
     x1, y1, x2, y2 = np.moveaxis(boxes, -1, 0)
     return np.stack([x1, y1, x2 - x1, y2 - y1], axis=-1)
 
@@ -49,20 +54,22 @@ def letterbox_params(width: int, height: int, size: int) -> tuple[float, float, 
     return ratio, (size - new_w) / 2, (size - new_h) / 2
 
 
-def to_letterbox(boxes: Array, ratio: float, pad_x: float, pad_y: float) -> Array:
+def to_letterbox(boxes: ArrayT, ratio: float, pad_x: float, pad_y: float) -> ArrayT:
     """(N, 4) pixel xyxy in the original image -> (N, 4) pixel xyxy in the letterboxed image."""
     offset = [pad_x, pad_y, pad_x, pad_y]
     if isinstance(boxes, torch.Tensor):
         return boxes * ratio + boxes.new_tensor(offset)
-    return boxes * ratio + np.asarray(offset, dtype=boxes.dtype)
+    moved: np.ndarray = boxes * ratio + np.asarray(offset, dtype=boxes.dtype)
+    return moved
 
 
-def from_letterbox(boxes: Array, ratio: float, pad_x: float, pad_y: float) -> Array:
+def from_letterbox(boxes: ArrayT, ratio: float, pad_x: float, pad_y: float) -> ArrayT:
     """(N, 4) pixel xyxy in the letterboxed image -> (N, 4) pixel xyxy in the original image."""
     offset = [pad_x, pad_y, pad_x, pad_y]
     if isinstance(boxes, torch.Tensor):
         return (boxes - boxes.new_tensor(offset)) / ratio
-    return (boxes - np.asarray(offset, dtype=boxes.dtype)) / ratio
+    restored: np.ndarray = (boxes - np.asarray(offset, dtype=boxes.dtype)) / ratio
+    return restored
 
 
 def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, float, float]:

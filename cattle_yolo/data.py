@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ __all__ = [  # the public API; Augment, augment and DataError are re-exported fr
     "make_loader",
 ]
 
+Item = tuple[torch.Tensor, torch.Tensor, int]  # DetectionDataset's: image, target, index
 DECODE_THREADS = 2  # PIL releases the GIL while decoding and resizing
 REASONS_SHOWN = 5  # skip reasons printed per split; all are kept in the report
 
@@ -76,7 +78,7 @@ class SplitReport:
         return "\n".join(lines)
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(Dataset[Item]):
     """Decoded, letterboxed images and their boxes, all in memory.
 
     ``images`` uint8 (N, S, S, 3) RGB; ``boxes[i]`` float32 (M_i, 4) pixel ``x1 y1 x2 y2`` in the
@@ -112,7 +114,7 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, i: int) -> Item:
         i = range(len(self))[i]  # bounds check; a negative index becomes its positive twin
         image, boxes, labels = self.images[i], self.boxes[i], self.labels[i]
         if self.aug is not None:
@@ -159,7 +161,7 @@ class DetectionDataset(Dataset):
         view.files = [self.files[k] for k in idx]
         return view
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         # One array for all boxes instead of N small ones: a pickle is the image bytes plus ~1%.
         state = self.__dict__.copy()
         state["counts"] = np.array([len(b) for b in self.boxes], np.int64)
@@ -167,7 +169,7 @@ class DetectionDataset(Dataset):
         state["labels"] = np.concatenate([np.zeros(0, np.int64), *self.labels])
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         ends = np.cumsum(state.pop("counts"))
         starts = ends - np.diff(ends, prepend=0)
         state["boxes"] = [state["boxes"][a:b] for a, b in zip(starts, ends, strict=True)]
@@ -176,7 +178,7 @@ class DetectionDataset(Dataset):
 
 
 def collate(
-    batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]],
+    batch: Sequence[Item],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Items -> images uint8 (B, 3, S, S), targets float32 (N, 6) ``[img_idx, cls, x1, y1, x2,
     y2]`` (pixel, letterboxed), dataset indices long (B,)."""
@@ -198,7 +200,9 @@ class Datasets:
     name: str  # dataset name, for outputs/<name>/yolov8
 
 
-def make_loader(ds: DetectionDataset, cfg: TrainConfig, train: bool, epoch: int = 0) -> DataLoader:
+def make_loader(
+    ds: DetectionDataset, cfg: TrainConfig, train: bool, epoch: int = 0
+) -> DataLoader[Item]:
     """Batches of ``cfg.batch`` through ``collate`` with ``cfg.workers`` worker processes.
 
     ``train``: shuffled by a generator seeded with ``(cfg.seed, epoch)`` and ``ds.set_epoch(epoch)``
@@ -245,6 +249,7 @@ def load_datasets(cfg: TrainConfig, verbose: bool = True) -> Datasets:
         built[split] = _build_split(split, files[split], parsed[split], names, cfg, splits[split])
         if verbose:
             ds = built[split]
+            assert ds.report is not None  # _build_split always gives one
             print(ds.report.summary(len(ds), ds.images.nbytes), flush=True)
     return Datasets(built["train"], built["val"], built.get("test"), names, name)
 
@@ -260,8 +265,8 @@ def _decode(
         ratio = letterbox_params(width, height, size)[0]
         if im.format == "JPEG" and ratio < 1:  # let libjpeg scale down while decoding
             im.draft("RGB", (round(im.size[0] * ratio), round(im.size[1] * ratio)))
-        im = ImageOps.exif_transpose(im).convert("RGB")
-        out, ratio, pad_x, pad_y = letterbox_pil(im, size, (width, height))
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+        out, ratio, pad_x, pad_y = letterbox_pil(rgb, size, (width, height))
     return np.asarray(out), (width, height), (ratio, pad_x, pad_y)
 
 
@@ -321,11 +326,11 @@ def _build_split(
             f" {', '.join(map(str, sources))}{first}"
         )
     boxes, labels_out, kept_files = [], [], []
-    for k in np.flatnonzero(ok):
-        image, labels = kept[k]
-        w, h = sizes[k]
+    for j in np.flatnonzero(ok):
+        image, labels = kept[j]
+        w, h = sizes[j]
         pixel = to_pixels(labels.xyxy, w, h)
-        boxes.append(np.clip(to_letterbox(pixel, *meta[k]), 0, size).astype(np.float32))
+        boxes.append(np.clip(to_letterbox(pixel, *meta[j]), 0, size).astype(np.float32))
         labels_out.append(labels.classes)
         kept_files.append(str(image))
         report.duplicates += labels.duplicates

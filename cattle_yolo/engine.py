@@ -12,14 +12,18 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.device import autocast, autocast_dtype
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from cattle_yolo.data import Item
 
 
 def lr_multiplier(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
@@ -105,7 +109,7 @@ class _Progress:
 def train_one_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
-    loader: Iterable,
+    loader: DataLoader[Item],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     ema: ModelEMA | None,
@@ -122,7 +126,7 @@ def train_one_epoch(
     are returned too (slower; for benchmarks).
     """
     model.train()
-    num_batches = len(loader)  # type: ignore[arg-type]
+    num_batches = len(loader)
     steps_per_epoch = math.ceil(num_batches / cfg.accumulate)
     step = epoch * steps_per_epoch
     amp_dtype = autocast_dtype(cfg, device)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 
 import numpy as np
 import torch
@@ -31,8 +31,20 @@ from cattle_yolo.device import autocast, autocast_dtype
 from cattle_yolo.files import atomic_write
 from cattle_yolo.model import postprocess
 
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from cattle_yolo.data import Item
+
 COCO_MAX_DETS = 300  # detections per image coco_metrics counts by default (COCO itself: 100)
 LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches as val_<key>
+
+
+class _Named(Protocol):
+    """A dataset with class names, as ``evaluate``'s ``loader.dataset`` must be."""
+
+    @property
+    def names(self) -> Sequence[str]: ...
 
 
 def coco_categories(names: Sequence[str]) -> list[dict[str, Any]]:
@@ -314,12 +326,12 @@ def _split_targets(targets: torch.Tensor, batch_size: int) -> list[dict[str, np.
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    loader: Iterable,
+    loader: DataLoader[Item],
     loss_fn: Any,
     cfg: TrainConfig,
     device: torch.device | str,
     epoch: float,
-    detections_out: dict[str, list] | None = None,
+    detections_out: dict[str, list[dict[str, np.ndarray]]] | None = None,
 ) -> dict[str, float]:
     """Validation loss and COCO metrics of ``model`` over ``loader``.
 
@@ -337,7 +349,7 @@ def evaluate(
     """
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)
-    names = list(loader.dataset.names)
+    names = list(cast(_Named, loader.dataset).names)
     was_training = model.training
     model.eval()
     loss_sums = torch.zeros(len(LOSS_KEYS), device=device, dtype=torch.float64)
@@ -377,6 +389,19 @@ def evaluate(
     return stats
 
 
+class _SavedDetections(TypedDict):
+    """The arrays of ``save_detections``' ``.npz``, by name."""
+
+    images: int
+    det_image: np.ndarray
+    det_boxes: np.ndarray
+    det_labels: np.ndarray
+    det_scores: np.ndarray
+    gt_image: np.ndarray
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+
+
 def save_detections(
     path: Path, detections: Sequence[dict[str, Any]], targets: Sequence[dict[str, Any]]
 ) -> None:
@@ -384,7 +409,7 @@ def save_detections(
     atomically: what a threshold chosen after training is computed from."""
     d_img, d_boxes, d_labels, d_scores = _flatten(detections, 1 << 30, "detections", True)
     g_img, g_boxes, g_labels, _ = _flatten(targets, 1 << 30, "targets", False)
-    arrays = dict(
+    arrays: _SavedDetections = dict(
         images=len(targets),
         det_image=d_img,
         det_boxes=d_boxes.astype(np.float32),

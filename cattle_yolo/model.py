@@ -21,7 +21,7 @@ import math
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
 from cattle_yolo.config import TrainConfig
 
@@ -31,6 +31,7 @@ MAX_NMS_CANDIDATES = 3000  # (anchor, class) pairs per image kept by score befor
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONE_CHANNELS = (128, 256, 512)  # ResNet18 layer2, layer3, layer4 (strides 8, 16, 32)
+AnchorKey = tuple[tuple[tuple[int, int], ...], str]  # (feature sizes, device): anchors_for's key
 
 
 def conv_bn_act(c_in: int, c_out: int, k: int = 3, s: int = 1) -> nn.Sequential:
@@ -42,7 +43,7 @@ def conv_bn_act(c_in: int, c_out: int, k: int = 3, s: int = 1) -> nn.Sequential:
     )
 
 
-def build_backbone(pretrained: bool) -> nn.Module:
+def build_backbone(pretrained: bool) -> ResNet:
     """torchvision ResNet18, random init or ImageNet weights; the classifier is removed.
 
     Raises RuntimeError with what to do when the weights cannot be downloaded (offline).
@@ -121,6 +122,7 @@ class DecoupledHead(nn.Module):
         for conv in (self.box_pred, self.cls_pred):
             nn.init.normal_(conv.weight, std=0.01)
         prior = min(0.5, OBJECTS_PRIOR / num_classes / (imgsz / stride) ** 2)
+        assert self.box_pred.bias is not None and self.cls_pred.bias is not None  # bias=True
         nn.init.constant_(self.box_pred.bias, DFL_BIAS if box_channels != 4 else 0.0)
         nn.init.constant_(self.cls_pred.bias, math.log(prior / (1 - prior)))
 
@@ -191,6 +193,8 @@ class CattleYOLO(nn.Module):
     """
 
     strides = (8, 16, 32)
+    mean: Tensor  # buffers registered in __init__
+    std: Tensor
 
     def __init__(self, num_classes: int, cfg: TrainConfig) -> None:
         super().__init__()
@@ -209,7 +213,7 @@ class CattleYOLO(nn.Module):
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        self._anchor_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._anchor_cache: dict[AnchorKey, tuple[Tensor, Tensor]] = {}
 
     def anchors_for(
         self, sizes: list[tuple[int, int]], device: torch.device

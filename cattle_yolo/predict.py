@@ -1,6 +1,6 @@
 """Inference on image files: detections in original pixels, drawn images and COCO-json results.
 
-``predict_images`` letterboxes each image as training did (``data.letterbox``), runs the model
+``predict_images`` letterboxes each image as training did (``boxes.letterbox``), runs the model
 in batches of ``cfg.batch``, keeps detections scoring above ``cfg.score_threshold`` and maps the
 boxes from the letterboxed pixel ``x1 y1 x2 y2`` back to the original image. ``write_outputs``
 draws them and writes ``predictions.json`` in the COCO results format (pixel ``x y w h`` in the
@@ -198,8 +198,14 @@ def write_outputs(results: Sequence[dict[str, Any]], out_dir: Path, names: Seque
         written[src.name] = str(src)
         drawn = draw(read_image(src), result, names)
         fmt = extensions.get(dst.suffix.lower(), "PNG")
-        options = {"quality": 95} if fmt == "JPEG" else {}
-        atomic_write(dst, lambda p, im=drawn, f=fmt, o=options: im.save(p, format=f, **o))
+        options: dict[str, int] = {"quality": 95} if fmt == "JPEG" else {}
+
+        def save(
+            p: Path, im: Image.Image = drawn, f: str = fmt, o: dict[str, int] = options
+        ) -> None:
+            im.save(p, format=f, **o)
+
+        atomic_write(dst, save)
 
         xywh = xyxy_to_xywh(np.asarray(result["boxes"], dtype=np.float64).reshape(-1, 4))
         for box, score, label in zip(

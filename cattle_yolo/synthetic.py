@@ -111,7 +111,11 @@ def default_dataset(cfg: TrainConfig) -> Path:
     return final
 
 
-def render_scene(rng: np.random.Generator, long_side: int) -> tuple[Image.Image, list[tuple]]:
+Row = tuple[int, float, float, float, float]  # a label: class, cx, cy, w, h (normalized)
+Sprite = tuple[Image.Image, tuple[int, int], int]  # RGBA sprite, its (x, y) and its class
+
+
+def render_scene(rng: np.random.Generator, long_side: int) -> tuple[Image.Image, list[Row]]:
     """One RGB scene and its labels ``[(class, cx, cy, w, h), ...]`` normalized to the image."""
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
     width, height = (
@@ -135,7 +139,7 @@ def render_scene(rng: np.random.Generator, long_side: int) -> tuple[Image.Image,
     if rng.random() < 0.35 and fence_in_front:
         _fence(rng, image)
     image = _camera(rng, image)
-    rows = []
+    rows: list[Row] = []
     for sprite, (x, y), cls in sprites:
         x0, y0, x1, y1 = np.clip(np.add(_bbox(sprite), (x, y, x, y)), 0, (width, height) * 2)
         rows.append(
@@ -172,8 +176,10 @@ def _background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, 
         horizon = int(h * rng.uniform(0.08, 0.2))
         draw.rectangle((0, 0, w, horizon), fill=tuple(rng.integers(150, 215, 3).tolist()))
         for x in range(-10, w + 10, 12):
-            r = int(rng.integers(8, 18))
-            draw.ellipse((x - r, horizon - r, x + r, horizon + r // 2), fill=(34, 58, 30))
+            crown = int(rng.integers(8, 18))
+            draw.ellipse(
+                (x - crown, horizon - crown, x + crown, horizon + crown // 2), fill=(34, 58, 30)
+            )
     for _ in range(int(rng.integers(0, 4))):  # mud, dry grass, dark grass: soft blobs
         colour = [(96, 72, 46), (168, 152, 96), (40, 70, 30)][rng.integers(3)]
         _soft_blob(rng, image, colour, rng.uniform(0.1, 0.3) * min(w, h), horizon)
@@ -181,26 +187,33 @@ def _background(rng: np.random.Generator, w: int, h: int) -> tuple[Image.Image, 
         kind = rng.integers(3)
         r = rng.uniform(0.02, 0.06) * min(w, h) * (1.6 if kind == 1 else 1)
         x, y = rng.uniform(0, w), rng.uniform(horizon, h)
-        colour = [(128, 126, 120), (28, 44, 22), (196, 170, 104)][kind] + rng.normal(0, 10, 3)
+        tint = [(128, 126, 120), (28, 44, 22), (196, 170, 104)][kind] + rng.normal(0, 10, 3)
         for _ in range(3 if kind == 1 else 1):
             dx, dy = rng.normal(0, r * 0.5, 2)
             draw.ellipse(
                 (x + dx - r, y + dy - r * 0.7, x + dx + r, y + dy + r * 0.7),
-                fill=tuple(colour.astype(int).tolist()),
+                fill=tuple(tint.astype(int).tolist()),
             )
     if rng.random() < 0.3:  # a tree's shadow
         _soft_blob(rng, image, (24, 40, 18), rng.uniform(0.2, 0.4) * min(w, h), horizon, 0.45)
     return image, horizon
 
 
-def _smooth_noise(rng, w: int, h: int, grid: tuple[int, int]) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, w: int, h: int, grid: tuple[int, int]) -> np.ndarray:
     """Noise in [-1, 1] on a coarse ``grid`` (rows, cols), upsampled bicubically to (h, w, 1)."""
     small = Image.fromarray(rng.integers(0, 256, grid, dtype=np.uint8), "L")
     up = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), np.float32)
     return (up[..., None] - 127.5) / 127.5
 
 
-def _soft_blob(rng, image: Image.Image, colour, radius: float, top: int, opacity=0.8) -> None:
+def _soft_blob(
+    rng: np.random.Generator,
+    image: Image.Image,
+    colour: tuple[int, int, int],
+    radius: float,
+    top: int,
+    opacity: float = 0.8,
+) -> None:
     w, h = image.size
     mask = Image.new("L", image.size, 0)
     x, y = rng.uniform(0, w), rng.uniform(top, h)
@@ -236,10 +249,10 @@ def _camera(rng: np.random.Generator, image: Image.Image) -> Image.Image:
     return image
 
 
-def _place_animals(rng: np.random.Generator, w: int, h: int, horizon: int) -> list[tuple]:
+def _place_animals(rng: np.random.Generator, w: int, h: int, horizon: int) -> list[Sprite]:
     """Sprites with positions and classes, ``[(RGBA sprite, (x, y), cls)]`` sorted far to near."""
     count = 1 + int(rng.choice(len(ANIMALS_PER_IMAGE), p=ANIMALS_PER_IMAGE))
-    placed: list[tuple] = []
+    placed: list[Sprite] = []
     boxes: list[np.ndarray] = []
     for _ in range(count):
         cls = int(rng.random() < CALF_PROBABILITY)
@@ -262,7 +275,8 @@ def _place_animals(rng: np.random.Generator, w: int, h: int, horizon: int) -> li
 
 
 def _area(b: np.ndarray) -> float:
-    return max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    area: float = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])  # numpy scalars are floats
+    return area
 
 
 def _covered(a: np.ndarray, b: np.ndarray) -> float:
@@ -280,8 +294,8 @@ def _bbox(sprite: Image.Image) -> tuple[int, int, int, int]:
 def _animal(rng: np.random.Generator, size: float, calf: bool) -> Image.Image:
     """An RGBA sprite of one animal about ``size`` px long, side-on or seen from above."""
     weights = np.array([c[2] for c in COATS])
-    base, patch, _ = COATS[rng.choice(len(COATS), p=weights / weights.sum())]
-    base = np.clip(np.multiply(base, rng.uniform(0.85, 1.15)) + rng.normal(0, 4, 3), 0, 255)
+    coat_rgb, patch, _ = COATS[rng.choice(len(COATS), p=weights / weights.sum())]
+    base = np.clip(np.multiply(coat_rgb, rng.uniform(0.85, 1.15)) + rng.normal(0, 4, 3), 0, 255)
     side = rng.random() < 0.2
     s = size * (0.8 if side else 1.0)
     pad = int(s * 0.8) + 4
@@ -353,7 +367,13 @@ def _animal(rng: np.random.Generator, size: float, calf: bool) -> Image.Image:
     return sprite.crop(_bbox(sprite))
 
 
-def _coat(rng, size: tuple[int, int], base, patch, side: bool) -> Image.Image:
+def _coat(
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    base: np.ndarray,
+    patch: tuple[int, int, int] | None,
+    side: bool,
+) -> Image.Image:
     """The coat colours over the sprite's canvas: base colour, patches, shading and fur noise."""
     w, h = size
     coat = Image.new("RGB", size, tuple(int(v) for v in base))
@@ -363,7 +383,8 @@ def _coat(rng, size: tuple[int, int], base, patch, side: bool) -> Image.Image:
             x, y = rng.uniform(0.15, 0.85) * w, rng.uniform(0.2, 0.8) * h
             rx, ry = rng.uniform(0.05, 0.16, 2) * (w, h)
             draw.ellipse((x - rx, y - ry, x + rx, y + ry), fill=patch)
-    a = np.asarray(coat, np.float32)
+    a: np.ndarray = np.asarray(coat, np.float32)
+    shade: np.ndarray  # float32 either way (the stubs make the second float64)
     if side:  # lit from above: lighter back, darker belly and legs
         shade = np.linspace(1.15, 0.75, h, dtype=np.float32)[:, None, None]
     else:  # a lighter spine along the middle

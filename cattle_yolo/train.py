@@ -218,7 +218,7 @@ def _train(
                 epoch + 1,
             )
         eval_model = ema.module if ema is not None else model
-        scored: dict[str, list] = {}
+        scored: dict[str, list[dict[str, np.ndarray]]] = {}
         val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1, scored)
         stats = {"epoch": epoch + 1, **train_stats, **val_stats}
         stats["epoch_time"] = time.perf_counter() - t0

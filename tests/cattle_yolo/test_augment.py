@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from test_data import tiny
+from builders import tiny_dataset
 
 from cattle_yolo.augment import PAD_VALUE, Augment, augment, mosaic
 from cattle_yolo.config import TrainConfig
@@ -14,14 +14,14 @@ NO_AUG = dict(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=
 
 
 def test_flip_maps_boxes() -> None:
-    ds = tiny().with_augment(TrainConfig(**{**NO_AUG, "fliplr": 1.0}))
+    ds = tiny_dataset().with_augment(TrainConfig(**{**NO_AUG, "fliplr": 1.0}))
     image, target, _ = ds[0]
     assert torch.equal(image, torch.from_numpy(ds.images[0][:, ::-1].copy()).permute(2, 0, 1))
     assert target.tolist() == [[0.0, 64 - 24, 12.0, 64 - 8, 36.0]]
 
 
 def test_scale_and_translate_move_image_and_boxes_together() -> None:
-    ds = tiny().with_augment(TrainConfig(**{**NO_AUG, "scale": 0.5, "translate": 0.2}))
+    ds = tiny_dataset().with_augment(TrainConfig(**{**NO_AUG, "scale": 0.5, "translate": 0.2}))
     checked = 0
     for epoch in range(8):
         ds.set_epoch(epoch)
@@ -155,7 +155,7 @@ def test_mosaic_then_crop_keeps_boxes_on_their_pixels() -> None:
 
 def test_mosaic_closes_for_the_last_epochs() -> None:
     cfg = TrainConfig(**{**NO_AUG, "mosaic": 1.0}, epochs=5, close_mosaic=2)
-    ds = tiny().with_augment(cfg)
+    ds = tiny_dataset().with_augment(cfg)
     plain = [ds.images[i] for i in range(len(ds))]
     for epoch, expect_mosaic in [(0, True), (2, True), (3, False), (4, False)]:
         ds.set_epoch(epoch)

@@ -1,8 +1,11 @@
+"""Box conversions, the letterbox mapping of boxes and the letterboxed image."""
+
 import numpy as np
 import pytest
 import torch
 
 from cattle_yolo import boxes
+from cattle_yolo.boxes import from_letterbox, letterbox, to_letterbox
 
 
 def test_known_answers():
@@ -62,3 +65,26 @@ def test_letterbox_maps_boxes_and_back(w, h):
     np.testing.assert_allclose(boxes.from_letterbox(lb, ratio, pad_x, pad_y), corners, rtol=1e-5)
     t = boxes.to_letterbox(torch.from_numpy(corners), ratio, pad_x, pad_y)
     np.testing.assert_allclose(t.numpy(), lb, rtol=1e-6)
+
+
+def test_letterbox_maps_boxes_round_trip() -> None:
+    image = np.full((50, 100, 3), 30, np.uint8)
+    image[10:30, 20:60] = 255
+    out, ratio, pad_x, pad_y = letterbox(image, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert (ratio, pad_x, pad_y) == (0.64, 0.0, 16.0)
+    assert (out[:16] == 114).all() and (out[48:] == 114).all() and (out[16:48] != 114).all()
+    box = np.array([[20.0, 10.0, 60.0, 30.0]], np.float32)
+    x1, y1, x2, y2 = to_letterbox(box, ratio, pad_x, pad_y)[0]
+    np.testing.assert_allclose([x1, y1, x2, y2], [12.8, 22.4, 38.4, 35.2], rtol=1e-6)
+    assert out[int(y1) + 2 : int(y2) - 1, int(x1) + 2 : int(x2) - 1].min() > 240
+    assert out[int(y2) + 2, int(x2) + 2].max() < 60
+    back = from_letterbox(to_letterbox(box, ratio, pad_x, pad_y), ratio, pad_x, pad_y)
+    np.testing.assert_allclose(back, box, atol=1e-4)
+
+
+def test_letterbox_odd_padding_uses_whole_pixels() -> None:
+    out, ratio, pad_x, pad_y = letterbox(np.zeros((45, 100, 3), np.uint8), 64)  # 64 x 29 inside
+    assert (pad_x, pad_y) == (0.0, 17.0)
+    assert (out[16] == 114).all() and (out[17] == 0).all() and (out[45] == 0).all()
+    assert (out[46] == 114).all()

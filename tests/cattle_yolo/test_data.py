@@ -1,4 +1,4 @@
-"""Data loading: letterbox, image decoding, the real dataset, items, loaders and pickling."""
+"""Data loading: image decoding, the real dataset, items, loaders and pickling."""
 
 from __future__ import annotations
 
@@ -8,43 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_sources import GOOD, dataset, labelimg, load, save_image
+from builders import GOOD, dataset, labelimg, load, save_image, tiny_dataset
 
 from cattle_yolo import augment, data, sources
-from cattle_yolo.boxes import PAD_VALUE, from_letterbox, letterbox, to_letterbox
+from cattle_yolo.boxes import PAD_VALUE
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import (
     DataError,
-    DetectionDataset,
     collate,
     load_datasets,
     make_loader,
 )
 
 CATTLE_CHUTE = Path(__file__).resolve().parents[3] / "shared" / "data" / "cattle-chute"
-
-
-def test_letterbox_maps_boxes_round_trip() -> None:
-    image = np.full((50, 100, 3), 30, np.uint8)
-    image[10:30, 20:60] = 255
-    out, ratio, pad_x, pad_y = letterbox(image, 64)
-    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    assert (ratio, pad_x, pad_y) == (0.64, 0.0, 16.0)
-    assert (out[:16] == 114).all() and (out[48:] == 114).all() and (out[16:48] != 114).all()
-    box = np.array([[20.0, 10.0, 60.0, 30.0]], np.float32)
-    x1, y1, x2, y2 = to_letterbox(box, ratio, pad_x, pad_y)[0]
-    np.testing.assert_allclose([x1, y1, x2, y2], [12.8, 22.4, 38.4, 35.2], rtol=1e-6)
-    assert out[int(y1) + 2 : int(y2) - 1, int(x1) + 2 : int(x2) - 1].min() > 240
-    assert out[int(y2) + 2, int(x2) + 2].max() < 60
-    back = from_letterbox(to_letterbox(box, ratio, pad_x, pad_y), ratio, pad_x, pad_y)
-    np.testing.assert_allclose(back, box, atol=1e-4)
-
-
-def test_letterbox_odd_padding_uses_whole_pixels() -> None:
-    out, ratio, pad_x, pad_y = letterbox(np.zeros((45, 100, 3), np.uint8), 64)  # 64 x 29 inside
-    assert (pad_x, pad_y) == (0.0, 17.0)
-    assert (out[16] == 114).all() and (out[17] == 0).all() and (out[45] == 0).all()
-    assert (out[46] == 114).all()
 
 
 def test_corrupt_and_truncated_images_are_skipped(tmp_path):
@@ -101,24 +77,8 @@ def test_cattle_chute_loads_and_reports_the_unnamed_class(chute):
         load_datasets(TrainConfig(data=str(CATTLE_CHUTE), strict=True), verbose=False)
 
 
-def tiny(n: int = 6, size: int = 64) -> DetectionDataset:
-    """Gray images, each with a white square and its box (pixel xyxy), classes alternating."""
-    images = np.full((n, size, size, 3), 40, np.uint8)
-    boxes = []
-    for i in range(n):
-        x, y = 8 + 3 * i, 12 + 2 * i
-        images[i, y : y + 24, x : x + 16] = 255
-        boxes.append(np.array([[x, y, x + 16, y + 24]], np.float32))
-    labels = [np.array([i % 2]) for i in range(n)]
-    lb = np.tile(np.array([1.0, 0.0, 0.0], np.float32), (n, 1))
-    sizes = np.full((n, 2), size, np.int32)
-    return DetectionDataset(
-        images, boxes, labels, lb, sizes, [f"{i}.png" for i in range(n)], ["a", "b"]
-    )
-
-
 def test_items_and_collate_shapes() -> None:
-    ds = tiny()
+    ds = tiny_dataset()
     ds.boxes[1] = np.zeros((0, 4), np.float32)
     ds.labels[1] = np.zeros(0, np.int64)
     image, target, i = ds[-1]
@@ -134,17 +94,17 @@ def test_items_and_collate_shapes() -> None:
 
 def test_augmentation_repeats_per_seed_epoch_and_index() -> None:
     cfg = TrainConfig(seed=3)
-    a, b = tiny().with_augment(cfg), tiny().with_augment(cfg)
+    a, b = tiny_dataset().with_augment(cfg), tiny_dataset().with_augment(cfg)
     a.set_epoch(4)
     b.set_epoch(4)
     for i in range(6):
         assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
     b.set_epoch(5)
     assert not torch.equal(a[2][0], b[2][0])
-    c = tiny().with_augment(cfg.replace(seed=4))
+    c = tiny_dataset().with_augment(cfg.replace(seed=4))
     c.set_epoch(4)
     assert not torch.equal(a[2][0], c[2][0])
-    plain = tiny()
+    plain = tiny_dataset()
     assert plain.aug is None and torch.equal(
         plain[2][0], torch.from_numpy(plain.images[2]).permute(2, 0, 1)
     )
@@ -157,10 +117,10 @@ def batches(loader):
 def test_loaders_are_seeded_and_worker_count_does_not_matter() -> None:
     cfg = TrainConfig(seed=1, batch=4, workers=0)
     rng_state = torch.get_rng_state()
-    train = tiny(10).with_augment(cfg)
+    train = tiny_dataset(10).with_augment(cfg)
     one = batches(make_loader(train, cfg, train=True, epoch=1))
     two = batches(make_loader(train, cfg.replace(workers=2), train=True, epoch=1))
-    again = batches(make_loader(tiny(10).with_augment(cfg), cfg, train=True, epoch=1))
+    again = batches(make_loader(tiny_dataset(10).with_augment(cfg), cfg, train=True, epoch=1))
     for (x1, t1, i1), (x2, t2, i2), (x3, t3, i3) in zip(one, two, again, strict=True):
         assert torch.equal(i1, i2) and torch.equal(x1, x2) and torch.equal(t1, t2)
         assert torch.equal(i1, i3) and torch.equal(x1, x3) and torch.equal(t1, t3)
@@ -168,13 +128,13 @@ def test_loaders_are_seeded_and_worker_count_does_not_matter() -> None:
     assert sorted(order) == list(range(10)) and [len(b[2]) for b in one] == [4, 4, 2]
     other = torch.cat([i for _, _, i in make_loader(train, cfg, train=True, epoch=2)]).tolist()
     assert other != order and train.epoch == 2
-    val = torch.cat([i for _, _, i in make_loader(tiny(10), cfg, train=False)]).tolist()
+    val = torch.cat([i for _, _, i in make_loader(tiny_dataset(10), cfg, train=False)]).tolist()
     assert val == list(range(10))
     assert torch.equal(torch.get_rng_state(), rng_state)  # loaders never touch the global RNG
 
 
 def test_pickle_is_about_the_image_bytes_and_round_trips() -> None:
-    ds = tiny(40, 96).with_augment(TrainConfig(seed=2))
+    ds = tiny_dataset(40, 96).with_augment(TrainConfig(seed=2))
     ds.set_epoch(3)
     ds.boxes[5] = np.zeros((0, 4), np.float32)
     ds.labels[5] = np.zeros(0, np.int64)
@@ -189,7 +149,7 @@ def test_pickle_is_about_the_image_bytes_and_round_trips() -> None:
 
 
 def test_subset_copies_the_chosen_items() -> None:
-    ds = tiny()
+    ds = tiny_dataset()
     sub = ds.subset([4, 1])
     assert len(sub) == 2 and sub.files == ["4.png", "1.png"] and sub.names == ds.names
     assert np.array_equal(sub.images[0], ds.images[4]) and np.array_equal(sub.boxes[1], ds.boxes[1])

@@ -204,33 +204,3 @@ def test_write_outputs_refuses_to_overwrite_sources(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="overwrite the source image"):
         write_outputs([result_for(a)], tmp_path, NAMES)
     assert np.asarray(Image.open(a)).max() == 90
-
-
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        ("notes.txt", "not an image file"),
-        ("missing.jpg", "no such file or folder"),
-        ("empty", "no images"),
-    ],
-)
-def test_predict_cli_bad_source_exits_2_with_a_message(tmp_path, capsys, name, message) -> None:
-    from cattle_yolo import cli
-
-    (tmp_path / "notes.txt").write_text("not an image\n")
-    (tmp_path / "empty").mkdir()
-    code = cli.main(
-        [
-            "predict",
-            "--weights",
-            str(tmp_path / "w.pt"),
-            "--source",
-            str(tmp_path / name),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
-    assert code == 2
-    err = capsys.readouterr().err
-    assert message in err and str(tmp_path / name) in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()  # nothing written

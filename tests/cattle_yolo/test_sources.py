@@ -6,42 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from builders import GOOD, dataset, load, save_image
 
-from cattle_yolo.config import TrainConfig
-from cattle_yolo.data import load_datasets
 from cattle_yolo.sources import DataError
-
-GOOD = "0 0.5 0.5 0.25 0.5\n"
-
-
-def save_image(path: Path, w: int = 64, h: int = 48, colour=(90, 140, 60)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (w, h), colour).save(path)
-    return path
-
-
-def labelimg(root: Path, split: str, labels: dict[str, str | None]) -> dict[str, Path]:
-    """labelImg layout: ``root/split/name.jpg`` with ``name.txt`` beside it (None: no label)."""
-    paths = {}
-    for name, text in labels.items():
-        paths[name] = save_image(root / split / f"{name}.jpg")
-        if text is not None:
-            (root / split / f"{name}.txt").write_text(text)
-    return paths
-
-
-def dataset(tmp_path: Path, train: dict[str, str | None], names=("cow", "calf")) -> Path:
-    root = tmp_path / "ds"
-    labelimg(root, "train", train)
-    labelimg(root, "val", {"v": GOOD})
-    (root / "classes.txt").write_text("\n".join(names) + "\n")
-    return root
-
-
-def load(root: Path, **overrides):
-    return load_datasets(TrainConfig(data=str(root), imgsz=64, **overrides))
-
 
 BAD_LABELS = [
     ("0 0.5 0.5 0.2\n", 1, "expected 5 fields (class cx cy w h), got 4"),

@@ -1,4 +1,4 @@
-"""End-to-end behaviour of the training driver and the CLI on tiny synthetic data."""
+"""End-to-end behaviour of the training driver on tiny synthetic data."""
 
 import csv
 import json
@@ -6,28 +6,13 @@ import math
 
 import pytest
 import torch
+from builders import nan_loss, tiny_config
 
-from cattle_yolo import cli
 from cattle_yolo.checkpoint import load_checkpoint
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import Datasets, load_datasets
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.train import DivergedError, train
-
-TINY = {
-    "imgsz": 64,
-    "neck_channels": 16,
-    "synthetic_images": 8,
-    "batch": 4,
-    "accumulate": 1,
-    "epochs": 3,
-    "warmup_epochs": 1.0,
-    "device": "cpu",
-}
-
-
-def tiny(tmp_path, **changes) -> TrainConfig:
-    return TrainConfig.load(None, {**TINY, "out": str(tmp_path / "run"), **changes})
 
 
 class Interrupt(Exception):
@@ -35,7 +20,7 @@ class Interrupt(Exception):
 
 
 def test_outputs_layout_and_metrics(tmp_path):
-    cfg = tiny(tmp_path, epochs=2)
+    cfg = tiny_config(tmp_path, epochs=2)
     seen = []
     result = train(cfg, callbacks=[seen.append])
     out = tmp_path / "run"
@@ -68,15 +53,15 @@ def test_outputs_layout_and_metrics(tmp_path):
 
 
 def test_seeded_cpu_runs_repeat_exactly(tmp_path):
-    a = train(tiny(tmp_path / "a", epochs=1))["last"]
-    b = train(tiny(tmp_path / "b", epochs=1))["last"]
+    a = train(tiny_config(tmp_path / "a", epochs=1))["last"]
+    b = train(tiny_config(tmp_path / "b", epochs=1))["last"]
     assert a["train_loss"] == b["train_loss"] and a["mAP50_95"] == b["mAP50_95"]
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    full = train(tiny(tmp_path / "full"))
+    full = train(tiny_config(tmp_path / "full"))
 
-    cfg = tiny(tmp_path / "cut")
+    cfg = tiny_config(tmp_path / "cut")
 
     def stop_after_two(stats):
         if stats["epoch"] == 2:
@@ -94,27 +79,23 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-    cfg = tiny(tmp_path, epochs=1)
+    cfg = tiny_config(tmp_path, epochs=1)
     train(cfg)
     with pytest.raises(ValueError, match="different 'lr'"):
         train(cfg.replace(lr=0.5), resume_from=tmp_path / "run" / "models" / "last.pt")
 
 
 def test_non_finite_loss_raises_diverged(tmp_path, monkeypatch):
-    def nan_loss(self, outputs, targets, epoch):
-        nan = outputs["cls"].sum() * float("nan")
-        return {"box": nan, "cls": nan, "dfl": nan, "total": nan, "num_pos": nan}
-
     monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
     with pytest.raises(DivergedError, match="epoch 1"):
-        train(tiny(tmp_path))
+        train(tiny_config(tmp_path))
 
 
 def test_overfit_a_few_images(tmp_path):
     """A few images, a hundred steps: val mAP50 ends above 0.5 from about 0 at the first epoch.
     (The loss is no measure under task-aligned targets: it grows with the target scores, which
     are the IoUs of the predicted boxes.)"""
-    cfg = tiny(
+    cfg = tiny_config(
         tmp_path,
         imgsz=128,
         neck_channels=32,
@@ -143,113 +124,6 @@ def test_overfit_a_few_images(tmp_path):
     assert all(h["first_step_loss"] == h["train_loss"] for h in history)
     assert history[0]["mAP50"] < 0.2
     assert history[-1]["mAP50"] > 0.6, [round(h["mAP50"], 3) for h in history[::10]]
-
-
-def run_cli(args):
-    return cli.main(args)
-
-
-def test_cli_bad_config_key_exits_2(tmp_path, capsys):
-    assert run_cli(["train", "lrr=0.1"]) == 2
-    assert "unknown key 'lrr' (did you mean 'lr'?)" in capsys.readouterr().err
-
-
-def test_cli_bad_config_file_exits_2(tmp_path, capsys):
-    bad = tmp_path / "c.yaml"
-    bad.write_text("epochs: -3\n")
-    assert run_cli(["train", "--config", str(bad)]) == 2
-    err = capsys.readouterr().err
-    assert str(bad) in err and "'epochs'" in err
-
-
-def test_cli_bad_data_exits_2(tmp_path, capsys):
-    (tmp_path / "empty" / "train").mkdir(parents=True)
-    (tmp_path / "empty" / "val").mkdir(parents=True)
-    assert run_cli(["train", "--data", str(tmp_path / "empty"), "epochs=1"]) == 2
-    assert "error:" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
-def test_cli_cuda_without_gpu_exits_2(tmp_path, capsys):
-    assert run_cli(["train", "--device", "cuda", "epochs=1"]) == 2
-    assert "CUDA is not available" in capsys.readouterr().err
-
-
-def test_cli_diverged_exits_3(tmp_path, capsys, monkeypatch):
-    def nan_loss(self, outputs, targets, epoch):
-        nan = outputs["cls"].sum() * float("nan")
-        return {"box": nan, "cls": nan, "dfl": nan, "total": nan, "num_pos": nan}
-
-    monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
-    args = ["train", *[f"{k}={v}" for k, v in TINY.items()], f"out={tmp_path / 'run'}"]
-    assert run_cli(args) == 3
-    assert "diverged" in capsys.readouterr().err
-
-
-def test_cli_train_evaluate_predict(tmp_path, capsys):
-    out = tmp_path / "run"
-    args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=1", f"out={out}"]
-    assert run_cli(args) == 0
-    weights = out / "models" / "best.pt"
-    assert (
-        run_cli(
-            [
-                "evaluate",
-                "--weights",
-                str(weights),
-                "--split",
-                "test",
-                "--json",
-                str(tmp_path / "m.json"),
-            ]
-        )
-        == 0
-    )
-    assert "mAP50_95" in json.loads((tmp_path / "m.json").read_text())
-    cfg = TrainConfig.load(out / "config.yaml")
-    images = load_datasets(cfg).val.files[:2]
-    pred_out = tmp_path / "pred"
-    assert (
-        run_cli(
-            [
-                "predict",
-                "--weights",
-                str(weights),
-                "--source",
-                str(images[0]),
-                "--out",
-                str(pred_out),
-                "score_threshold=0.0",
-            ]
-        )
-        == 0
-    )
-    assert (pred_out / "predictions.json").is_file()
-
-
-def test_cli_resume_trains_only_the_missing_epochs(tmp_path):
-    """A 2-epoch run stopped after epoch 1; `train --resume` trains epoch 2 alone."""
-    from cattle_yolo.train import train
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_epoch_1(stats):
-        if stats["epoch"] == 1:
-            raise Stop
-
-    out = tmp_path / "run"
-    with pytest.raises(Stop):
-        train(
-            TrainConfig.load(None, {**TINY, "epochs": 2, "out": str(out)}),
-            callbacks=[stop_after_epoch_1],
-        )
-    first = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
-    args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=2", f"out={out}", "--resume"]
-    assert run_cli(args) == 0
-    log = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
-    assert log[: len(first)] == first and [json.loads(line)["epoch"] for line in log] == [1, 2]
-    assert "resumed from" in (out / "logs" / "train.log").read_text()
 
 
 def test_metrics_csv_keeps_its_columns_when_a_resumed_run_logs_more_keys(tmp_path):
