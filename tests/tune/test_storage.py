@@ -165,7 +165,7 @@ def _search(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         str(REPO / "run_search.py"),
         "--smoke-test",
         "--epochs",
-        "2",
+        "1",
         "--storage",
         "s3://cattle/exp",
         "--no-dashboard",
