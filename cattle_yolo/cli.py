@@ -157,13 +157,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from cattle_yolo.synthetic import generate
 
-    for flag, value, low in (
-        ("--train", args.train, 1),
-        ("--val", args.val, 1),
-        ("--test", args.test, 0),
-    ):
-        if value < low:
-            raise ConfigError(f"{flag} {value}: at least {low} image(s)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file, not a folder")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from cattle_yolo.config import TrainConfig
+from cattle_yolo.config import ConfigError, TrainConfig
 
 GENERATOR_VERSION = 1  # bump whenever the output changes, so cached datasets are regenerated
 NAMES = ("cow", "calf")
@@ -52,13 +52,14 @@ def generate(
     """Write a synthetic dataset under ``root`` and return ``root`` (which holds ``data.yaml``).
 
     ``imgsz`` is the long side of the images in pixels; their aspect ratio varies (4:3, 3:4, 1:1,
-    16:9, 3:5). A split with no images (``n_test=0``) is left out of ``data.yaml``.
+    16:9, 3:5). A split with no images (``n_test=0``) is left out of ``data.yaml``. A count or
+    size out of range is a ``ConfigError``, before anything is written.
     """
     for key, value, low in (("n_train", n_train, 1), ("n_val", n_val, 1), ("n_test", n_test, 0)):
         if value < low:
-            raise ValueError(f"{key} = {value} must be >= {low}")
+            raise ConfigError(f"{key} = {value} must be >= {low}")
     if imgsz < 32:
-        raise ValueError(f"imgsz = {imgsz} must be >= 32")
+        raise ConfigError(f"imgsz = {imgsz} must be >= 32")
     root = Path(root)
     splits = [("train", n_train), ("val", n_val), ("test", n_test)]
     for split_id, (split, n) in enumerate(splits):
