@@ -153,8 +153,9 @@ class DiskKeeper(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         ended = [self._ended(t) for t in trials if t.status == "TERMINATED" and t.path]
-        if trial.path and all(e.path != self._ended(trial).path for e in ended):
-            ended.append(self._ended(trial))  # not yet TERMINATED
+        this = self._ended(trial) if trial.path else None
+        if this is not None and all(e.path != this.path for e in ended):
+            ended.append(this)  # not yet TERMINATED
         enforce(ended, self.keep, cleared=self.cleared)
 
 

@@ -88,6 +88,12 @@ def delete_files(where: str | Path, paths: list[str]) -> None:
             fs.delete_file(path)
 
 
+def _put(local: Path, fs: pyarrow.fs.FileSystem, target: str) -> None:
+    """Copy one local file to ``target`` on ``fs``, creating its folder."""
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    pyarrow.fs.copy_files(str(local), target, destination_filesystem=fs)
+
+
 def upload(folder: Path, uri: str, names: list[str] | None = None) -> list[str]:
     """Copy the files of ``folder`` (recursively; only ``names`` when given) to ``uri``,
     keeping their relative paths. Returns the relative paths copied."""
@@ -100,9 +106,7 @@ def upload(folder: Path, uri: str, names: list[str] | None = None) -> list[str]:
         )
     names = [n for n in names if (folder / n).is_file()]
     for name in names:
-        target = f"{root}/{name}"
-        fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        pyarrow.fs.copy_files(str(folder / name), target, destination_filesystem=fs)
+        _put(folder / name, fs, f"{root}/{name}")
     return names
 
 
@@ -197,9 +201,7 @@ class FolderUploader:
         for rel, key in sorted(self._files().items()):
             if self.seen.get(rel) == key:
                 continue
-            target = f"{self.root}/{rel.as_posix()}"
-            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            pyarrow.fs.copy_files(str(self.folder / rel), target, destination_filesystem=self.fs)
+            _put(self.folder / rel, self.fs, f"{self.root}/{rel.as_posix()}")
             self.seen[rel] = key
             self.sent[rel] = self.sent.get(rel, 0) + 1
             sent.append(rel)
