@@ -1,18 +1,73 @@
-"""Constants shared by the search tests (imported by name: conftest modules are not)."""
+"""Builders shared by the search tests (imported by name: conftest modules are not)."""
 
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from run_search import SMOKE_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Tiny trials: 64 px, a thin neck, 8 synthetic images, batch 4 without accumulation.
-TINY = {
-    "imgsz": 64,
-    "neck_channels": 16,
-    "synthetic_images": 8,
-    "batch": 4,
-    "accumulate": 1,
-    "warmup_epochs": 1.0,
-}
+# Tiny trials, the sizes of `run_search.py --smoke-test`: 64 px, a thin neck, 8 synthetic
+# images, batch 4 without accumulation.
+TINY = dict(SMOKE_CONFIG)
+
+
+def run_search(
+    args: Sequence[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python run_search.py --smoke-test ARGS`` in ``cwd``, the repository importable and
+    ``env`` added to this process's environment."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "run_search.py"), "--smoke-test", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def tiny_tuner(
+    space: Any,
+    base: Any,
+    resources: Any,
+    name: str,
+    storage: str,
+    extra_callbacks: tuple[Any, ...] = (),
+    max_failures: int = 1,
+    journal: Path | None = None,
+) -> Any:
+    """A quiet Tuner for ``space`` on the tiny synthetic data, as run_search.py builds one."""
+    from cattle_yolo.data import load_datasets
+    from tune import search
+
+    trainable = search.make_trainable(
+        base,
+        load_datasets(base, verbose=False),
+        space.settings,
+        resources,
+        extra_callbacks,
+        threshold_range=space.threshold_range(),
+    )
+    tuner, _ = search.build_tuner(
+        trainable,
+        space,
+        base,
+        space.settings,
+        resources,
+        name,
+        storage,
+        max_failures,
+        verbose=0,
+        journal=journal,
+    )
+    return tuner
 
 
 def read_events(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], int]:

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 import ray
-from helpers import REPO, TINY
+from helpers import REPO, TINY, run_search, tiny_tuner
 from ray import cloudpickle, tune
 
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.data import load_datasets
-from tune import cluster, report, search
+from tune import cluster, report
 from tune.cluster import SearchSetupError, plan_resources
 from tune.space import load_space
 
@@ -92,21 +91,13 @@ def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
 
 
 # --- dashboard exposure ---
-def _run_search(args, env):
-    return subprocess.run(
-        [sys.executable, str(REPO / "run_search.py"), "--smoke-test", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
     t0 = time.perf_counter()
-    proc = _run_search(
-        ["--dashboard-host", "0.0.0.0", "--storage", str(tmp_path)], {"RAY_AUTH_MODE": "disabled"}
+    proc = run_search(
+        ["--dashboard-host", "0.0.0.0", "--storage", str(tmp_path)],
+        REPO,
+        {"RAY_AUTH_MODE": "disabled"},
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
     assert "token auth off" in proc.stderr and "CVE-2023-48022" in proc.stderr
@@ -200,23 +191,8 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
     assert resources.concurrent == 2
     nodes_dir = tmp_path / "nodes"
     nodes_dir.mkdir()
-    trainable = search.make_trainable(
-        base,
-        load_datasets(base, verbose=False),
-        space.settings,
-        resources,
-        (RecordNode(str(nodes_dir)),),
-    )
-    tuner, _ = search.build_tuner(
-        trainable,
-        space,
-        base,
-        space.settings,
-        resources,
-        "cluster",
-        storage,
-        max_failures=0,
-        verbose=0,
+    tuner = tiny_tuner(
+        space, base, resources, "cluster", storage, (RecordNode(str(nodes_dir)),), max_failures=0
     )
     rows = report.trial_rows(tuner.fit(), space.settings)
     assert [r.status for r in rows] == ["completed", "completed"]
@@ -227,10 +203,7 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
 
 @pytest.mark.slow
 def test_driver_attaches_to_the_cluster_with_address(two_nodes, tmp_path):
-    cmd = [
-        sys.executable,
-        str(REPO / "run_search.py"),
-        "--smoke-test",
+    args = [
         "--address",
         two_nodes.address,
         "--storage",
@@ -239,14 +212,7 @@ def test_driver_attaches_to_the_cluster_with_address(two_nodes, tmp_path):
         "attached",
         "--quiet",
     ]
-    proc = subprocess.run(
-        cmd,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    proc = run_search(args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 node(s)" in proc.stdout and "2 trial(s) at once" in proc.stdout
     assert (tmp_path / "runs" / "attached" / "best_config.yaml").is_file()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, run_search
 
 pytestmark = pytest.mark.slow
 
@@ -119,20 +119,8 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
 
 
 def _run(args, cwd):
-    cmd = [
-        sys.executable,
-        str(REPO / "run_search.py"),
-        "--smoke-test",
-        "--epochs",
-        "1",
-        "--storage",
-        str(cwd),
-        "--no-dashboard",
-        "--quiet",
-        *args,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    flags = ["--epochs", "1", "--storage", str(cwd), "--no-dashboard", "--quiet"]
+    return run_search([*flags, *args], cwd)
 
 
 def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(tmp_path):

@@ -17,7 +17,7 @@ import optuna
 import pytest
 import ray
 import yaml
-from helpers import REPO, TINY, read_events
+from helpers import REPO, TINY, read_events, tiny_tuner
 from ray import cloudpickle
 
 from cattle_yolo.config import TrainConfig
@@ -61,29 +61,19 @@ def ray_session():
 def _search(tmp_path, space_text, name, extra_callbacks=(), max_failures=1, concurrent=None):
     space, _ = for_metric(load_space(_write(tmp_path / f"{name}.yaml", space_text)), "mAP50_95")
     base = TrainConfig.load(None, {**TINY, **space.fixed, "epochs": space.settings.epochs})
-    datasets = load_datasets(base, verbose=False)
     resources = cluster.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, space.settings.trials)
     if concurrent:
         resources = cluster.Resources(0, 0, 1.0, concurrent)
-    trainable = search.make_trainable(
-        base,
-        datasets,
-        space.settings,
-        resources,
-        extra_callbacks,
-        threshold_range=space.threshold_range(),
-    )
-    tuner, _ = search.build_tuner(
-        trainable,
+    runs = tmp_path / "runs"
+    tuner = tiny_tuner(
         space,
         base,
-        space.settings,
         resources,
         name,
-        str(tmp_path / "runs"),
+        str(runs),
+        extra_callbacks,
         max_failures,
-        verbose=0,
-        journal=tmp_path / "runs" / name / JOURNAL_FILE,
+        journal=runs / name / JOURNAL_FILE,
     )
     results = tuner.fit()
     return space, base, tuner, results, report.trial_rows(results, space.settings)

@@ -3,22 +3,19 @@ server (moto in server mode on 127.0.0.1) that writes there and resumes from the
 
 import csv
 import logging
-import os
 import re
 import socket
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.fs
 import pytest
 import yaml
+from helpers import run_search
 
 from tune import storage
 from tune.disk import Ended, enforce
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_paths_and_uris_are_read_as_ray_tune_reads_them(tmp_path):
@@ -159,21 +156,9 @@ def s3_server(monkeypatch):
     server.stop()
 
 
-def _search(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        str(REPO / "run_search.py"),
-        "--smoke-test",
-        "--epochs",
-        "1",
-        "--storage",
-        "s3://cattle/exp",
-        "--no-dashboard",
-        "--quiet",
-        *args,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CATTLE_YOLO_NO_PROGRESS": "1"}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def _search(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    flags = ["--epochs", "1", "--storage", "s3://cattle/exp", "--no-dashboard", "--quiet"]
+    return run_search([*flags, *args], cwd, {"CATTLE_YOLO_NO_PROGRESS": "1"}, timeout=600)
 
 
 def _keys(fs: pyarrow.fs.S3FileSystem, root: str) -> list[str]:
