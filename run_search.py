@@ -40,7 +40,6 @@ if TYPE_CHECKING:  # Ray is imported only after the space and config are checked
 HERE = Path(__file__).resolve().parent
 EXIT_NO_RESULT, EXIT_BAD_INPUT = 1, 2
 SAVED_SPACE, SAVED_SETTINGS = "space.yaml", "search_settings.yaml"
-REPORT_STATE = [SAVED_SPACE, SAVED_SETTINGS, "optuna_journal.log"]  # what a resume reads
 
 # --smoke-test: tiny images, model and data, 2 trials of 2 epochs.
 SMOKE_CONFIG = {
@@ -354,6 +353,7 @@ def plan_search(args: argparse.Namespace) -> Plan:
 
     from tune import storage as store
     from tune.search import can_restore  # imports Ray: after the checks
+    from tune.study import JOURNAL_FILE
 
     name = args.name or Path(space_path).stem
     storage = store.resolve(args.storage)
@@ -363,7 +363,8 @@ def plan_search(args: argparse.Namespace) -> Plan:
     if args.resume and not resume:
         raise ConfigError(f"--resume: no search to resume at {path}")
     if resume and store.is_uri(storage):  # the saved plan and the study, e.g. on a new machine
-        missing = [n for n in REPORT_STATE if not (report_dir / n).is_file()]
+        saved = (SAVED_SPACE, SAVED_SETTINGS, JOURNAL_FILE)  # what a resume reads
+        missing = [n for n in saved if not (report_dir / n).is_file()]
         store.download(path, report_dir, missing)
     plan = Plan(space, settings, base, storage, name, path, report_dir, resume, [])
     if resume and (report_dir / SAVED_SETTINGS).is_file():

@@ -23,7 +23,7 @@ leaves the state pointing at a checkpoint that is gone, and the trial could not 
 With cloud storage each weight file is uploaded once. The run folder is the trial's local
 working folder, which Ray does not sync (``sync_artifacts`` is off: Ray would upload the whole
 folder again at every checkpoint, best.pt included, and it listed our checkpoint's temp files
-mid-write). Each Tune checkpoint carries a hard link of its ``last.pt``; every other file the
+mid-write). Each Tune checkpoint carries its epoch's ``last.pt`` (moved there); every other file the
 run writes (config, metrics, logs, ``best.pt`` and its val detections) is uploaded to
 ``<trial>/run`` on the storage when it is new or changed, between epochs (``FolderUploader``).
 A trial restored on a fresh working folder downloads its ``run`` files first, so its metrics log
@@ -232,7 +232,7 @@ class EpochReporter:
             if self.uploader is not None:  # the checkpoint takes last.pt: no local copy stays
                 move = shutil.copy2 if replay else shutil.move
                 move(stats["checkpoint"], Path(tmp) / CHECKPOINT_FILE)
-            state = {EPOCH: self.epoch, "values": self.values, THRESHOLD: self.threshold}
+            state = {"epoch": self.epoch, "values": self.values, "threshold": self.threshold}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -246,11 +246,11 @@ class EpochReporter:
         """
         if folder is not None and (folder / STATE_FILE).is_file():
             state = json.loads((folder / STATE_FILE).read_text())
-            self.epoch = state[EPOCH]
+            self.epoch = state["epoch"]
             self.values = {int(e): float(v) for e, v in state.get("values", {}).items()}
             if not self.values and state.get("best") is not None:  # a checkpoint before values
                 self.values = {int(state["best_epoch"]): float(state["best"])}
-            self.threshold = state.get(THRESHOLD, {})
+            self.threshold = state.get("threshold", {})
         weights = run / "models" / CHECKPOINT_FILE
         if not weights.is_file():
             weights = folder / CHECKPOINT_FILE if folder is not None else weights
@@ -296,11 +296,11 @@ class TrialGauges:
     so the dashboard's Metrics view shows them wherever Prometheus and Grafana run."""
 
     KEYS = {  # gauge name -> (result key, description)
-        EPOCH: ("epoch", "epochs the trial has trained"),
-        TRAIN_LOSS: ("train_loss", "mean training loss of the last epoch"),
-        VAL_LOSS: ("val_loss", "validation loss of the last epoch"),
+        "epoch": (EPOCH, "epochs the trial has trained"),
+        "train_loss": (TRAIN_LOSS, "mean training loss of the last epoch"),
+        "val_loss": (VAL_LOSS, "validation loss of the last epoch"),
         "map50_95": ("mAP50_95", "val mAP50-95 of the last epoch"),
-        OBJECTIVE: (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
+        "objective": (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
         "best_map50_95": ("best_mAP50_95", "best val mAP50-95 so far"),
     }
 
