@@ -342,7 +342,8 @@ def evaluate(
     ``cfg.nms_iou`` and ``cfg.max_det``.
 
     Returns python floats: ``val_loss``, ``val_box``, ``val_cls``, ``val_dfl`` (means over
-    batches) and the ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``,
+    batches), ``val_nonfinite_batches`` (batches whose boxes or scores held NaN or inf: they
+    give no detections, and the training loop counts such a model as diverged) and the ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``,
     ``recall``, ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``,
     ``AP50/<name>``). The model's train/eval mode is restored afterwards. ``detections_out``, if
     given, receives the per-image ``"detections"`` and ``"targets"`` that were scored.
@@ -353,7 +354,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     loss_sums = torch.zeros(len(LOSS_KEYS), device=device, dtype=torch.float64)
-    n_batches = 0
+    n_batches, nonfinite = 0, 0
     detections: list[dict[str, np.ndarray]] = []
     ground_truth: list[dict[str, np.ndarray]] = []
     try:
@@ -369,6 +370,20 @@ def evaluate(
             losses = loss_fn(outputs, t, epoch)
             loss_sums += torch.stack([losses[k].detach().double() for k in LOSS_KEYS])
             n_batches += 1
+            if not bool(
+                torch.isfinite(outputs["boxes"]).all() & torch.isfinite(outputs["cls"]).all()
+            ):
+                # A blown-up model: its NaN/inf boxes and scores are not detections.
+                nonfinite += 1
+                detections.extend(
+                    {
+                        "boxes": np.zeros((0, 4), np.float32),
+                        "scores": np.zeros(0, np.float32),
+                        "labels": np.zeros(0, np.int64),
+                    }
+                    for _ in range(batch_size)
+                )
+                continue
             dets = postprocess(outputs, cfg.conf_floor, cfg.nms_iou, cfg.max_det)
             detections.extend(split_detections(dets))  # one copy to the host per batch
     finally:
@@ -381,6 +396,7 @@ def evaluate(
         f"val_{'loss' if k == 'total' else k}": float(v)
         for k, v in zip(LOSS_KEYS, means, strict=True)
     }
+    stats["val_nonfinite_batches"] = float(nonfinite)
     stats.update(
         coco_metrics(detections, ground_truth, names, cfg.score_threshold, max_dets=cfg.max_det)
     )

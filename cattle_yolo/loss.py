@@ -150,7 +150,7 @@ def assign(
     """
     batch, num_anchors, _ = scores.shape
     num_gt = gt_boxes.shape[1]
-    iou = batched_box_iou(gt_boxes, pred_boxes.float())  # (B, M, A)
+    iou = batched_box_iou(gt_boxes, pred_boxes.float()).nan_to_num(0.0)  # (B, M, A); NaN box: 0
     cand = candidates(anchors, gt_boxes, gt_mask)  # (B, M, A)
     label_idx = gt_labels[:, :, None].expand(-1, -1, num_anchors)  # (B, M, A)
     cls_score = scores.float().transpose(1, 2).gather(1, label_idx)  # (B, M, A)
@@ -250,14 +250,15 @@ class DetectionLoss(nn.Module):
                 bce = bce * gap.pow(cfg.focal_gamma)
             cls_loss = torch.where(a.ignore[..., None], 0.0, bce).sum() / norm
 
-            # Box: every anchor gets a well-defined target (negatives: their own detached box),
-            # so there is no boolean indexing (no host sync) and no NaN to mask out.
+            # Box: computed on every anchor (no boolean indexing, so no host sync). A negative
+            # scores a fixed unit box against itself (loss 0, no gradient), so a blown-up model's
+            # NaN or 0x0 boxes there cannot reach the sum as NaN x 0; predicted and target boxes
+            # are at least MIN_GT_SIZE wide and high, where CIoU's aspect term w / h is finite.
+            fg = a.fg[..., None]
             matched = gt_boxes.gather(1, a.gt_index[..., None].expand(-1, -1, 4))
-            matched = torch.cat(
-                [matched[..., :2], torch.max(matched[..., 2:], matched[..., :2] + MIN_GT_SIZE)], -1
-            )
-            target_boxes = torch.where(a.fg[..., None], matched, boxes.detach())
-            per_box = self.box_loss_fn(boxes, target_boxes, reduction="none")
+            target_boxes = _min_size(torch.where(fg, matched, _UNIT_BOX.to(boxes.device)))
+            pred_boxes = _min_size(torch.where(fg, boxes, _UNIT_BOX.to(boxes.device)))
+            per_box = self.box_loss_fn(pred_boxes, target_boxes, reduction="none")
             box = (per_box * weight).sum() / weight_sum
 
             dfl = boxes.new_zeros(())
@@ -284,12 +285,21 @@ class DetectionLoss(nn.Module):
         }
 
 
+_UNIT_BOX = torch.tensor([0.0, 0.0, 1.0, 1.0])  # pixel xyxy: negatives' stand-in box
+
+
+def _min_size(boxes: Tensor) -> Tensor:
+    """Pixel xyxy ``(..., 4)`` with x2, y2 raised to at least x1, y1 + ``MIN_GT_SIZE``."""
+    return torch.cat([boxes[..., :2], torch.max(boxes[..., 2:], boxes[..., :2] + MIN_GT_SIZE)], -1)
+
+
 def dfl_loss(dist: Tensor, target: Tensor) -> Tensor:
     """Distribution focal loss: ``(B, A, 4, R)`` logits, ``(B, A, 4)`` distances in bins, in
     ``[0, R - 1)`` -> ``(B, A)``, the mean over the four sides of the cross-entropy with the two
     bins around the target, weighted by nearness (a target of 2.3 is 0.7 of bin 2, 0.3 of bin 3).
     """
-    left = target.floor().long().clamp(max=dist.shape[-1] - 2)
+    # nan_to_num: a non-finite target (a blown-up model) gives a NaN loss, never a bad index.
+    left = target.nan_to_num(0.0).floor().long().clamp(0, dist.shape[-1] - 2)
     w_right = target - left
     logp = dist.log_softmax(-1)
     ce = -(

@@ -220,6 +220,12 @@ def _train(
         eval_model = ema.module if ema is not None else model
         scored: dict[str, list[dict[str, np.ndarray]]] = {}
         val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1, scored)
+        if val_stats["val_nonfinite_batches"] or not math.isfinite(val_stats["val_loss"]):
+            raise DivergedError(
+                f"non-finite model outputs on validation ({val_stats['val_nonfinite_batches']} "
+                f"of {len(val_loader)} batches; val loss {val_stats['val_loss']:.4g})",
+                epoch + 1,
+            )
         stats = {"epoch": epoch + 1, **train_stats, **val_stats}
         stats["epoch_time"] = time.perf_counter() - t0
         improved = stats["mAP50_95"] > best

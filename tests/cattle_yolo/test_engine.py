@@ -44,3 +44,39 @@ def test_ema_follows_then_lags():
     ema.update(model)
     expected = 0.9 * before + 0.1 * model.weight
     assert torch.allclose(ema.module.weight, expected)
+
+
+def test_first_step_loss_skips_batches_without_objects():
+    """The spike rule's reference: the first batch *with objects*. A first batch of empty frames
+    has no box terms and a loss several times lower, which made a healthy epoch look like a
+    spike (``divergence_rule([8.0], start_loss=1.17)``)."""
+    from cattle_yolo.engine import train_one_epoch
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, images):
+            return {"w": self.w * images.mean() * 0 + self.w}
+
+    def loss_fn(outputs, targets, epoch):
+        total = outputs["w"] * (1.0 + 8.0 * len(targets))  # 1 without objects, 9 with one
+        z = total * 0
+        return {"total": total, "box": z, "cls": total, "dfl": z}
+
+    empty = (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, 6), torch.tensor([0]))
+    one = (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.ones(1, 6), torch.tensor([1]))
+    model = Scale()
+    cfg = TrainConfig(epochs=1, accumulate=1, lr=1e-9, ema_decay=0.0, device="cpu")
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
+    stats = train_one_epoch(
+        model, loss_fn, [empty, empty, one], optimizer, scaler, None, cfg, torch.device("cpu"), 0
+    )
+    assert stats["first_step_loss"] == pytest.approx(9.0, rel=1e-6)
+    # no batch with objects at all: no reference
+    stats = train_one_epoch(
+        model, loss_fn, [empty], optimizer, scaler, None, cfg, torch.device("cpu"), 0
+    )
+    assert math.isnan(stats["first_step_loss"])

@@ -319,3 +319,21 @@ def test_f1_sweep_edge_cases() -> None:
     assert none == {"F1": 0.0, "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0}
     perfect = f1_sweep(np.array([0.9, 0.8, 0.2]), np.array([True, True, False]), n_gt=2)
     assert perfect["F1"] == 1.0 and perfect["F1_threshold"] == pytest.approx(0.8)
+
+
+def test_non_finite_outputs_are_counted_and_give_no_detections() -> None:
+    """A blown-up model (NaN boxes or scores) gives no detections on those batches and is counted,
+    so the training loop can call it diverged instead of scoring garbage boxes."""
+
+    class BlownUp(FakeModel):
+        def forward(self, images):
+            out = super().forward(images)
+            out["boxes"] = out["boxes"] * float("nan")
+            return out
+
+    loader = DataLoader(FakeSet(), batch_size=2, shuffle=False, collate_fn=collate)
+    stats = evaluate(BlownUp(), loader, fake_loss, TrainConfig(imgsz=S, batch=2), "cpu", 3.0)
+    assert stats["val_nonfinite_batches"] == 3.0
+    assert stats["mAP50"] == 0.0 and stats["recall"] == 0.0
+    healthy = evaluate(FakeModel(), loader, fake_loss, TrainConfig(imgsz=S, batch=2), "cpu", 3.0)
+    assert healthy["val_nonfinite_batches"] == 0.0

@@ -407,3 +407,53 @@ def test_collapsed_class_scores_mark_the_step_dead() -> None:
     dead = loss_fn(out, targets, 0.0)
     assert not alive["dead"] and dead["dead"]
     assert not loss_fn(out, torch.zeros(0, 6), 0.0)["dead"]  # no objects: nothing to collapse
+
+
+@pytest.mark.parametrize("dist", [False, True], ids=["exp", "dfl"])
+def test_blown_up_outputs_give_a_nan_loss_not_an_error(dist: bool) -> None:
+    """A model whose weights blew up outputs NaN boxes and distributions: the loss must be NaN
+    (the engine skips the step, the training loop calls it diverged), never an exception. Before
+    the fix, NaN distances became an int64 index of -2**63 in ``dfl_loss``'s gather."""
+    loss_fn = DetectionLoss(TrainConfig(), num_classes=2)
+    targets = random_targets(torch.Generator().manual_seed(0), [2, 1])
+    out = make_outputs(torch.full((2, len(ANCHORS), 4), float("nan")), dist=dist)
+    if dist:
+        out["dist"] = torch.full((2, len(ANCHORS), 4, 16), float("nan"))
+    losses = loss_fn(out, targets, epoch=0.0)
+    assert math.isnan(losses["total"].item())
+    # ... and with NaN only on the negatives the box term stays finite (no NaN x 0)
+    out = make_outputs(random_preds(torch.Generator().manual_seed(1), 2), dist=dist)
+    fg = loss_fn(out, targets, epoch=0.0)["num_pos"]
+    assert fg.item() > 0
+    boxes = out["boxes"].detach().clone()
+    a = assign(
+        torch.zeros(2, len(ANCHORS), 2).sigmoid(),
+        boxes,
+        ANCHORS,
+        *pad_targets(targets, 2),
+        iou_gate=0.25,
+        **TAL,
+    )
+    boxes[~a.fg] = float("nan")
+    box = loss_fn(make_outputs(boxes), targets, epoch=0.0)["box"]
+    assert math.isfinite(box.item()) and box.item() > 0
+
+
+def test_dfl_loss_of_a_non_finite_target_is_nan_not_an_error() -> None:
+    dist = torch.zeros(1, 2, 4, 16)
+    target = torch.tensor([[[1.5, 2.0, float("nan"), 3.0], [float("inf"), 0, 0, 0]]])
+    out = dfl_loss(dist, target)
+    assert out.shape == (1, 2) and out.isnan().all()
+
+
+def test_a_zero_size_predicted_box_gives_a_finite_ciou_loss_and_gradient() -> None:
+    """CIoU's aspect term is atan(w / h): a 0x0 box gave 0 / 0 = NaN before the minimum size."""
+    loss_fn = DetectionLoss(TrainConfig(box_loss="ciou"), num_classes=2)
+    targets = torch.tensor([[0, 0, 10.0, 10.0, 40.0, 50.0]])
+    boxes = random_preds(torch.Generator().manual_seed(0), 1)
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    out = make_outputs(torch.cat([centre, centre], -1))  # every predicted box 0x0
+    losses = loss_fn(out, targets, epoch=0.0)
+    assert losses["num_pos"].item() > 0 and math.isfinite(losses["box"].item())
+    losses["total"].backward()
+    assert torch.isfinite(out["boxes"].grad).all()
