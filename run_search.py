@@ -515,6 +515,8 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
                 f"disk: {used / 2**20:.0f} MB in {plan.path} (best.pt kept for the "
                 f"best {args.keep_weights} ended trials; no last.pt of an ended trial)"
             )
+        if datasets.val_coverage():
+            lines.append(f"warning: {datasets.val_coverage()}")
         print("\n".join(lines), flush=True)
         if any(r.status == Status.UNFINISHED for r in rows):
             print(
@@ -600,7 +602,7 @@ def _confirm(
     )
     publish(plan)
     print("\n".join(lines), flush=True)
-    if any(r.status == Status.UNFINISHED for c in candidates for r in c.runs):
+    if confirm.unfinished(candidates):
         print("the confirmation was interrupted; the same command continues it", flush=True)
         return 130
     return 0

@@ -105,6 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"best mAP50-95={result['best_mAP50_95']:.4f} at epoch {result['best_epoch']}; "
         f"weights in {result['out']}/models/best.pt"
     )
+    if result["val_coverage"]:
+        print(f"warning: {result['val_coverage']}")
     return 0
 
 

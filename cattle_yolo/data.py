@@ -199,6 +199,19 @@ class Datasets:
     names: list[str]  # class names
     name: str  # dataset name, for outputs/<name>/yolov8
 
+    def val_coverage(self) -> str | None:
+        """A warning when val images were skipped (non-strict loading), so that the val metrics
+        cover only part of the val split; None when every val image is scored."""
+        report = self.val.report
+        if report is None or not report.skipped:
+            return None
+        first = f" (first: {report.reasons[0]})" if report.reasons else ""
+        return (
+            f"val metrics cover {len(self.val)} of {len(self.val) + report.skipped} val images: "
+            f"{report.skipped} skipped for a bad label line or an unreadable image{first}; "
+            "fix them, or set strict: true to refuse such data"
+        )
+
 
 def make_loader(
     ds: DetectionDataset, cfg: TrainConfig, train: bool, epoch: int = 0

@@ -25,7 +25,7 @@ from cattle_yolo.device import autocast, autocast_dtype
 from cattle_yolo.evaluate import coco_categories, split_detections
 from cattle_yolo.files import atomic_write
 from cattle_yolo.model import postprocess
-from cattle_yolo.sources import IMAGE_SUFFIXES
+from cattle_yolo.sources import IMAGE_SUFFIXES, DataError
 
 # Box colours per class (RGB), cycled: a readable set on grass and sky.
 PALETTE = (
@@ -61,12 +61,13 @@ def collect_sources(source: str | Path) -> list[Path]:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image, EXIF orientation applied; ValueError naming the file if unreadable."""
+    """An RGB PIL image, EXIF orientation applied; ``DataError`` naming the file if it cannot be
+    decoded (the CLI's exit 2)."""
     try:
         with Image.open(path) as im:
             return ImageOps.exif_transpose(im).convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot read image: {e}") from None
+        raise DataError(f"{path}: cannot read image: {e}") from None
 
 
 @torch.no_grad()

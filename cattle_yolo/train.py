@@ -138,11 +138,14 @@ def train(
     datasets: Datasets | None = None,
     callbacks: Sequence[Callback] = (),
     resume_from: str | Path | None = None,
+    best_by: tuple[str, str] = ("mAP50_95", "max"),
 ) -> dict[str, Any]:
     """Train a detector as ``cfg`` says; returns the best and last epoch's figures.
 
     ``datasets`` lets a caller (the search) pass data decoded once; ``resume_from`` is a
-    ``last.pt`` to continue from, with the same result as an uninterrupted run.
+    ``last.pt`` to continue from, with the same result as an uninterrupted run. ``best_by``
+    is the per-epoch stat and direction that pick ``best.pt`` (the search passes its metric, so
+    its export's epoch and checkpoint agree); a non-finite value never improves.
     Raises ``DivergedError`` when training diverges.
     """
     device = resolve_device(cfg.device)
@@ -154,7 +157,7 @@ def train(
     out = run_dir(cfg, datasets.name)
     handler = _attach_file_log(out)
     try:
-        return _train(cfg, datasets, callbacks, resume_from, device, out)
+        return _train(cfg, datasets, callbacks, resume_from, device, out, best_by)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -167,6 +170,7 @@ def _train(
     resume_from: str | Path | None,
     device: torch.device,
     out: Path,
+    best_by: tuple[str, str],
 ) -> dict[str, Any]:
     cfg.to_yaml(out / "config.yaml")
     names = datasets.names
@@ -178,7 +182,8 @@ def _train(
     fp16 = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler(device.type, enabled=fp16)
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
-    start_epoch, best, best_epoch = 0, -math.inf, 0
+    start_epoch, best, best_epoch, best_map = 0, -math.inf, 0, 0.0
+    metric, mode = best_by
 
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
@@ -189,6 +194,7 @@ def _train(
         if ema is not None and ckpt.get("ema") is not None:
             ema.load_state_dict(ckpt["ema"])
         start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_fitness"], ckpt["best_epoch"]
+        best_map = ckpt["metrics"].get("best_mAP50_95", best) if ckpt.get("metrics") else best
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
@@ -200,6 +206,9 @@ def _train(
         f"training {cfg.epochs} epochs on {device} | {len(datasets.train)} train, "
         f"{len(datasets.val)} val images | classes {names} | out {out}"
     )
+    coverage = datasets.val_coverage()
+    if coverage:
+        log.warning(f"warning: {coverage}")
     stats: dict[str, Any] = {}
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
@@ -228,10 +237,13 @@ def _train(
             )
         stats = {"epoch": epoch + 1, **train_stats, **val_stats}
         stats["epoch_time"] = time.perf_counter() - t0
-        improved = stats["mAP50_95"] > best
+        # best: the best fitness so far, fitness = the best_by stat signed so that higher wins
+        fitness = float(stats[metric]) * (1.0 if mode == "max" else -1.0)
+        improved = math.isfinite(fitness) and fitness > best
         if improved:
-            best, best_epoch = stats["mAP50_95"], epoch + 1
-        stats["best_mAP50_95"], stats["best_epoch"] = best, best_epoch
+            best, best_epoch, best_map = fitness, epoch + 1, stats["mAP50_95"]
+        # best.pt's epoch and its mAP50-95 (by mAP50-95 itself unless best_by says otherwise)
+        stats["best_mAP50_95"], stats["best_epoch"] = best_map, best_epoch
 
         state = training_state(
             model,
@@ -261,7 +273,8 @@ def _train(
             callback(stats)
 
     return {
-        "best_mAP50_95": best,
+        "val_coverage": coverage,
+        "best_mAP50_95": best_map,
         "best_epoch": best_epoch,
         "epochs_run": cfg.epochs - start_epoch,
         "out": str(out),

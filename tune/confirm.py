@@ -8,9 +8,11 @@ of a second experiment ``<name>-confirm`` beside the search (same resources, ret
 rules; it resumes like the search). That is ``K x S + S`` runs.
 
 The summary gives each config's mean and sample sd over its seeds (a diverged run counts with
-the worst value, an errored one not at all) and says whether the winner by mean beats the
-default by more than the seed spread (the larger of the two sds). The export is the winner by
-mean, with the checkpoint and threshold of its best seed.
+the worst value; an errored or unfinished one is no data point, and a config missing any seed
+cannot win, so every mean compared covers the same seeds) and says whether the winner by mean
+beats the default by more than the seed spread (the larger of the two sds; with one seed there
+is no spread and no verdict). The export is the winner by mean, with the checkpoint and
+threshold of its best seed; an interrupted confirmation exports nothing.
 """
 
 from __future__ import annotations
@@ -44,13 +46,19 @@ class Candidate:
     runs: list[TrialRow] = field(default_factory=list)
 
     def values(self, worst: float) -> list[float]:
-        """The confirmed objective of each run that did not error (diverged: ``worst``)."""
+        """The confirmed objective of each run that ended: completed, or diverged (``worst``).
+        Errored and unfinished runs are no data point."""
         out = []
         for r in self.runs:
-            if r.status == Status.ERRORED:
-                continue
-            out.append(worst if r.status == Status.DIVERGED or r.best is None else r.best)
+            if r.status == Status.DIVERGED:
+                out.append(worst)
+            elif r.status == Status.COMPLETED and r.best is not None:
+                out.append(r.best)
         return out
+
+    def complete(self, worst: float, seeds: int) -> bool:
+        """Every seed gave a data point: only such configs' means are compared."""
+        return len(self.values(worst)) == seeds
 
     def mean_sd(self, worst: float) -> tuple[float, float]:
         v = self.values(worst)
@@ -150,9 +158,14 @@ def attach_runs(candidates: list[Candidate], results: Any, settings: SearchSetti
             by_id[cid].runs.append(row)
 
 
+def unfinished(candidates: list[Candidate]) -> int:
+    """Runs not ended yet: an interrupted confirmation, which the same command continues."""
+    return sum(r.status == Status.UNFINISHED for c in candidates for r in c.runs)
+
+
 def winner(candidates: list[Candidate], settings: SearchSettings) -> Candidate | None:
-    """The config with the best mean over its seeds (None if no run finished)."""
-    scored = [c for c in candidates if c.values(settings.worst)]
+    """The config with the best mean over all its seeds (None if no config has every seed)."""
+    scored = [c for c in candidates if c.complete(settings.worst, settings.confirm_seeds)]
     if not scored:
         return None
     sign = 1.0 if settings.mode == "max" else -1.0
@@ -161,14 +174,26 @@ def winner(candidates: list[Candidate], settings: SearchSettings) -> Candidate |
 
 def verdict(candidates: list[Candidate], settings: SearchSettings) -> str:
     """Whether the winner beats the default by more than the seed spread."""
+    seeds = settings.confirm_seeds
+    if unfinished(candidates):
+        return f"confirmation: interrupted ({unfinished(candidates)} runs unfinished); no verdict"
     best = winner(candidates, settings)
     default = candidates[0]
-    if best is None or not default.values(settings.worst):
-        return "confirmation: not enough finished runs to compare with the default"
+    if best is None or not default.complete(settings.worst, seeds):
+        missing = [c.label for c in candidates if not c.complete(settings.worst, seeds)]
+        return (
+            "confirmation: not enough finished runs to compare with the default "
+            f"(missing seeds: {', '.join(missing)})"
+        )
     if best is default:
         return "confirmation: the hand-fixed default has the best mean; no searched config beats it"
     (m_w, sd_w), (m_d, sd_d) = best.mean_sd(settings.worst), default.mean_sd(settings.worst)
     gain = (m_w - m_d) if settings.mode == "max" else (m_d - m_w)
+    if seeds == 1:
+        return (
+            f"confirmation: one seed: no spread, so no verdict ({best.label} {m_w:.4g} against "
+            f"the default's {m_d:.4g}: a gain of {gain:.3g}; use --confirm-seeds 2 or more)"
+        )
     spread = max(sd_w, sd_d)
     beats = "beats" if gain > spread else "does not beat"
     return (
@@ -248,10 +273,14 @@ def report(
     write_csv(candidates, space, folder / CONFIRM_CSV, settings.worst)
     lines.append(f"confirmation runs: {folder / CONFIRM_CSV}")
     best = winner(candidates, settings)
-    if best is None:
-        return lines
+    if best is None or unfinished(candidates):
+        return (
+            lines  # nothing to export, or not yet: best_config.yaml and --export stay as they are
+        )
     sign = 1.0 if settings.mode == "max" else -1.0
-    runs = [r for r in best.runs if r.best is not None and r.status != Status.ERRORED]
+    runs = [r for r in best.runs if r.best is not None and r.status == Status.COMPLETED]
+    if not runs:  # every seed of the best config diverged: no checkpoint worth exporting
+        return lines
     run = max(runs, key=lambda r: sign * (r.best or 0.0))  # best is set: filtered
     mean, sd = best.mean_sd(settings.worst)
     confirmed = {

@@ -59,6 +59,7 @@ class TrialRow:
     # best.pt's score threshold chosen after training, with its P, R and F1 (threshold_P ...)
     threshold: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config as sampled
+    checkpoint_epoch: int = 0  # the epoch best.pt holds: the best by the search metric
 
 
 def trial_status(
@@ -131,6 +132,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
                 history=history,
                 threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
                 config=dict(result.config or {}),
+                checkpoint_epoch=int(metrics.get("best_epoch") or 0),
             )
         )
     return sorted(rows, key=lambda r: r.name)
@@ -261,13 +263,27 @@ def export_best(
         "objective": objective_label(settings),
         "value": row.best,
         "epoch": row.best_epoch,
+        "checkpoint_epoch": row.checkpoint_epoch,
         "threads": row.threads,
         **({"confirmed": confirmed} if confirmed else {}),
         **row.threshold,
     }
+    if confirmed:  # the config's value is its mean over fresh seeds; the checkpoint is one seed's
+        doc["value"] = confirmed["mean"]
+        doc["checkpoint_value"] = row.best
+        value = (
+            f"confirmed mean {_fmt(confirmed['mean'])} ± {_fmt(confirmed['sd'])} over "
+            f"{len(confirmed['values'])} seeds (checkpoint: seed {row.config.get('seed')}, "
+            f"{_fmt(row.best)} at epoch {row.best_epoch})"
+        )
+    else:
+        value = f"{_fmt(row.best)} at epoch {row.best_epoch}"
+    held = row.checkpoint_epoch
+    if held and held != row.best_epoch:
+        value += f"; best.pt holds epoch {held}, the best by {settings.metric}"
     header = (
-        f"# Best trial {row.name} of {experiment}: {objective_label(settings)} {_fmt(row.best)} at "
-        f"epoch {row.best_epoch}.\n# Train with it (config.threads is the trial's CPU thread "
+        f"# Best trial {row.name} of {experiment}: {objective_label(settings)} {value}.\n"
+        f"# Train with it (config.threads is the trial's CPU thread "
         f"count, so a CPU run repeats it exactly):\n"
         f"#   python -m cattle_yolo train --config {path.name}\n"
     )

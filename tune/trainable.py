@@ -424,7 +424,13 @@ def train_trial(
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
         resume = reporter.resume_point(Path(folder) if folder else None, out)
         try:
-            train(cfg, datasets, callbacks=[reporter, *extra_callbacks], resume_from=resume)
+            train(
+                cfg,
+                datasets,
+                callbacks=[reporter, *extra_callbacks],
+                resume_from=resume,
+                best_by=(settings.metric, settings.mode),  # best.pt: the export's checkpoint
+            )
         except DivergedError as e:
             reporter.report_diverged(e.reason, e.epoch)
     if uploader is not None:  # the run's last lines (a trial stopped by Tune never gets here)

@@ -281,6 +281,19 @@ def test_cli_predict_bad_override_key_exits_2(weights, tmp_path, image, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "content", [b"", b"\xff\xd8\xff\xe0 truncated jpeg"], ids=["empty", "truncated"]
+)
+def test_cli_predict_undecodable_image_exits_2(weights, tmp_path, capsys, content):
+    """A .jpg that does not decode: exit 2 naming the file, no traceback (it exited 1)."""
+    bad = tmp_path / "src" / "broken.jpg"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(content)
+    args = ["predict", "--weights", str(weights), "--source", str(bad)]
+    bad_input(run_cli([*args, "--out", str(tmp_path / "out")]), capsys, f"{bad}: cannot read image")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_predict_without_source_is_a_usage_error(weights, capsys):
     usage_error(["predict", "--weights", str(weights)], capsys, "--source")
 

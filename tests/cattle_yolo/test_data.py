@@ -159,3 +159,16 @@ def test_augment_and_sources_names_are_reexported_by_data() -> None:
     assert data.Augment is augment.Augment and data.augment is augment.augment
     assert data.DataError is sources.DataError and augment.PAD_VALUE == PAD_VALUE == 114
     assert set(data.__all__) <= set(dir(data))
+
+
+def test_skipped_val_images_are_said_to_leave_the_metrics_on_a_subset(tmp_path):
+    """Non-strict loading drops a val image for one bad label line; the val metrics then cover a
+    subset, which must be said (it was only in the loading summary's skip count)."""
+    root = dataset(tmp_path, {"a": GOOD})
+    labelimg(root, "val", {"v2": GOOD + "0 0.5 0.5 nan 0.1\n"})
+    ds = load(root)
+    note = ds.val_coverage()
+    assert note is not None and "cover 1 of 2 val images" in note and "v2.txt:2" in note
+    assert load(dataset(tmp_path / "clean", {"a": GOOD})).val_coverage() is None
+    with pytest.raises(data.DataError, match="v2.txt:2"):
+        load(root, strict=True)

@@ -152,3 +152,13 @@ def test_metrics_csv_keeps_its_columns_when_a_resumed_run_logs_more_keys(tmp_pat
     _append_metrics(tmp_path, {"epoch": 2, "train_loss": 1.5, "first_step_loss": 3.0})
     rows = (tmp_path / "metrics" / "training_metrics.csv").read_text().splitlines()
     assert rows == ["epoch,train_loss", "1,2.0", "2,1.5"]
+
+
+def test_best_pt_follows_best_by(tmp_path):
+    """The search passes its metric: best.pt is the best epoch by it, so the export's epoch and
+    checkpoint agree (they disagreed under --metric F1 or val_loss: best.pt was by mAP50-95)."""
+    result = train(tiny_config(tmp_path), best_by=("val_loss", "min"))
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics/training_metrics.jsonl").open()]
+    want = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))["epoch"]
+    assert result["best_epoch"] == want == rows[-1]["best_epoch"]
+    assert load_checkpoint(tmp_path / "run/models/best.pt")["epoch"] == want

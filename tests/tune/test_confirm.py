@@ -4,9 +4,18 @@ how runs are scored, who wins and whether the win is more than the seed spread."
 import math
 
 import pytest
+import yaml
 
 from cattle_yolo.config import TrainConfig
-from tune.confirm import Candidate, fresh_seeds, pick_candidates, run_configs, verdict, winner
+from tune.confirm import (
+    Candidate,
+    fresh_seeds,
+    pick_candidates,
+    report,
+    run_configs,
+    verdict,
+    winner,
+)
 from tune.report import TrialRow
 from tune.results import Status
 from tune.space import CONFIRM_ID, SearchSettings, load_space
@@ -78,7 +87,7 @@ def test_runs_are_scored_with_diverged_as_worst_and_errors_left_out():
 
 
 def test_the_verdict_weighs_the_gain_against_the_seed_spread():
-    settings = SearchSettings()
+    settings = SearchSettings(confirm_seeds=2)
     default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
     default.runs = [_row("d1", 0, 0.40), _row("d2", 0, 0.42)]
     found.runs = [_row("f1", 0, 0.50), _row("f2", 0, 0.52)]  # gain 0.1, spread 0.014
@@ -90,3 +99,63 @@ def test_the_verdict_weighs_the_gain_against_the_seed_spread():
     assert winner([default, found], settings) is default
     assert "the hand-fixed default has the best mean" in verdict([default, found], settings)
     assert "not enough finished runs" in verdict([Candidate(0, "default", {}, None)], settings)
+
+
+def test_unfinished_runs_are_no_data_point_and_an_interrupted_confirmation_exports_nothing(
+    space, tmp_path
+):
+    """An interrupted confirmation: its unfinished runs (their objective so far) counted in the
+    mean, and report() overwrote best_config.yaml and --export before run_search saw it."""
+    settings = SearchSettings(confirm_seeds=2)
+    default, found = (
+        Candidate(0, "default", {"lr": 1e-3}, 0.4),
+        Candidate(1, "t4", {"lr": 4e-3}, 0.5),
+    )
+    default.runs = [_row("d1", 1e-3, 0.40, seed=1), _row("d2", 1e-3, 0.42, seed=2)]
+    found.runs = [_row("f1", 4e-3, 0.60, seed=1), _row("f2", 4e-3, 0.9, Status.UNFINISHED, seed=2)]
+    assert found.values(0.0) == [0.60] and not found.complete(0.0, 2)
+    assert winner([default, found], settings) is default  # t4 lacks a seed: it cannot win yet
+    assert "interrupted (1 runs unfinished); no verdict" in verdict([default, found], settings)
+    export = tmp_path / "best.yaml"
+    export.write_text("earlier export\n")
+    lines = report([default, found], [1, 2], space, settings, TrainConfig(), tmp_path, "x", export)
+    assert export.read_text() == "earlier export\n"
+    assert not (tmp_path / "best_config.yaml").exists()
+    assert any("interrupted" in line for line in lines)
+
+
+def test_a_config_with_an_errored_seed_cannot_win_on_fewer_runs():
+    settings = SearchSettings(confirm_seeds=2)
+    default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
+    default.runs = [_row("d1", 0, 0.40), _row("d2", 0, 0.42)]
+    found.runs = [_row("f1", 0, 0.90), _row("f2", 0, None, Status.ERRORED)]  # one lucky seed
+    assert winner([default, found], settings) is default
+    default.runs = [_row("d1", 0, 0.40), _row("d2", 0, None, Status.ERRORED)]
+    assert winner([default, found], settings) is None
+    assert "missing seeds: default, t4" in verdict([default, found], settings)
+
+
+def test_one_seed_gives_no_verdict():
+    """With one seed the sd is 0, so any gain "beat the seed spread"."""
+    settings = SearchSettings(confirm_seeds=1)
+    default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
+    default.runs, found.runs = [_row("d1", 0, 0.40)], [_row("f1", 0, 0.41)]
+    text = verdict([default, found], settings)
+    assert "one seed: no spread, so no verdict" in text and "beats" not in text
+
+
+def test_the_export_states_the_confirmed_mean_not_the_best_seed(space, tmp_path):
+    settings = SearchSettings(confirm_seeds=2)
+    default, found = (
+        Candidate(0, "default", {"lr": 1e-3}, 0.4),
+        Candidate(1, "t4", {"lr": 4e-3}, 0.5),
+    )
+    default.runs = [_row("d1", 1e-3, 0.40, seed=1), _row("d2", 1e-3, 0.42, seed=2)]
+    found.runs = [_row("f1", 4e-3, 0.50, seed=1), _row("f2", 4e-3, 0.70, seed=2)]
+    report([default, found], [1, 2], space, settings, TrainConfig(), tmp_path, "x", None)
+    text = (tmp_path / "best_config.yaml").read_text()
+    header = text.splitlines()[0]
+    assert "confirmed mean 0.6 ± 0.1414 over 2 seeds (checkpoint: seed 2, 0.7" in header, header
+    doc = yaml.safe_load(text)
+    assert doc["value"] == pytest.approx(0.6) and doc["checkpoint_value"] == pytest.approx(0.7)
+    assert doc["checkpoint"] == "/x/f2/run/models/best.pt"
