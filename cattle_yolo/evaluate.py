@@ -344,9 +344,10 @@ def evaluate(
     Returns python floats: ``val_loss``, ``val_box``, ``val_cls``, ``val_dfl`` (means over
     batches), ``val_nonfinite_batches`` (batches whose boxes or scores held NaN or inf: they
     give no detections, and the training loop counts such a model as diverged) and the
-    ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``, ``recall``, ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``,
-    ``AP50/<name>``). The model's train/eval mode is restored afterwards. ``detections_out``, if
-    given, receives the per-image ``"detections"`` and ``"targets"`` that were scored.
+    ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``, ``recall``,
+    ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``, ``AP50/<name>``). The
+    model's train/eval mode is restored afterwards. ``detections_out``, if given, receives the
+    per-image ``"detections"`` and ``"targets"`` that were scored.
     """
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)
