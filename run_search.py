@@ -43,6 +43,11 @@ SAVED_SPACE, SAVED_SETTINGS = "space.yaml", "search_settings.yaml"
 
 # --smoke-test: tiny images, model and data, 2 trials of 2 epochs.
 SMOKE_CONFIG = {
+    # fp32 on every machine, so the smoke search repeats the same trials everywhere: with two
+    # optimizer steps an epoch BatchNorm's running statistics stay cold, the eval-mode class
+    # scores of a high-lr trial can underflow (val loss exactly 0: the collapse rule), and
+    # whether they do hangs on rounding.
+    "amp": "off",
     "imgsz": 64,
     "neck_channels": 16,
     "synthetic_images": 8,

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from cattle_yolo.config import TrainConfig, parse_overrides
+from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
+from cattle_yolo.device import model_layout, resolve_amp
 from cattle_yolo.files import atomic_write
 
 INFERENCE_KEYS = ("config", "names", "epoch", "best_fitness", "best_epoch", "metrics")
@@ -99,6 +100,10 @@ def load_trained(
     if overrides:
         cfg = TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(overrides)})
     cfg = cfg.replace(pretrained=False)  # the checkpoint has the weights; never download
+    try:
+        resolve_amp(cfg.amp, device)
+    except ConfigError:  # trained in fp16 on a GPU, used on a CPU: its own auto instead
+        cfg = cfg.replace(amp="auto")
     model = CattleYOLO(len(ckpt["names"]), cfg)
     model.load_state_dict(inference_checkpoint(ckpt)["model"])
-    return model.to(device).eval(), cfg, list(ckpt["names"])
+    return model_layout(model.to(device)).eval(), cfg, list(ckpt["names"])

@@ -79,7 +79,12 @@ class TrainConfig:
     grad_clip: float = 10.0  # max gradient norm; 0 disables clipping
     ema_decay: float = 0.9998  # EMA decay once ramped up; 0 disables the EMA
     ema_tau: float = 200.0  # EMA ramp: decay * (1 - exp(-updates / tau))
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported); always fp32 on CPU
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"  # autocast precision of the model
+    # (loss, assigner, metrics stay fp32). auto: bf16 on CUDA where supported, else fp16; bf16
+    # on a CPU with AMX or AVX512-BF16; fp32 elsewhere. true/false of old configs = auto/off.
+    # A run's config.yaml records what auto resolved to.
+    compile: bool = False  # torch.compile the training step's model (opt-in: it pays back only
+    # in long runs; docs/benchmarks.md gives compile time against the steady-state gain)
     max_skipped_fraction: float = (
         0.25  # share of non-finite steps in an epoch that means divergence
     )
@@ -99,6 +104,8 @@ class TrainConfig:
     synthetic_images: int = 96  # embedded synthetic dataset: training images (val gets a quarter)
 
     def __post_init__(self) -> None:
+        if isinstance(self.amp, bool):  # TrainConfig(amp=True) from code of the bool days
+            object.__setattr__(self, "amp", "auto" if self.amp else "off")
         _validate(self)
 
     # --- YAML in, YAML out ---
@@ -252,6 +259,8 @@ def check_key(key: str, source: str = "config") -> None:
 def coerce(key: str, value: Any, source: str = "config") -> Any:
     """Check ``value`` against the declared type of ``key``; ints are accepted for floats."""
     check_key(key, source)
+    if key == "amp" and isinstance(value, bool):  # amp was a bool before the precision names
+        value = "auto" if value else "off"
     tp = FIELD_TYPES[key]
     options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
     for option in options:
@@ -343,6 +352,8 @@ def _validate(cfg: TrainConfig) -> None:
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             lo, hi = ("[" if low_in else "("), ("]" if high_in else ")")
             raise ConfigError(f"key {key!r} = {value!r} is out of range {lo}{low}, {high}{hi}")
+    if cfg.amp not in typing.get_args(FIELD_TYPES["amp"]):
+        raise ConfigError(f"key 'amp' = {cfg.amp!r} must be auto, bf16, fp16 or off")
     if cfg.imgsz % 32:
         raise ConfigError(f"key 'imgsz' = {cfg.imgsz} must be a multiple of 32")
     if cfg.iou_end < cfg.iou_start:

@@ -1,4 +1,14 @@
-"""Where a run computes: the device from a config's ``device`` and mixed precision on it."""
+"""Where a run computes: the device from a config's ``device``, and the precision on it.
+
+``amp`` (``TrainConfig.amp``) names the autocast precision of the model's forward pass:
+
+- ``auto``: on CUDA, bf16 where the GPU supports it, else fp16 with a GradScaler; on a CPU
+  with bf16 matrix units (Intel AMX or AVX512-BF16), bf16; elsewhere fp32.
+- ``bf16``, ``fp16``: that precision (fp16 only on CUDA; bf16 on a CPU without the units runs,
+  slowly); ``off``: fp32.
+
+The assigner, the loss terms, NMS and the metrics run in fp32 whatever ``amp`` says.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 
 from cattle_yolo.config import ConfigError, TrainConfig
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,11 +43,69 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def cpu_bf16_units() -> str | None:
+    """The CPU's bf16 matrix units as torch sees them (``AMX``, ``AVX512-BF16``), or None."""
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():  # type: ignore[no-untyped-call]
+        return "AVX512-BF16"
+    return None
+
+
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """(the precision ``amp`` means on ``device``: ``bf16``, ``fp16`` or ``off``, and why).
+
+    Raises ConfigError for fp16 on a CPU, or bf16 on a GPU without it.
+    """
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if amp == "auto":
+            return (
+                ("bf16", "auto: the GPU supports bf16")
+                if bf16
+                else (
+                    "fp16",
+                    "auto: the GPU has no bf16; fp16 with a GradScaler",
+                )
+            )
+        if amp == "bf16" and not bf16:
+            raise ConfigError("key 'amp' = 'bf16' but this GPU does not support bf16; use fp16")
+        return amp, "as configured"
+    if amp == "fp16":
+        raise ConfigError("key 'amp' = 'fp16' needs CUDA; on a CPU use bf16, auto or off")
+    if amp == "auto":
+        units = cpu_bf16_units()
+        if units:
+            return "bf16", f"auto: the CPU has {units}"
+        return "off", "auto: the CPU has no bf16 units (AMX or AVX512-BF16); fp32"
+    return amp, "as configured"
+
+
 def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA where supported, else fp16 on CUDA, None (fp32) on CPU or with amp off."""
-    if device.type != "cuda" or not cfg.amp:
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    """The autocast dtype of ``cfg.amp`` on ``device`` (None: fp32)."""
+    return DTYPES[resolve_amp(cfg.amp, device)[0]]
+
+
+def precision_name(amp: str) -> str:
+    """A resolved ``amp`` (``bf16``, ``fp16``, ``off``) as logs name it: ``off`` is fp32."""
+    return "fp32" if amp == "off" else amp
+
+
+# The model and its inputs are channels_last on every device: measured on a 2-core AVX512-BF16
+# CPU (docs/benchmarks.md, "Training throughput"), 1.1-1.3x images/s in bf16 and fp32 at
+# 256-320 px, as on CUDA. Benchmarks set it False to measure the NCHW layout.
+CHANNELS_LAST = True
+
+
+def model_layout(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in the layout the training loop uses (see ``CHANNELS_LAST``)."""
+    return model.to(memory_format=torch.channels_last) if CHANNELS_LAST else model
+
+
+def model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images (B, 3, S, S) -> float32 in [0, 1] on ``device``, in the model's layout."""
+    x = images.to(device, non_blocking=True).float().div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST else x
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.device import autocast, autocast_dtype
+from cattle_yolo.device import autocast, autocast_dtype, model_input
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -149,9 +149,7 @@ def train_one_epoch(
     start = time.perf_counter()
     t0 = sync()
     for i, (imgs, targets, _) in enumerate(loader):
-        imgs = imgs.to(device, non_blocking=True).float().div_(255)
-        if device.type == "cuda":
-            imgs = imgs.contiguous(memory_format=torch.channels_last)
+        imgs = model_input(imgs, device)
         targets = targets.to(device, non_blocking=True)
         t1 = sync()
         with autocast(device, amp_dtype):
@@ -184,8 +182,8 @@ def train_one_epoch(
             if torch.isfinite(norm):
                 scaler.step(optimizer)
                 scaler.update()
-                if ema is not None:
-                    ema.update(model)
+                if ema is not None:  # a torch.compile'd model's own module holds the weights
+                    ema.update(getattr(model, "_orig_mod", model))
             else:
                 skipped += 1
                 scaler.update()

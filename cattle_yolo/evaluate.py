@@ -27,7 +27,7 @@ from pycocotools.cocoeval import COCOeval
 
 from cattle_yolo.boxes import xyxy_to_xywh
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.device import autocast, autocast_dtype
+from cattle_yolo.device import autocast, autocast_dtype, model_input
 from cattle_yolo.files import atomic_write
 from cattle_yolo.model import postprocess
 
@@ -362,7 +362,7 @@ def evaluate(
         for images, targets, _ in loader:
             batch_size = images.shape[0]
             ground_truth.extend(_split_targets(targets, batch_size))
-            x = images.to(device, non_blocking=True).float().div_(255)
+            x = model_input(images, device)
             t = targets.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 outputs = model(x)

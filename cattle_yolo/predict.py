@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from cattle_yolo.boxes import from_letterbox, letterbox, xyxy_to_xywh
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.device import autocast, autocast_dtype
+from cattle_yolo.device import autocast, autocast_dtype, model_input
 from cattle_yolo.evaluate import coco_categories, split_detections
 from cattle_yolo.files import atomic_write
 from cattle_yolo.model import postprocess
@@ -102,7 +102,7 @@ def predict_images(
                 images.append(torch.from_numpy(np.ascontiguousarray(boxed)).permute(2, 0, 1))
                 params.append((ratio, pad_x, pad_y))
                 sizes.append((image.shape[1], image.shape[0]))
-            x = torch.stack(images).to(device, non_blocking=True).float().div_(255)
+            x = model_input(torch.stack(images), device)
             with autocast(device, amp_dtype):
                 outputs = model(x)
             num_classes = outputs["cls"].shape[-1]

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,9 +30,9 @@ from cattle_yolo.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from cattle_yolo.config import ConfigError, TrainConfig
+from cattle_yolo.config import ConfigError, TrainConfig, coerce
 from cattle_yolo.data import Datasets, load_datasets, make_loader
-from cattle_yolo.device import resolve_device
+from cattle_yolo.device import model_layout, precision_name, resolve_amp, resolve_device
 from cattle_yolo.engine import ModelEMA, train_one_epoch
 from cattle_yolo.evaluate import evaluate, save_detections
 from cattle_yolo.loss import DetectionLoss
@@ -42,7 +42,7 @@ Callback = Callable[[dict[str, Any]], None]
 log = logging.getLogger("cattle_yolo")
 
 # Keys of a checkpoint's config that may differ on resume: they do not change the result.
-RESUME_MUTABLE = ("device", "workers", "out", "data", "threads")
+RESUME_MUTABLE = ("device", "workers", "out", "data", "threads", "compile")
 BEST_DETECTIONS = "best_val_detections.npz"  # in <out>/metrics/: best.pt's val detections
 
 
@@ -124,7 +124,12 @@ def _summary_line(stats: dict[str, Any], epochs: int) -> str:
     )
 
 
-def _check_resume_config(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+def _check_resume_config(
+    saved: dict[str, Any], cfg: TrainConfig, path: Path, device: torch.device
+) -> None:
+    saved = dict(saved)
+    if "amp" in saved:  # a checkpoint of the bool days, or one that recorded what auto chose
+        saved["amp"] = resolve_amp(coerce("amp", saved["amp"]), device)[0]
     for key, value in cfg.to_dict().items():
         if key not in RESUME_MUTABLE and saved.get(key) != value:
             raise ConfigError(
@@ -172,22 +177,23 @@ def _train(
     out: Path,
     best_by: tuple[str, str],
 ) -> dict[str, Any]:
+    # The precision auto resolves to on this device is what config.yaml and the checkpoints
+    # record: the run repeats with it, and results name it.
+    amp, why = resolve_amp(cfg.amp, device)
+    cfg = cfg.replace(amp=amp)
     cfg.to_yaml(out / "config.yaml")
     names = datasets.names
-    model = CattleYOLO(len(names), cfg).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model_layout(CattleYOLO(len(names), cfg).to(device))
     loss_fn = DetectionLoss(cfg, len(names))
     optimizer = build_optimizer(model, cfg)
-    fp16 = device.type == "cuda" and cfg.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
     start_epoch, best, best_epoch, best_map = 0, -math.inf, 0, 0.0
     metric, mode = best_by
 
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
-        _check_resume_config(ckpt["config"], cfg, Path(resume_from))
+        _check_resume_config(ckpt["config"], cfg, Path(resume_from), device)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -200,10 +206,13 @@ def _train(
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
         log.info(f"resumed from {resume_from} at epoch {start_epoch}/{cfg.epochs}")
 
+    # The compiled module shares the model's parameters; checkpoints and the EMA use the model.
+    step_model = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else model
     train_set = datasets.train.with_augment(cfg)
     val_loader = make_loader(datasets.val, cfg, train=False)
     log.info(
-        f"training {cfg.epochs} epochs on {device} | {len(datasets.train)} train, "
+        f"training {cfg.epochs} epochs on {device} in {precision_name(amp)} ({why}) | "
+        f"{len(datasets.train)} train, "
         f"{len(datasets.val)} val images | classes {names} | out {out}"
     )
     coverage = datasets.val_coverage()
@@ -214,7 +223,7 @@ def _train(
         t0 = time.perf_counter()
         loader = make_loader(train_set, cfg, train=True, epoch=epoch)
         train_stats = train_one_epoch(
-            model, loss_fn, loader, optimizer, scaler, ema, cfg, device, epoch
+            step_model, loss_fn, loader, optimizer, scaler, ema, cfg, device, epoch
         )
         steps = train_stats["train_batches"]
         if not math.isfinite(train_stats["train_loss"]):
@@ -235,7 +244,7 @@ def _train(
                 f"of {len(val_loader)} batches; val loss {val_stats['val_loss']:.4g})",
                 epoch + 1,
             )
-        stats = {"epoch": epoch + 1, **train_stats, **val_stats}
+        stats = {"epoch": epoch + 1, **train_stats, **val_stats, "amp": amp}
         stats["epoch_time"] = time.perf_counter() - t0
         # best: the best fitness so far, fitness = the best_by stat signed so that higher wins
         fitness = float(stats[metric]) * (1.0 if mode == "max" else -1.0)

@@ -24,10 +24,12 @@ from typing import Any
 import yaml
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.device import precision_name
 from cattle_yolo.files import atomic_write_text
 from tune import storage
 from tune.plots import plot_curves, plot_importance, plot_knobs
 from tune.results import (
+    AMP,
     DIVERGED,
     DIVERGED_RULE,
     DONE,
@@ -60,6 +62,7 @@ class TrialRow:
     threshold: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config as sampled
     checkpoint_epoch: int = 0  # the epoch best.pt holds: the best by the search metric
+    amp: str = ""  # the precision it trained in (bf16, fp16, off = fp32); "" if never reported
 
 
 def trial_status(
@@ -133,6 +136,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
                 threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
                 config=dict(result.config or {}),
                 checkpoint_epoch=int(metrics.get("best_epoch") or 0),
+                amp=str(metrics.get(AMP) or ""),
             )
         )
     return sorted(rows, key=lambda r: r.name)
@@ -208,6 +212,7 @@ def write_csv(
         OBJECTIVE_EPOCH,
         "epochs_run",
         *THRESHOLD_KEYS,
+        AMP,
         "status",
         "detail",
         "path",
@@ -224,6 +229,7 @@ def write_csv(
                     r.best_epoch,
                     r.epochs_run,
                     *(r.threshold.get(k) for k in THRESHOLD_KEYS),
+                    r.amp,
                     r.status,
                     r.detail,
                     r.path,
@@ -265,6 +271,7 @@ def export_best(
         "epoch": row.best_epoch,
         "checkpoint_epoch": row.checkpoint_epoch,
         "threads": row.threads,
+        "trained_in": precision_name(row.amp) if row.amp else None,  # what amp: auto chose
         **({"confirmed": confirmed} if confirmed else {}),
         **row.threshold,
     }
@@ -360,6 +367,11 @@ def write_report(
     counts = {s: sum(r.status == s for r in rows) for s in Status}
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n))
     lines.append(epochs_saved(rows, settings))
+    precisions = sorted({precision_name(r.amp) for r in rows if r.amp})
+    if precisions:
+        lines.append(
+            f"precision: {', '.join(precisions)} (the model's forward; loss and metrics fp32)"
+        )
     default = next(
         (r for r in rows if all(r.params.get(k) == getattr(base, k) for k in space.knobs)), None
     )

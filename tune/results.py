@@ -25,6 +25,7 @@ DIVERGED_RULE = "diverged_rule"  # which rule, with its numbers
 RESUMED_FROM_EPOCH = "resumed_from_epoch"  # the epoch a resumed or retried trial continued from
 WARMUP_EPOCHS = "warmup_epochs"  # the trial's warmup, for the rising-loss rule
 THREADS = "threads"  # torch CPU threads the trial trained with
+AMP = "amp"  # the precision the trial trained in, as auto resolved it: bf16, fp16 or off (fp32)
 THRESHOLD = "threshold"  # best.pt's score threshold, chosen after training
 THRESHOLD_P, THRESHOLD_R, THRESHOLD_F1 = "threshold_P", "threshold_R", "threshold_F1"
 THRESHOLD_KEYS = (THRESHOLD, THRESHOLD_P, THRESHOLD_R, THRESHOLD_F1)

@@ -50,6 +50,7 @@ from ray import tune
 
 from cattle_yolo.config import TrainConfig
 from tune.results import (
+    AMP,
     DIVERGED,
     DIVERGED_RULE,
     EPOCH,
@@ -198,6 +199,8 @@ class EpochReporter:
                 out[key] = float(value)
             elif isinstance(value, int | float):
                 out[key] = value if isinstance(value, int) else float(value)
+        if isinstance(stats.get(AMP), str):
+            out[AMP] = stats[AMP]  # the one string result: the precision trained in
         epoch = int(stats[EPOCH])
         value = float(out.get(self.metric, math.nan))
         self.values[epoch] = value

@@ -69,6 +69,7 @@ def tiny_dataset(n: int = 6, size: int = 64) -> DetectionDataset:
 # --- training ---------------------------------------------------------------------------------
 
 TINY = {
+    "amp": "off",  # fp32 whatever the CPU has: the same trajectories on every machine
     "imgsz": 64,
     "neck_channels": 16,
     "synthetic_images": 8,

@@ -122,3 +122,19 @@ def test_floats_in_every_form_float_takes(text, tmp_path):
 def test_unknown_keys_name_the_closest_by_prefix_alias_and_spelling(key, hint):
     with pytest.raises(ConfigError, match=f"unknown key '{key}' \\(did you mean '{hint}'\\?\\)"):
         TrainConfig.from_dict({key: 1})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(True, "auto"), (False, "off"), ("bf16", "bf16"), ("auto", "auto")]
+)
+def test_amp_takes_the_precision_names_and_the_old_bools(value, expected):
+    assert TrainConfig.load(None, {"amp": value}).amp == expected
+    assert TrainConfig(amp=value).amp == expected
+    assert TrainConfig().replace(amp=value).amp == expected
+
+
+def test_amp_refuses_other_values():
+    with pytest.raises(ConfigError, match="'amp'"):
+        TrainConfig.load(None, {"amp": "fp8"})
+    with pytest.raises(ConfigError, match="'amp'"):
+        TrainConfig(amp="half")

@@ -1,10 +1,14 @@
-"""Device choice and mixed precision."""
+"""Device choice and the precision ``amp`` resolves to on each kind of machine (mocked where the
+hardware is absent)."""
 
 import pytest
 import torch
 
+from cattle_yolo import device as device_mod
 from cattle_yolo.config import ConfigError, TrainConfig
-from cattle_yolo.device import autocast, autocast_dtype, resolve_device
+from cattle_yolo.device import autocast, autocast_dtype, resolve_amp, resolve_device
+
+CPU = torch.device("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -14,8 +18,49 @@ def test_auto_is_cpu_and_cuda_is_refused_without_a_gpu():
         resolve_device("cuda:0")
 
 
-def test_cpu_runs_in_fp32_whatever_amp_says():
-    cpu = torch.device("cpu")
-    assert autocast_dtype(TrainConfig(amp=True), cpu) is None
-    with autocast(cpu, None):
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "expected", "why"),
+    [
+        (True, False, "bf16", "AMX"),
+        (False, True, "bf16", "AVX512-BF16"),
+        (True, True, "bf16", "AMX"),
+        (False, False, "off", "no bf16 units"),
+    ],
+)
+def test_auto_on_a_cpu_is_bf16_only_with_bf16_units(monkeypatch, amx, avx512_bf16, expected, why):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: avx512_bf16)
+    amp, reason = resolve_amp("auto", CPU)
+    assert amp == expected and why in reason
+    assert autocast_dtype(TrainConfig(amp="auto"), CPU) == (
+        torch.bfloat16 if expected == "bf16" else None
+    )
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
+def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert resolve_amp("auto", torch.device("cuda"))[0] == expected
+    assert resolve_amp("off", torch.device("cuda"))[0] == "off"
+    if not bf16:
+        with pytest.raises(ConfigError, match="does not support bf16"):
+            resolve_amp("bf16", torch.device("cuda"))
+
+
+def test_explicit_precisions_on_a_cpu():
+    assert (
+        resolve_amp("off", CPU)[0] == "off" and autocast_dtype(TrainConfig(amp="off"), CPU) is None
+    )
+    assert resolve_amp("bf16", CPU)[0] == "bf16"
+    with pytest.raises(ConfigError, match="'fp16' needs CUDA"):
+        resolve_amp("fp16", CPU)
+    with autocast(CPU, None):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast(CPU, torch.bfloat16):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_units_reported_as_this_machine_has_them():
+    """No mock: whatever this CPU has, auto agrees with it (bf16 iff units are present)."""
+    units = device_mod.cpu_bf16_units()
+    assert resolve_amp("auto", CPU)[0] == ("bf16" if units else "off")

@@ -162,3 +162,36 @@ def test_best_pt_follows_best_by(tmp_path):
     want = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))["epoch"]
     assert result["best_epoch"] == want == rows[-1]["best_epoch"]
     assert load_checkpoint(tmp_path / "run/models/best.pt")["epoch"] == want
+
+
+def test_a_bf16_run_records_its_precision_and_its_checkpoint_evaluates_in_fp32(tmp_path):
+    """amp=bf16 trains the model's forward in bf16 (on any CPU); config.yaml and every epoch's
+    stats say so, and best.pt loads and evaluates in fp32 (amp=off) to nearly the same loss."""
+    import yaml
+
+    from cattle_yolo.checkpoint import load_trained
+    from cattle_yolo.data import make_loader
+    from cattle_yolo.evaluate import evaluate
+
+    cfg = tiny_config(tmp_path, amp="bf16", epochs=2)
+    train(cfg)
+    run = tmp_path / "run"
+    assert yaml.safe_load((run / "config.yaml").read_text())["amp"] == "bf16"
+    rows = [json.loads(line) for line in (run / "metrics/training_metrics.jsonl").open()]
+    assert [r["amp"] for r in rows] == ["bf16", "bf16"]
+    assert "in bf16" in (run / "logs/train.log").read_text()
+
+    cpu = torch.device("cpu")
+    datasets = load_datasets(cfg)
+    loader = make_loader(datasets.val, cfg, train=False)
+    results = {}
+    for amp in ("bf16", "off"):
+        model, loaded, names = load_trained(run / "models/best.pt", cpu, [f"amp={amp}"])
+        assert loaded.amp == amp
+        loss_fn = DetectionLoss(loaded, len(names))
+        results[amp] = evaluate(model, loader, loss_fn, loaded, cpu, 2.0)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32
+    assert math.isfinite(results["off"]["val_loss"])
+    assert results["off"]["val_loss"] == pytest.approx(results["bf16"]["val_loss"], rel=0.05)
+    best = rows[rows[-1]["best_epoch"] - 1]  # best.pt's epoch, evaluated as training did
+    assert best["val_loss"] == pytest.approx(results["bf16"]["val_loss"], rel=1e-4)
