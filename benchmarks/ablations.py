@@ -47,6 +47,9 @@ LAST = 3  # epochs averaged at the end of each run
 
 def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> dict:
     out = workdir / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}-s{seed}"
+    done = out / "result.json"
+    if getattr(args, "resume", False) and done.is_file():  # recorded by an earlier invocation
+        return dict(json.loads(done.read_text()))
     shutil.rmtree(out, ignore_errors=True)
     cmd = [
         sys.executable,
@@ -87,6 +90,12 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
         "mAP50_95": curve,
         "mAP50": [r["mAP50"] for r in rows],
         "train_loss": [r["train_loss"] for r in rows],
+        "val_loss": [r["val_loss"] for r in rows],
+        "first_step_loss": rows[0]["first_step_loss"],
+        "skipped_steps": [r["skipped_steps"] for r in rows],
+        "train_batches": rows[0]["train_batches"],
+        "amp": rows[0].get("amp"),
+        "epoch_time": [r["epoch_time"] for r in rows],
         "wall_s": time.perf_counter() - t0,
     }
     (out / "result.json").write_text(json.dumps(result))  # kept if the whole set is cut off
