@@ -67,8 +67,14 @@ def summarize(runs: list[dict[str, Any]], at: list[int]) -> dict[str, Any]:
             values = [r["mAP50_95"][epoch - 1] for r in mine if len(r["mAP50_95"]) >= epoch]
             if values:
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                row[f"epoch_{epoch}"] = {"mean": statistics.fmean(values), "sd": sd, "values": values}
-        row["epoch_s"] = statistics.fmean(t for r in mine for t in r["epoch_time"]) if mine else None
+                row[f"epoch_{epoch}"] = {
+                    "mean": statistics.fmean(values),
+                    "sd": sd,
+                    "values": values,
+                }
+        row["epoch_s"] = (
+            statistics.fmean(t for r in mine for t in r["epoch_time"]) if mine else None
+        )
         table[name] = row
     return table
 

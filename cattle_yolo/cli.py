@@ -18,7 +18,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
 # Flags of `train` that are shorthands for config keys.
-SHORTHANDS = ("data", "epochs", "imgsz", "batch", "device", "seed", "out", "lr")
+SHORTHANDS = ("data", "epochs", "imgsz", "batch", "device", "seed", "out", "lr", "amp")
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -33,6 +33,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="random seed; CPU runs repeat exactly")
     p.add_argument("--out", help="run folder (default outputs/<dataset>/yolov8)")
     p.add_argument("--lr", type=float, help="AdamW peak learning rate")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="precision of the model (default auto: bf16 on CUDA where supported, else fp16; "
+        "bf16 on a CPU with AMX or AVX512-BF16; fp32 elsewhere; off = fp32); the run's "
+        "config.yaml records what auto chose",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any TrainConfig field")
 
 

@@ -246,6 +246,8 @@ def _train(
             )
         stats = {"epoch": epoch + 1, **train_stats, **val_stats, "amp": amp}
         stats["epoch_time"] = time.perf_counter() - t0
+        if device.type == "cuda":  # what packing several trials on one GPU has to fit
+            stats["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         # best: the best fitness so far, fitness = the best_by stat signed so that higher wins
         fitness = float(stats[metric]) * (1.0 if mode == "max" else -1.0)
         improved = math.isfinite(fitness) and fitness > best

@@ -17,6 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "t.json"
     proc = subprocess.run(
@@ -26,6 +27,9 @@ def test_train_throughput_smoke(tmp_path):
             "--smoke-test",
             "--devices",
             "cpu",
+            "--precision",
+            "fp32,bf16",
+            "--nchw",
             "--json",
             str(out),
         ],
@@ -35,9 +39,114 @@ def test_train_throughput_smoke(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert rows[0]["images_per_sec"] > 0
-    shares = [rows[0][f"share_{k}"] for k in ("data", "forward", "loss", "backward")]
-    assert abs(sum(shares) - 1) < 1e-6
+    assert [(r["amp"], r["nchw"]) for r in rows] == [
+        ("off", False),
+        ("off", True),
+        ("bf16", False),
+        ("bf16", True),
+    ]
+    for row in rows:
+        assert row["images_per_sec"] > 0
+        shares = [row[f"share_{k}"] for k in ("data", "forward", "loss", "backward")]
+        assert abs(sum(shares) - 1) < 1e-6
+        peaks = row["gemm_peak_gflops"]
+        assert peaks["peak"] == max(peaks["matmul"], peaks["conv1x1"], peaks["conv3x3"])
+        assert row["share_of_peak"] == pytest.approx(row["achieved_gflops"] / peaks["peak"])
+    # the FLOPs of a step do not depend on the precision
+    assert rows[0]["train_gflop_per_image"] == pytest.approx(rows[2]["train_gflop_per_image"])
+
+
+def test_train_flops_per_image_of_a_known_convolution():
+    tt = load("train_throughput")
+
+    class OneConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 1, bias=False)
+
+        def forward(self, x):
+            return {"y": self.conv(x)}
+
+    def loss(out, targets, epoch):
+        return {"total": out["y"].sum()}
+
+    # forward 2 * 3 * 4 per pixel; backward the weight gradient only (the image needs none)
+    assert tt.train_flops_per_image(OneConv(), loss, 8, "cpu") == 2 * (2 * 3 * 4 * 64)
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
+    """gpu_check.py's CPU-sized form: throughput in fp32 and bf16, then one and two packed
+    trials through run_search.py, each measured from the trials' own metrics logs."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "gpu_check.py"),
+            "--smoke-test",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert [r["precision"] for r in doc["throughput"]] == ["fp32", "bf16"]
+    assert [r["trials_per_gpu"] for r in doc["packing"]] == [1, 2]
+    for row in doc["packing"]:
+        assert row["trials"] == row["trials_per_gpu"]
+        assert len(row["per_trial_images_per_sec"]) == row["trials"]
+        assert row["aggregate_images_per_sec"] == pytest.approx(
+            sum(row["per_trial_images_per_sec"])
+        )
+        assert row["trials_per_hour"] > 0 and row["share_of_bf16_peak"] > 0
+    assert doc["packing"][0]["speedup"] == pytest.approx(1.0)
+    assert "2 trials:" in doc["verdicts"][0]
+
+
+def test_gpu_check_names_the_bottleneck_from_what_was_measured():
+    gc = load("gpu_check")
+    row = {
+        "cpus_per_trial": 4,
+        "gpu_util_mean": 50.0,
+        "gpu_mem_used_max_mb": 139_000.0,
+        "gpu_mem_total_mb": 143_000.0,
+    }
+    assert gc.bottleneck(row).startswith("GPU memory")
+    row.update(gpu_mem_used_max_mb=20_000.0, cpus_per_trial=1)
+    assert gc.bottleneck(row).startswith("CPU threads")
+    row.update(cpus_per_trial=4, gpu_util_mean=97.0)
+    assert gc.bottleneck(row).startswith("the GPU itself")
+    row.update(gpu_util_mean=40.0)
+    assert gc.bottleneck(row).startswith("the host side")
+
+
+def test_precision_parity_applies_the_search_rules_to_each_run():
+    pp = load("precision_parity")
+    settings = {"patience": 3, "spike_ratio": 3.0, "min_rise": 0.05}
+    healthy = {
+        "train_loss": [9.0, 7.0, 6.0, 5.5],
+        "val_loss": [8.0, 6.5, 5.9, 5.4],
+        "first_step_loss": 10.0,
+        "skipped_steps": [0, 0, 1, 0],
+        "train_batches": 100,
+    }
+    assert pp.stopped_by(healthy, settings) is None
+    spiked = {**healthy, "train_loss": [9.0, 40.0, 6.0, 5.5]}
+    assert pp.stopped_by(spiked, settings).startswith("epoch 2: spike")
+    dead = {**healthy, "skipped_steps": [0, 0, 30, 0]}
+    assert pp.stopped_by(dead, settings) == "epoch 3: 30 steps skipped (the dead-step rule)"
+    runs = [
+        {"name": "fp32", "seed": s, "mAP50_95": [0.1, v], "epoch_time": [10.0, 12.0]}
+        for s, v in ((0, 0.4), (1, 0.6))
+    ] + [{"name": "bf16", "seed": 0, "mAP50_95": [0.1, 0.5], "epoch_time": [5.0, 7.0]}]
+    table = pp.summarize(runs, [2])
+    assert table["fp32"]["epoch_2"]["mean"] == pytest.approx(0.5)
+    assert table["fp32"]["epoch_2"]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert table["bf16"]["epoch_2"] == {"mean": 0.5, "sd": 0.0, "values": [0.5]}
+    assert table["bf16"]["epoch_s"] == pytest.approx(6.0)
 
 
 def load(name: str):
