@@ -154,9 +154,13 @@ def first_points(space: SearchSpace, base: TrainConfig) -> tuple[list[dict[str, 
 
 def make_sampler(settings: SearchSettings, concurrent: int, kind: str = "tpe") -> Any:
     """Seeded multivariate TPE (``constant_liar`` when trials run in parallel, so running
-    trials count as tried), or a seeded random sampler for comparisons."""
+    trials count as tried), or for comparisons a seeded random or Gaussian-process sampler."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=settings.seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(
+            seed=settings.seed, n_startup_trials=min(10, max(3, settings.trials // 4))
+        )
     # TPE's default of 10 random start-up trials is most of a 12-16 trial search.
     startup = min(10, max(3, settings.trials // 4))
     return optuna.samplers.TPESampler(

@@ -1,0 +1,632 @@
+"""Recorded learning curves: train a fixed set of configs once, then replay any search over them.
+
+``record`` trains the hand-fixed default and ``--configs M`` configs from a scrambled Sobol
+sequence over the space's knobs, each on ``--seeds K`` seeds, through the project's own Ray Tune
+stack (its trainable, divergence stopper and disk keeper; a grid of (config, seed) runs, as many
+at once as the resources allow). Every epoch of every run is appended, as soon as the run ends, to
+a gzip CSV (config id, seed, epoch, knob values, val mAP50-95, mAP50, val and train loss, F1,
+wall time, diverged): killed, or started again days later, the same command trains only the
+(config, seed) pairs the table lacks. A diverged run is recorded up to the epoch it was stopped.
+
+    python benchmarks/curves.py record --space search_spaces/fixes.yaml --configs 48 --seeds 2 \\
+        --imgsz 128 --epochs 15 --table docs/data/curves_fixes_128px.csv.gz
+
+``replay`` runs the project's real search stack (the same Optuna searcher and journal-less
+study, ASHA with its tie-break, the divergence stopper) with a trainable that trains nothing: a
+trial reports the recorded curve of the config nearest to its sampled one (in the space's
+normalised coordinates: each knob mapped to [0, 1], log-scaled when log-uniform, as Syne Tune's
+nearest-neighbour surrogate does), for a seed drawn per trial, sleeping each epoch's recorded
+wall time times ``--time-scale`` so that results arrive, and ASHA decides with concurrent trials,
+in the recorded order. Every strategy gets the same epoch budget (``--budget``, default: trials x
+epochs, what random search run to the end spends) over ``--seeds N`` search seeds.
+
+    python benchmarks/curves.py replay --table docs/data/curves_fixes_128px.csv.gz --seeds 30 \\
+        --json docs/data/replay_fixes_128px.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
+
+from tune.results import (  # noqa: E402
+    DIVERGED,
+    DIVERGED_RULE,
+    EPOCH,
+    OBJECTIVE,
+    OBJECTIVE_EPOCH,
+    RUNG_SCORE,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    WARMUP_EPOCHS,
+)
+from tune.space import CURVE_ID, Distribution, SearchSpace, load_space  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
+METRICS = ("mAP50_95", "mAP50", "val_loss", "train_loss", "F1", "epoch_time")
+BASE_COLUMNS = ("config_id", "seed", "epoch")
+TAIL_COLUMNS = (*METRICS, "diverged", "rule")
+
+# name -> (sampler, scheduler): every one also has the divergence stopper, as run_search does
+STRATEGIES: dict[str, tuple[str, str]] = {
+    "random_fifo": ("random", "fifo"),
+    "random_asha": ("random", "asha"),
+    "tpe_fifo": ("tpe", "fifo"),
+    "tpe_asha": ("tpe", "asha"),  # today's default
+    "gp_asha": ("gp", "asha"),
+    "tpe_hyperband": ("tpe", "hyperband"),  # BOHB-style: model-based proposals, HB brackets
+}
+
+
+def init_ray(num_cpus: float) -> None:
+    """A local Ray whose workers import this file's trainable (benchmarks/ is no package)."""
+    import ray
+
+    paths = [str(HERE), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
+    os.environ["PYTHONPATH"] = ":".join(dict.fromkeys(paths))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+# --- the space's normalised coordinates --------------------------------------------------------
+
+
+def to_unit(dist: Distribution, value: float) -> float:
+    """A knob value -> [0, 1] (log scale for log-uniform; a choice by its index)."""
+    if dist.kind == "choice":
+        return dist.choices.index(value) / max(1, len(dist.choices) - 1)
+    if dist.high == dist.low:
+        return 0.0
+    if dist.kind == "loguniform":
+        return (math.log(value) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low))
+    return (float(value) - dist.low) / (dist.high - dist.low)
+
+
+def from_unit(dist: Distribution, u: float) -> Any:
+    """[0, 1] -> a knob value; the inverse of ``to_unit``."""
+    if dist.kind == "choice":
+        return dist.choices[min(len(dist.choices) - 1, int(u * len(dist.choices)))]
+    if dist.kind == "loguniform":
+        return float(math.exp(math.log(dist.low) + u * (math.log(dist.high) - math.log(dist.low))))
+    if dist.kind == "int":
+        return int(min(dist.high, math.floor(dist.low + u * (dist.high - dist.low + 1))))
+    return float(dist.low + u * (dist.high - dist.low))
+
+
+def unit_vector(space: SearchSpace, values: dict[str, Any]) -> np.ndarray:
+    return np.array([to_unit(d, values[k]) for k, d in space.knobs.items()], dtype=np.float64)
+
+
+def sobol_configs(space: SearchSpace, count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``count`` configs from a scrambled Sobol sequence over the knobs (the first ``count``
+    points of the same sequence for every count). ``iou_end`` is placed at its fraction of the
+    room above ``iou_start``, as the search's own reparameterisation does, so it is >= it."""
+    import torch
+
+    from tune.study import _place
+
+    knobs = space.knobs
+    engine = torch.quasirandom.SobolEngine(len(knobs), scramble=True, seed=seed)
+    points = engine.draw(count, dtype=torch.float64).numpy()
+    configs = []
+    for u in points:
+        values = {k: from_unit(d, float(x)) for (k, d), x in zip(knobs.items(), u, strict=True)}
+        if "iou_end" in knobs and "iou_start" in knobs:
+            i = list(knobs).index("iou_end")
+            values["iou_end"] = _place(knobs["iou_end"], values["iou_start"], float(u[i]))
+        configs.append(values)
+    return configs
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    """Every recorded row, numbers as floats (config_id, seed, epoch, diverged as ints)."""
+    if not path.is_file():
+        return []
+    with gzip.open(path, "rt", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        parsed: dict[str, Any] = {}
+        for key, value in row.items():
+            if key == "rule":
+                parsed[key] = value
+            elif key in ("config_id", "seed", "epoch", "diverged"):
+                parsed[key] = int(value)
+            else:
+                parsed[key] = float(value) if value not in ("", None) else math.nan
+        out.append(parsed)
+    return out
+
+
+def append_rows(path: Path, knobs: Sequence[str], rows: list[dict[str, Any]]) -> None:
+    """Append ``rows`` to the gzip CSV (a new gzip member: readers see one stream), with the
+    header when the file is new."""
+    columns = [*BASE_COLUMNS, *knobs, *TAIL_COLUMNS]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    if not path.is_file() or path.stat().st_size == 0:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "at", newline="") as f:
+        f.write(text.getvalue())
+
+
+def recorded_pairs(rows: list[dict[str, Any]], epochs: int) -> set[tuple[int, int]]:
+    """(config, seed) pairs whose curve is complete: every epoch, or up to a divergence."""
+    by_pair: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_pair.setdefault((r["config_id"], r["seed"]), []).append(r)
+    done = set()
+    for pair, curve in by_pair.items():
+        if max(r["epoch"] for r in curve) >= epochs or any(r["diverged"] for r in curve):
+            done.add(pair)
+    return done
+
+
+class Curves:
+    """The recorded table by config: knob values, unit coordinates and each seed's curve."""
+
+    def __init__(self, rows: list[dict[str, Any]], space: SearchSpace) -> None:
+        self.space = space
+        by_config: dict[int, dict[int, list[dict[str, Any]]]] = {}
+        for r in rows:
+            by_config.setdefault(r["config_id"], {}).setdefault(r["seed"], []).append(r)
+        self.ids = sorted(by_config)
+        if not self.ids:
+            raise ValueError("the table holds no curves")
+        self.curves = {
+            c: {s: sorted(rs, key=lambda r: r["epoch"]) for s, rs in seeds.items()}
+            for c, seeds in by_config.items()
+        }
+        first = {c: next(iter(self.curves[c].values()))[0] for c in self.ids}
+        self.values = {c: {k: first[c][k] for k in space.knobs} for c in self.ids}
+        self.units = np.stack([unit_vector(space, self.values[c]) for c in self.ids])
+
+    def nearest(self, values: dict[str, Any]) -> int:
+        """The recorded config nearest to ``values`` (Euclidean in unit coordinates; ties: the
+        lowest id)."""
+        d = np.linalg.norm(self.units - unit_vector(self.space, values), axis=1)
+        return self.ids[int(np.argmin(d))]
+
+    def curve(self, config_id: int, draw: int) -> list[dict[str, Any]]:
+        """One recorded seed's curve of a config: the ``draw``-th seed modulo their count."""
+        seeds = sorted(self.curves[config_id])
+        return self.curves[config_id][seeds[draw % len(seeds)]]
+
+
+# --- record ------------------------------------------------------------------------------------
+
+
+def run_rows(log: Path, config_id: int, seed: int, values: dict[str, Any], result: dict) -> list:
+    """A finished run's rows from its metrics log, the last one marked if it diverged."""
+    epochs = [json.loads(x) for x in log.read_text().splitlines() if x] if log.is_file() else []
+    rows = [
+        {
+            "config_id": config_id,
+            "seed": seed,
+            "epoch": e["epoch"],
+            **values,
+            "diverged": 0,
+            "rule": "",
+            **{m: e.get(m, math.nan) for m in METRICS},
+        }
+        for e in epochs
+    ]
+    if result.get(DIVERGED):
+        rule = str(result.get(DIVERGED_RULE, ""))
+        epoch = int(result.get(EPOCH) or len(rows))
+        rows = [r for r in rows if r["epoch"] <= epoch]
+        if rows and rows[-1]["epoch"] == epoch:
+            rows[-1].update(diverged=1, rule=rule)
+        else:  # the training loop stopped it before the epoch's stats
+            rows.append(
+                {
+                    "config_id": config_id,
+                    "seed": seed,
+                    "epoch": epoch,
+                    **values,
+                    **{m: math.nan for m in METRICS},
+                    "diverged": 1,
+                    "rule": rule,
+                }
+            )
+    return rows
+
+
+def record(args: argparse.Namespace) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.data import load_datasets
+    from tune import cluster, search
+
+    space = load_space(args.space)
+    base = TrainConfig.load(
+        None,
+        {
+            **space.fixed,
+            "data": None if str(args.data) == "synthetic" else str(args.data),
+            "imgsz": args.imgsz,
+            "epochs": args.epochs,
+            **dict(kv.split("=", 1) for kv in args.set),
+        },
+    )
+    configs = [{k: getattr(base, k) for k in space.knobs}, *sobol_configs(space, args.configs)]
+    seeds = list(range(args.seeds))
+    table = Path(args.table)
+    done = recorded_pairs(read_table(table), args.epochs)
+    todo = [(c, s) for c in range(len(configs)) for s in seeds if (c, s) not in done]
+    print(f"{len(configs)} configs x {len(seeds)} seeds: {len(done)} recorded, {len(todo)} to go")
+    if not todo:
+        return
+    knobs = list(space.knobs)
+
+    class AppendOnEnd(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            cid, seed = int(trial.config[CURVE_ID]), int(trial.config["seed"])
+            log = Path(trial.path) / "run" / "metrics" / "training_metrics.jsonl"
+            rows = run_rows(log, cid, seed, configs[cid], trial.last_result or {})
+            append_rows(table, knobs, rows)
+            print(f"recorded config {cid} seed {seed}: {len(rows)} epochs", flush=True)
+
+    init_ray(args.cpus)
+    try:
+        settings = space.settings.replace({"epochs": args.epochs, "trials": len(todo)}, "record")
+        concurrent = max(1, int(args.cpus // args.cpus_per_trial))
+        resources = cluster.Resources(0, 0, args.cpus_per_trial, concurrent)
+        datasets = load_datasets(base)
+        trainable = search.make_trainable(base, datasets, settings, resources)
+        points = [{**configs[c], "seed": s, CURVE_ID: c} for c, s in todo]
+        run_config = search.make_run_config(
+            f"curves-{table.stem.split('.')[0]}",
+            str(Path(args.storage).resolve()),
+            settings,
+            max_failures=1,
+            divergence=True,
+            reporter=None,
+            verbose=0,
+            keep_weights=0,
+            callbacks=[AppendOnEnd()],
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: None for p in points for key in p},
+            tune_config=tune.TuneConfig(
+                search_alg=BasicVariantGenerator(
+                    points_to_evaluate=points, max_concurrent=concurrent
+                ),
+                num_samples=len(points),
+                trial_name_creator=search.trial_name,
+                trial_dirname_creator=search.trial_name,
+            ),
+            run_config=run_config,
+        )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+
+
+# --- replay ------------------------------------------------------------------------------------
+
+
+def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale: float) -> None:
+    """A Tune function trainable that reports a recorded curve instead of training."""
+    from ray import tune
+
+    from tune.trainable import EpochReporter, trial_objective
+
+    values = {k: config[k] for k in curves.space.knobs}
+    cid = curves.nearest(values)
+    draw = random.Random(json.dumps([settings.seed, sorted(values.items())])).randrange(1 << 30)
+    reporter = EpochReporter(settings.metric, settings.mode, settings.worst)
+    history: dict[int, float] = {}
+    for row in curves.curve(cid, draw):
+        time.sleep(max(0.0, row["epoch_time"] * scale) if math.isfinite(row["epoch_time"]) else 0)
+        epoch = int(row["epoch"])
+        if row["diverged"] and not math.isfinite(row[settings.metric]):
+            tune.report(
+                {
+                    EPOCH: epoch,
+                    TRAIN_LOSS: math.nan,
+                    OBJECTIVE: settings.worst,
+                    RUNG_SCORE: settings.worst,
+                    DIVERGED: True,
+                    "curve_id": cid,
+                    DIVERGED_RULE: f"recorded: {row['rule']}",
+                    "reported_at": time.time(),
+                }
+            )
+            return
+        history[epoch] = row[settings.metric]
+        objective, at = trial_objective(
+            history, settings.objective, settings.objective_window, settings.mode, settings.worst
+        )
+        tune.report(
+            {
+                EPOCH: epoch,
+                settings.metric: row[settings.metric],
+                TRAIN_LOSS: row["train_loss"],
+                VAL_LOSS: row["val_loss"],
+                OBJECTIVE: objective,
+                OBJECTIVE_EPOCH: at,
+                RUNG_SCORE: reporter.rung_score(objective, row["val_loss"]),
+                WARMUP_EPOCHS: 0.0,
+                DIVERGED: False,
+                "curve_id": cid,
+                "reported_at": time.time(),  # Tune's own timestamp is whole seconds
+            }
+        )
+
+
+class BudgetStopper:
+    """Stops the whole search once its trials have reported ``budget`` epochs in all."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.spent = budget, 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.spent += 1
+        return False
+
+    def stop_all(self) -> bool:
+        return self.spent >= self.budget
+
+
+def replay_search(
+    curves: Curves, strategy: str, seed: int, args: argparse.Namespace, storage: Path
+) -> dict[str, Any]:
+    """One search of ``strategy`` over the recorded curves: its anytime curve in epochs."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    from ray.tune.stopper import CombinedStopper
+
+    from cattle_yolo.config import TrainConfig
+    from tune.search import make_searcher
+    from tune.stoppers import DivergenceStopper
+
+    sampler, scheduler_name = STRATEGIES[strategy]
+    settings = curves.space.settings.replace(
+        {
+            "seed": seed,
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "grace_period": args.grace_period,
+            "reduction_factor": args.reduction_factor,
+        },
+        "replay",
+    )
+    base = TrainConfig.load(None, {**curves.space.fixed, **curves.values[curves.ids[0]]})
+    budget = args.budget or args.trials * args.epochs
+    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, sampler)
+    if scheduler_name == "asha":
+        scheduler: Any = ASHAScheduler(
+            metric=RUNG_SCORE,
+            mode=settings.mode,
+            time_attr=EPOCH,
+            max_t=settings.epochs,
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
+    elif scheduler_name == "hyperband":
+        scheduler = HyperBandScheduler(
+            metric=RUNG_SCORE,
+            mode=settings.mode,
+            time_attr=EPOCH,
+            max_t=settings.epochs,
+            reduction_factor=settings.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    divergence = DivergenceStopper(
+        settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(replay_trial, curves=curves, settings=settings, scale=args.time_scale),
+        {"cpu": 0.01},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=max(args.trials, 4 * budget // max(1, args.grace_period)),
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{strategy}-{seed}",
+            storage_path=str(storage),
+            verbose=0,
+            stop=CombinedStopper(divergence, BudgetStopper(budget)),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(fail_fast=True),  # an error is a bug here
+        ),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    events, per_trial = [], []
+    for result in grid:
+        df = result.metrics_dataframe
+        if df is None or EPOCH not in df:
+            continue
+        recs = df.to_dict("records")
+        per_trial.append(
+            {
+                "curve_id": int(recs[0]["curve_id"]),
+                "epochs": int(max(r[EPOCH] for r in recs)),
+                "started": recs[0].get("reported_at", recs[0]["timestamp"]),
+            }
+        )
+        for rec in recs:
+            value = rec.get(settings.metric)
+            ok = not rec.get(DIVERGED) and value is not None and math.isfinite(value)
+            events.append((rec.get("reported_at", rec["timestamp"]), value if ok else None))
+    events.sort(key=lambda e: e[0])
+    best, curve = -math.inf, []
+    for value in (e[1] for e in events[:budget]):
+        if value is not None:
+            best = max(best, value)
+        curve.append(best if math.isfinite(best) else 0.0)
+    per_trial.sort(key=lambda t: t["started"])
+    return {
+        "strategy": strategy,
+        "seed": seed,
+        "curve": curve,
+        "trials": len(grid),
+        "per_trial": [{k: t[k] for k in ("curve_id", "epochs")} for t in per_trial],
+        "wall_s": wall,
+        "best": curve[-1] if curve else 0.0,
+    }
+
+
+def epochs_to_reach(curve: list[float], target: float) -> int | None:
+    """The first epoch count at which the best-so-far reaches ``target``; None if never."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-12), None)
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return q[0], statistics.median(values), q[2]
+
+
+def replay(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    space = load_space(args.space)
+    curves = Curves(read_table(Path(args.table)), space)
+    storage = Path(args.storage).resolve()
+    init_ray(max(2, args.concurrent))
+    runs = []
+    try:
+        for strategy in args.strategies:
+            for seed in range(args.seeds):
+                run = replay_search(curves, strategy, seed, args, storage)
+                runs.append(run)
+                print(
+                    f"{strategy} seed {seed}: best {run['best']:.4f} after "
+                    f"{len(run['curve'])} epochs, {run['trials']} trials ({run['wall_s']:.0f} s)",
+                    flush=True,
+                )
+    finally:
+        ray.shutdown()
+    target_runs = [r["best"] for r in runs if r["strategy"] == "random_fifo"]
+    target = statistics.median(target_runs) if target_runs else None
+    summary = {}
+    for strategy in args.strategies:
+        mine = [r for r in runs if r["strategy"] == strategy]
+        row: dict[str, Any] = {"best": quartiles([r["best"] for r in mine])}
+        if target is not None:
+            reach = [epochs_to_reach(r["curve"], target) for r in mine]
+            big = (args.budget or args.trials * args.epochs) + 1  # "never" ranks last
+            row["epochs_to_target"] = quartiles([float(x or big) for x in reach])
+            row["reached"] = sum(x is not None for x in reach)
+        summary[strategy] = row
+    doc = {
+        "table": str(args.table),
+        "target": target,
+        "summary": summary,
+        "runs": runs,
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "trials",
+                "epochs",
+                "grace_period",
+                "reduction_factor",
+                "concurrent",
+                "budget",
+                "time_scale",
+            )
+        },
+    }
+    for strategy, row in summary.items():
+        line = (
+            f"{strategy:14s} best {row['best'][1]:.4f} [{row['best'][0]:.4f}, {row['best'][2]:.4f}]"
+        )
+        if "epochs_to_target" in row:
+            q = row["epochs_to_target"]
+            line += (
+                f"; epochs to {target:.4f}: {q[1]:.0f} [{q[0]:.0f}, {q[2]:.0f}] "
+                f"({row['reached']}/{args.seeds} reached)"
+            )
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("record", help="train the configs x seeds the table lacks")
+    r.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")
+    r.add_argument("--configs", type=int, default=48, help="Sobol configs besides the default")
+    r.add_argument("--seeds", type=int, default=2, help="seeds per config (0..K-1)")
+    r.add_argument("--imgsz", type=int, default=128, help="the fidelity: image size")
+    r.add_argument("--epochs", type=int, default=15, help="epochs per run")
+    r.add_argument(
+        "--data",
+        default=str(DEFAULT_DATA),
+        help="dataset (default cattle-chute; synthetic: the embedded one)",
+    )
+    r.add_argument("--set", nargs="*", default=[], help="key=value for every run")
+    r.add_argument("--table", required=True, help="the gzip CSV to append to")
+    r.add_argument("--cpus", type=float, default=float(os.cpu_count() or 1), help="CPUs for Ray")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (threads) per run")
+    r.add_argument("--storage", default=str(REPO / "outputs" / "curves"), help="Tune's folder")
+    q = sub.add_parser("replay", help="replay search strategies over a recorded table")
+    q.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")
+    q.add_argument("--table", required=True, help="a table written by record")
+    q.add_argument(
+        "--strategies",
+        nargs="+",
+        default=list(STRATEGIES),
+        choices=list(STRATEGIES),
+        help="strategies to compare (default: all)",
+    )
+    q.add_argument("--seeds", type=int, default=30, help="search seeds per strategy")
+    q.add_argument("--trials", type=int, default=16, help="trials of a full-budget FIFO search")
+    q.add_argument("--epochs", type=int, default=15, help="epochs per trial (max_t)")
+    q.add_argument("--grace-period", type=int, default=3, help="ASHA's grace period")
+    q.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA's reduction factor")
+    q.add_argument("--budget", type=int, default=0, help="epochs per search (0: trials x epochs)")
+    q.add_argument("--concurrent", type=int, default=2, help="trials at once, as the real search")
+    q.add_argument("--time-scale", type=float, default=1e-3, help="recorded wall time factor")
+    q.add_argument("--storage", default=str(REPO / "outputs" / "replay"), help="Tune's folder")
+    q.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if args.command == "record":
+        record(args)
+    else:
+        replay(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""benchmarks/curves.py: the normalised coordinates and nearest neighbour on a known table, the
+table's append and resume bookkeeping, a replay that drives the real ASHA over known curves, and
+a recording that resumes without duplicates."""
+
+import argparse
+import gzip
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "curves_tiny.csv.gz"
+SPACE = "search:\n  seed: 0\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("curves", REPO / "benchmarks" / "curves.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["curves"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+curves = _load()
+
+
+@pytest.fixture
+def ray_local():
+    import ray
+
+    curves.init_ray(2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return curves.load_space(path)
+
+
+def test_unit_coordinates_round_trip_and_log_scale(space):
+    lr = space.knobs["lr"]
+    assert curves.to_unit(lr, 1e-3) == pytest.approx(0.5)  # the log-midpoint of [1e-4, 1e-2]
+    for u in (0.0, 0.25, 0.9):
+        assert curves.to_unit(lr, curves.from_unit(lr, u)) == pytest.approx(u)
+
+
+def test_sobol_configs_are_a_fixed_sequence_inside_the_space():
+    space = curves.load_space(REPO / "search_spaces" / "fixes.yaml")
+    first = curves.sobol_configs(space, 8)
+    assert curves.sobol_configs(space, 12)[:8] == first  # more configs extend, never reshuffle
+    for values in first:
+        assert all(space.knobs[k].contains(v) for k, v in values.items())
+        assert values["iou_end"] >= values["iou_start"]
+
+
+def test_nearest_recorded_config_on_the_known_table(space):
+    table = curves.Curves(curves.read_table(TINY), space)
+    assert table.ids == [0, 1, 2, 3]
+    assert table.nearest({"lr": 1e-3}) == 0
+    assert table.nearest({"lr": 2.5e-3}) == 2  # log distance: 3e-3 is nearer than 1e-3
+    assert table.nearest({"lr": 1.5e-4}) == 1
+    assert table.nearest({"lr": 6e-3}) == 3
+    assert [r["mAP50_95"] for r in table.curve(2, 0)] == [0.15, 0.30, 0.45, 0.60]
+    assert table.curve(2, 1)[0]["mAP50_95"] == pytest.approx(0.151)  # the second seed
+
+
+def test_appended_rows_are_one_table_and_complete_pairs_are_known(tmp_path):
+    path = tmp_path / "t.csv.gz"
+    row = {"config_id": 0, "seed": 0, "epoch": 1, "lr": 1e-3, "mAP50_95": 0.1, "diverged": 0}
+    curves.append_rows(path, ["lr"], [row])
+    curves.append_rows(path, ["lr"], [{**row, "epoch": 2}, {**row, "seed": 1, "diverged": 1}])
+    rows = curves.read_table(path)
+    assert [(r["seed"], r["epoch"]) for r in rows] == [(0, 1), (0, 2), (1, 1)]
+    with gzip.open(path, "rt") as f:
+        assert f.read().count("config_id") == 1  # one header
+    assert math.isnan(rows[0]["val_loss"])
+    # seed 0 reached 2 epochs; seed 1 diverged at epoch 1: both complete for 2 epochs
+    assert curves.recorded_pairs(rows, 2) == {(0, 0), (0, 1)}
+    assert curves.recorded_pairs(rows, 3) == {(0, 1)}
+
+
+def replay_args(tmp_path, **changes):
+    values = dict(
+        trials=4,
+        epochs=4,
+        grace_period=1,
+        reduction_factor=2.0,
+        budget=0,
+        concurrent=1,
+        time_scale=1e-3,
+        seeds=1,
+        strategies=["tpe_asha"],
+    )
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+@pytest.mark.slow
+def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(space, tmp_path, ray_local):
+    table = curves.Curves(curves.read_table(TINY), space)
+    args = replay_args(tmp_path)
+    runs = [curves.replay_search(table, "tpe_asha", 0, args, tmp_path / f"r{i}") for i in (0, 1)]
+    assert runs[0]["curve"] == runs[1]["curve"] and runs[0]["trials"] == runs[1]["trials"]
+    assert len(runs[0]["curve"]) == 16  # the budget: 4 trials x 4 epochs
+    trials = runs[0]["per_trial"]
+    # The default (config 0) is the first trial and runs to the end: no rung value beats it at
+    # first. A later trial on a config whose epoch-1 value is below the best rung-1 value seen
+    # so far is cut at the grace period (asynchronous ASHA, keep the top 1/2).
+    assert trials[0]["curve_id"] == 0 and trials[0]["epochs"] == 4
+    rung1 = {0: 0.10, 1: 0.01, 2: 0.15, 3: 0.05}
+    seen = [rung1[trials[0]["curve_id"]]]
+    for t in trials[1:]:
+        value = rung1[t["curve_id"]]
+        below = sorted(seen + [value], reverse=True).index(value) >= len(seen + [value]) / 2
+        if below:
+            assert t["epochs"] == 1, (t, seen)
+        seen.append(value)
+    assert any(t["epochs"] == 1 for t in trials)
+
+
+@pytest.mark.slow
+def test_record_resumes_without_duplicates(tmp_path):
+    table = tmp_path / "curves.csv.gz"
+    args = [
+        "record",
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--configs",
+        "1",
+        "--seeds",
+        "1",
+        "--imgsz",
+        "64",
+        "--epochs",
+        "1",
+        "--data",
+        "synthetic",
+        "--table",
+        str(table),
+        "--cpus",
+        "2",
+        "--storage",
+        str(tmp_path / "tune"),
+        "--set",
+        "neck_channels=16",
+        "synthetic_images=8",
+        "batch=4",
+        "accumulate=1",
+        "amp=off",
+    ]
+    (tmp_path / "space.yaml").write_text(SPACE)
+    curves.main(args)
+    rows = curves.read_table(table)
+    assert sorted((r["config_id"], r["seed"], r["epoch"]) for r in rows) == [(0, 0, 1), (1, 0, 1)]
+    assert rows[0]["lr"] in (1e-3, rows[1]["lr"]) and all(r["mAP50_95"] >= 0 for r in rows)
+    curves.main(args)  # nothing left to record
+    assert len(curves.read_table(table)) == 2
+    # a run killed before it was recorded: only it is trained again, and appended once
+    kept = [r for r in rows if r["config_id"] == 0]
+    table.unlink()
+    curves.append_rows(table, ["lr"], kept)
+    curves.main(args)
+    again = curves.read_table(table)
+    assert sorted((r["config_id"], r["seed"], r["epoch"]) for r in again) == [(0, 0, 1), (1, 0, 1)]
