@@ -175,3 +175,28 @@ def test_cloud_trial_paths_keep_their_scheme(tmp_path):
 
     doc = yaml.safe_load((tmp_path / "b.yaml").read_text())
     assert doc["checkpoint"] == "s3://bucket/runs/exp/trial_001_ab/run/models/best.pt"
+
+
+def test_the_precision_trained_in_and_best_pts_epoch_reach_the_report(tmp_path, write_space):
+    """The summary, results.csv and the export say which precision the trials trained in (what
+    amp: auto resolved to), and the export says which epoch best.pt holds when it is not the
+    objective's epoch (objective: last_mean)."""
+    import yaml
+
+    space = load_space(
+        write_space("search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n")
+    )
+    rows = _rows()
+    for r in rows:
+        r.params.pop("box_loss_weight")
+        r.amp = "bf16" if r.status != "errored" else ""
+    rows[2].checkpoint_epoch = 3  # best.pt: epoch 3; the objective (a window) ends at epoch 4
+    lines = write_report(rows, space, space.settings, TrainConfig(epochs=4), tmp_path, "exp")
+    assert "precision: bf16 (the model's forward; loss and metrics fp32)" in lines
+    csv_rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [r["amp"] for r in csv_rows] == ["bf16"] * 4 + [""] + ["bf16"]
+    text = (tmp_path / "best_config.yaml").read_text()
+    doc = yaml.safe_load(text)
+    assert doc["trained_in"] == "bf16" and doc["config"]["amp"] == "auto"
+    assert doc["epoch"] == 4 and doc["checkpoint_epoch"] == 3
+    assert "best.pt holds epoch 3, the best by mAP50_95" in text.splitlines()[0]
