@@ -304,7 +304,10 @@ class TrialGauges:
         "val_loss": (VAL_LOSS, "validation loss of the last epoch"),
         "map50_95": ("mAP50_95", "val mAP50-95 of the last epoch"),
         "objective": (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
-        "best_map50_95": ("best_mAP50_95", "val mAP50-95 of best.pt (its best epoch by the search metric)"),
+        "best_map50_95": (
+            "best_mAP50_95",
+            "val mAP50-95 of best.pt (its best epoch by the search metric)",
+        ),
     }
 
     def __init__(self, trial_id: str, experiment: str) -> None:
