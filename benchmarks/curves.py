@@ -261,7 +261,7 @@ def record(args: argparse.Namespace) -> None:
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.config import TrainConfig, parse_overrides
     from cattle_yolo.data import load_datasets
     from tune import cluster, search
 
@@ -273,7 +273,7 @@ def record(args: argparse.Namespace) -> None:
             "data": None if str(args.data) == "synthetic" else str(args.data),
             "imgsz": args.imgsz,
             "epochs": args.epochs,
-            **dict(kv.split("=", 1) for kv in args.set),
+            **parse_overrides(args.set),
         },
     )
     configs = [{k: getattr(base, k) for k in space.knobs}, *sobol_configs(space, args.configs)]

@@ -8,12 +8,12 @@ forward, loss and backward add up to the step time. Achieved GFLOP/s is the trai
 per image (torch's ``FlopCounterMode`` over one forward and backward: the count does not depend on
 the precision) times images/s, and its share is of the matmul peak of the *same* precision,
 measured in the same process with the same threads (the best of a matmul and two oneDNN
-convolutions, see ``gemm_peak_gflops``). The model is channels_last as the trainer has it;
-``--nchw`` adds the NCHW layout.
+convolutions, see ``gemm_peak_gflops``). The model's layout is the trainer's (channels_last on
+CUDA and for bf16 on a CPU, NCHW for fp32 on a CPU); ``--channels-last`` runs both.
 
     python benchmarks/train_throughput.py                      # 320 and 384 px, fp32, cpu (+ cuda)
     python benchmarks/train_throughput.py --imgsz 320 --precision fp32,bf16 --json out.json
-    python benchmarks/train_throughput.py --imgsz 256 --precision bf16 --nchw --compile
+    python benchmarks/train_throughput.py --imgsz 256 --precision bf16 --channels-last --compile
     python benchmarks/train_throughput.py --smoke-test         # seconds: 8 images at 64 px
 """
 
@@ -102,7 +102,7 @@ def run_case(
 
     if case["threads"]:
         torch.set_num_threads(case["threads"])
-    device_mod.CHANNELS_LAST = not case["nchw"]
+    device_mod.CPU_CHANNELS_LAST = case["channels_last"]  # None: the trainer's rule
     cfg = TrainConfig(
         imgsz=case["imgsz"],
         batch=batch,
@@ -124,7 +124,7 @@ def run_case(
     model = CattleYOLO(len(datasets.names), cfg).to(device)
     loss_fn = DetectionLoss(cfg, len(datasets.names))
     flops = train_flops_per_image(model, loss_fn, cfg.imgsz, device)
-    model = device_mod.model_layout(model)  # channels_last unless the case is nchw
+    model = device_mod.model_layout(model, device, DTYPES[amp])  # the trainer's, or the case's
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     optimizer = build_optimizer(model, cfg)
@@ -149,6 +149,7 @@ def run_case(
     out = {
         **case,
         "amp": amp,
+        "layout": "channels_last" if device_mod.channels_last(device, DTYPES[amp]) else "NCHW",
         "batch": batch,
         "accumulate": accumulate,
         "images": len(train_set),
@@ -189,7 +190,7 @@ def machine() -> str:
 
 def label(row: dict[str, Any]) -> str:
     extras = [
-        *(["NCHW"] if row["nchw"] else []),
+        *([row["layout"]] if row.get("layout") else []),
         *(["compile"] if row["compile"] else []),
         *([f"{row['threads']} threads"] if row["threads"] else []),
         *([f"{row['workers']} workers"] if row["workers"] else []),
@@ -207,18 +208,18 @@ def cases(args: argparse.Namespace) -> list[dict[str, Any]]:
             for precision in args.precision.split(","):
                 for threads in args.threads:
                     for workers in args.workers:
-                        variants = [(False, False)]
-                        if args.nchw:
-                            variants.append((True, False))
+                        # None: the trainer's layout; --channels-last: both, forced
+                        layouts: list[bool | None] = [False, True] if args.channels_last else [None]
+                        variants = [(cl, False) for cl in layouts]
                         if args.compile:
-                            variants.append((False, True))
-                        for nchw, compiled in variants:
+                            variants.append((None, True))
+                        for cl, compiled in variants:
                             out.append(
                                 {
                                     "device": device,
                                     "imgsz": imgsz,
                                     "precision": precision,
-                                    "nchw": nchw,
+                                    "channels_last": cl,
                                     "compile": compiled,
                                     "threads": threads,
                                     "workers": workers,
@@ -245,7 +246,10 @@ def main() -> None:
         help="comma-separated: fp32, bf16, fp16 (CUDA), auto; each a case (default fp32)",
     )
     p.add_argument(
-        "--nchw", action="store_true", help="also each case in NCHW (the default is channels_last)"
+        "--channels-last",
+        action="store_true",
+        help="each CPU case in both layouts, NCHW and channels_last (default: the trainer's, "
+        "channels_last on CUDA and for bf16 on a CPU, NCHW for fp32 on a CPU)",
     )
     p.add_argument("--compile", action="store_true", help="also each case torch.compile'd")
     p.add_argument(

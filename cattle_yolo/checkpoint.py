@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
-from cattle_yolo.device import model_layout, resolve_amp
+from cattle_yolo.device import autocast_dtype, model_layout, resolve_amp
 from cattle_yolo.files import atomic_write
 
 INFERENCE_KEYS = ("config", "names", "epoch", "best_fitness", "best_epoch", "metrics")
@@ -106,4 +106,5 @@ def load_trained(
         cfg = cfg.replace(amp="auto")
     model = CattleYOLO(len(ckpt["names"]), cfg)
     model.load_state_dict(inference_checkpoint(ckpt)["model"])
-    return model_layout(model.to(device)).eval(), cfg, list(ckpt["names"])
+    dtype = autocast_dtype(cfg, device)
+    return model_layout(model.to(device), device, dtype).eval(), cfg, list(ckpt["names"])

@@ -91,21 +91,36 @@ def precision_name(amp: str) -> str:
     return "fp32" if amp == "off" else amp
 
 
-# The model and its inputs are channels_last on every device: measured on a 2-core AVX512-BF16
-# CPU (docs/benchmarks.md, "Training throughput"), 1.1-1.3x images/s in bf16 and fp32 at
-# 256-320 px, as on CUDA. Benchmarks set it False to measure the NCHW layout.
-CHANNELS_LAST = True
+# channels_last: on CUDA always; on a CPU in bf16 only. There it is 1.04-1.16x faster in bf16
+# (1.14-1.31x in fp32; docs/benchmarks.md, "Precision and layout"), but oneDNN's channels_last
+# gradients are further from fp64's (worst relative error 2.1e-2 against NCHW's 3.5e-3 on one
+# batch): well below bf16's own rounding, not below fp32's, so fp32 on a CPU stays NCHW.
+# Benchmarks set CPU_CHANNELS_LAST to force a layout.
+CPU_CHANNELS_LAST: bool | None = None
 
 
-def model_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` in the layout the training loop uses (see ``CHANNELS_LAST``)."""
-    return model.to(memory_format=torch.channels_last) if CHANNELS_LAST else model
+def channels_last(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """Whether the model and its inputs are channels_last on ``device`` at autocast ``dtype``."""
+    if device.type == "cuda":
+        return True
+    if CPU_CHANNELS_LAST is not None:
+        return CPU_CHANNELS_LAST
+    return dtype == torch.bfloat16
 
 
-def model_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+def model_layout(
+    model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
+) -> torch.nn.Module:
+    """``model`` in the layout the training loop uses (see ``channels_last``)."""
+    return model.to(memory_format=torch.channels_last) if channels_last(device, dtype) else model
+
+
+def model_input(
+    images: torch.Tensor, device: torch.device, dtype: torch.dtype | None
+) -> torch.Tensor:
     """uint8 images (B, 3, S, S) -> float32 in [0, 1] on ``device``, in the model's layout."""
     x = images.to(device, non_blocking=True).float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last) if CHANNELS_LAST else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last(device, dtype) else x
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:

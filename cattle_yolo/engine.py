@@ -149,7 +149,7 @@ def train_one_epoch(
     start = time.perf_counter()
     t0 = sync()
     for i, (imgs, targets, _) in enumerate(loader):
-        imgs = model_input(imgs, device)
+        imgs = model_input(imgs, device, amp_dtype)
         targets = targets.to(device, non_blocking=True)
         t1 = sync()
         with autocast(device, amp_dtype):

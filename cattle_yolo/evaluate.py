@@ -362,7 +362,7 @@ def evaluate(
         for images, targets, _ in loader:
             batch_size = images.shape[0]
             ground_truth.extend(_split_targets(targets, batch_size))
-            x = model_input(images, device)
+            x = model_input(images, device, amp_dtype)
             t = targets.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 outputs = model(x)

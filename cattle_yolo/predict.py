@@ -102,7 +102,7 @@ def predict_images(
                 images.append(torch.from_numpy(np.ascontiguousarray(boxed)).permute(2, 0, 1))
                 params.append((ratio, pad_x, pad_y))
                 sizes.append((image.shape[1], image.shape[0]))
-            x = model_input(torch.stack(images), device)
+            x = model_input(torch.stack(images), device, amp_dtype)
             with autocast(device, amp_dtype):
                 outputs = model(x)
             num_classes = outputs["cls"].shape[-1]

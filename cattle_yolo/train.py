@@ -32,7 +32,7 @@ from cattle_yolo.checkpoint import (
 )
 from cattle_yolo.config import ConfigError, TrainConfig, coerce
 from cattle_yolo.data import Datasets, load_datasets, make_loader
-from cattle_yolo.device import model_layout, precision_name, resolve_amp, resolve_device
+from cattle_yolo.device import DTYPES, model_layout, precision_name, resolve_amp, resolve_device
 from cattle_yolo.engine import ModelEMA, train_one_epoch
 from cattle_yolo.evaluate import evaluate, save_detections
 from cattle_yolo.loss import DetectionLoss
@@ -183,7 +183,7 @@ def _train(
     cfg = cfg.replace(amp=amp)
     cfg.to_yaml(out / "config.yaml")
     names = datasets.names
-    model = model_layout(CattleYOLO(len(names), cfg).to(device))
+    model = model_layout(CattleYOLO(len(names), cfg).to(device), device, DTYPES[amp])
     loss_fn = DetectionLoss(cfg, len(names))
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")

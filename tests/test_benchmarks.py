@@ -29,7 +29,7 @@ def test_train_throughput_smoke(tmp_path):
             "cpu",
             "--precision",
             "fp32,bf16",
-            "--nchw",
+            "--channels-last",
             "--json",
             str(out),
         ],
@@ -39,11 +39,11 @@ def test_train_throughput_smoke(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["amp"], r["nchw"]) for r in rows] == [
-        ("off", False),
-        ("off", True),
-        ("bf16", False),
-        ("bf16", True),
+    assert [(r["amp"], r["layout"]) for r in rows] == [
+        ("off", "NCHW"),
+        ("off", "channels_last"),
+        ("bf16", "NCHW"),
+        ("bf16", "channels_last"),
     ]
     for row in rows:
         assert row["images_per_sec"] > 0

@@ -163,21 +163,26 @@ def unfinished(candidates: list[Candidate]) -> int:
     return sum(r.status == Status.UNFINISHED for c in candidates for r in c.runs)
 
 
-def winner(candidates: list[Candidate], settings: SearchSettings) -> Candidate | None:
-    """The config with the best mean over all its seeds (None if no config has every seed)."""
-    scored = [c for c in candidates if c.complete(settings.worst, settings.confirm_seeds)]
+def winner(
+    candidates: list[Candidate], settings: SearchSettings, seeds: int | None = None
+) -> Candidate | None:
+    """The config with the best mean over all its ``seeds`` seeds (default: the settings'
+    ``confirm_seeds``); None if no config has every seed."""
+    seeds = settings.confirm_seeds if seeds is None else seeds
+    scored = [c for c in candidates if c.complete(settings.worst, seeds)]
     if not scored:
         return None
     sign = 1.0 if settings.mode == "max" else -1.0
     return max(scored, key=lambda c: sign * c.mean_sd(settings.worst)[0])
 
 
-def verdict(candidates: list[Candidate], settings: SearchSettings) -> str:
-    """Whether the winner beats the default by more than the seed spread."""
-    seeds = settings.confirm_seeds
+def verdict(candidates: list[Candidate], settings: SearchSettings, seeds: int | None = None) -> str:
+    """Whether the winner beats the default by more than the seed spread (``seeds``: the fresh
+    seeds each config ran on, default the settings' ``confirm_seeds``)."""
+    seeds = settings.confirm_seeds if seeds is None else seeds
     if unfinished(candidates):
         return f"confirmation: interrupted ({unfinished(candidates)} runs unfinished); no verdict"
-    best = winner(candidates, settings)
+    best = winner(candidates, settings, seeds)
     default = candidates[0]
     if best is None or not default.complete(settings.worst, seeds):
         missing = [c.label for c in candidates if not c.complete(settings.worst, seeds)]
@@ -233,7 +238,7 @@ def summary_lines(
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     for line in [header, ["-" * w for w in widths], *body]:
         lines.append("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
-    lines += ["", verdict(candidates, settings)]
+    lines += ["", verdict(candidates, settings, len(seeds))]
     return lines
 
 
@@ -272,7 +277,7 @@ def report(
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(candidates, space, folder / CONFIRM_CSV, settings.worst)
     lines.append(f"confirmation runs: {folder / CONFIRM_CSV}")
-    best = winner(candidates, settings)
+    best = winner(candidates, settings, len(seeds))
     if best is None or unfinished(candidates):
         return (
             lines  # nothing to export, or not yet: best_config.yaml and --export stay as they are

@@ -40,6 +40,11 @@ def _epochs_trained(experiment: Path) -> dict[str, int]:
     return epochs
 
 
+# Epochs per trial: enough that, once a trial has finished, another is still part-way when the
+# test looks (a smoke epoch takes well under a second).
+EPOCHS = 10
+
+
 def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
     cmd = [
         sys.executable,
@@ -48,9 +53,9 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
         "--trials",
         "4",
         "--epochs",
-        "6",
+        str(EPOCHS),
         "--grace-period",
-        "6",
+        str(EPOCHS),
         "--storage",
         str(tmp_path),
         "--name",
@@ -72,7 +77,7 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
             done = {t for t, s in states.items() if s == "TERMINATED"}
             trained = _epochs_trained(experiment)
             # kill once a trial has finished and another one is part-way through
-            if done and any(t not in done and 0 < n < 6 for t, n in trained.items()):
+            if done and any(t not in done and 0 < n < EPOCHS for t, n in trained.items()):
                 finished = {t: s for t, s in states.items() if s == "TERMINATED"}
                 break
             time.sleep(0.2)
@@ -114,7 +119,7 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
             json.loads(line)["epoch"]
             for line in (trial_dir / "result.json").read_text().splitlines()
         ]
-        assert sorted(set(history)) == [1, 2, 3, 4, 5, 6]
+        assert sorted(set(history)) == list(range(1, EPOCHS + 1))
     assert any(n > 0 for n in started.values())
 
 

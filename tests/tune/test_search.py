@@ -111,7 +111,8 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     # lr=10 is stopped within 2 epochs and reported diverged with the rule that fired
     wild = by_lr[10.0]
     assert wild.status == "diverged" and wild.epochs_run <= 2, (wild.status, wild.detail)
-    assert "non-finite" in wild.detail or "spike" in wild.detail or "training loop" in wild.detail
+    rules = ("non-finite", "spike", "training loop", "collapsed")  # which fires hangs on rounding
+    assert any(rule in wild.detail for rule in rules), wild.detail
     assert wild.best == 0.0  # the finite worst objective
 
     # every trial reached Optuna finished (none left RUNNING): ASHA's cuts as PRUNED
