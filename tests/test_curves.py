@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "curves_tiny.csv.gz"
-SPACE = "search:\n  seed: 0\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+SPACE = "search:\n  seed: 0\n  grace_period: 1\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
 
 
 def _load():
@@ -158,7 +158,10 @@ def test_record_resumes_without_duplicates(tmp_path):
     curves.main(args)
     rows = curves.read_table(table)
     assert sorted((r["config_id"], r["seed"], r["epoch"]) for r in rows) == [(0, 0, 1), (1, 0, 1)]
-    assert rows[0]["lr"] in (1e-3, rows[1]["lr"]) and all(r["mAP50_95"] >= 0 for r in rows)
+    lr = {r["config_id"]: r["lr"] for r in rows}
+    sobol = curves.sobol_configs(curves.load_space(tmp_path / "space.yaml"), 1)[0]["lr"]
+    assert lr == {0: 1e-3, 1: pytest.approx(sobol)}  # the default, then the first Sobol point
+    assert all(0 <= r["mAP50_95"] <= 1 and r["epoch_time"] > 0 for r in rows)
     curves.main(args)  # nothing left to record
     assert len(curves.read_table(table)) == 2
     # a run killed before it was recorded: only it is trained again, and appended once

@@ -308,7 +308,7 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     assert "confirmation: " in text and (
         "beats the default" in text or "default has the best" in text
     )
-    win = confirm.winner(candidates, settings)
+    win = confirm.winner(candidates, settings, len(seeds))
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["confirmed"]["config"] == win.label
     assert exported["confirmed"]["mean"] == pytest.approx(win.mean_sd(0.0)[0])
