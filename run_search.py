@@ -520,8 +520,9 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
                 f"disk: {used / 2**20:.0f} MB in {plan.path} (best.pt kept for the "
                 f"best {args.keep_weights} ended trials; no last.pt of an ended trial)"
             )
-        if datasets.val_coverage():
-            lines.append(f"warning: {datasets.val_coverage()}")
+        coverage = datasets.val_coverage()
+        if coverage:
+            lines.append(f"warning: {coverage}")
         print("\n".join(lines), flush=True)
         if any(r.status == Status.UNFINISHED for r in rows):
             print(

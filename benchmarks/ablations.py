@@ -102,22 +102,37 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
     return result
 
 
+def add_run_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    epochs: int,
+    seeds: list[int],
+    parallel: int,
+    threads: int,
+    workdir: str,
+) -> None:
+    """The flags of a set of ``run_one`` runs (ablations.py, precision_parity.py)."""
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train/ and val/")
+    p.add_argument("--imgsz", type=int, default=256, help="image size")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=seeds, help="seeds of every run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--parallel", type=int, default=parallel, help="runs at a time")
+    p.add_argument("--threads", type=int, default=threads, help="torch CPU threads per run")
+    p.add_argument("--workers", type=int, default=0, help="data loader workers per run")
+    p.add_argument("--set", nargs="*", default=[], help="key=value for every run")
+    p.add_argument(
+        "--workdir", type=Path, default=REPO / "outputs" / workdir, help="the runs' folders"
+    )
+    p.add_argument("--json", type=Path, help="write the results here")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train/ and val/")
-    p.add_argument("--imgsz", type=int, default=256, help="image size")
-    p.add_argument("--epochs", type=int, default=15, help="epochs per run")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds per variant")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers per run")
+    add_run_arguments(p, epochs=15, seeds=[0, 1], parallel=1, threads=2, workdir="ablations")
     p.add_argument("--only", nargs="+", help="run only these variants (and the baseline)")
-    p.add_argument("--set", nargs="*", default=[], help="key=value for every run")
-    p.add_argument("--workdir", type=Path, default=REPO / "outputs" / "ablations")
-    p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--smoke-test", action="store_true", help="2 variants, 1 epoch, 64 px")
     args = p.parse_args()
     if not (args.data / "train").is_dir():

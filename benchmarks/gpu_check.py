@@ -105,8 +105,6 @@ def throughput(args: argparse.Namespace, device: str, json_path: Path) -> list[d
         "--json",
         str(json_path),
     ]
-    if args.data_for_throughput:
-        cmd += ["--data", str(args.data)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"train_throughput.py failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -232,14 +230,13 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
-    from train_throughput import gemm_peak_gflops, machine, train_flops_per_image
+    from train_throughput import gemm_peak_gflops, machine, training_flops
 
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.loss import DetectionLoss
     from cattle_yolo.model import CattleYOLO
 
     args.gpu = torch.cuda.is_available() and not args.smoke_test
-    args.data_for_throughput = False
     if args.smoke_test:
         args.imgsz, args.epochs, args.images, args.packs = 64, 1, 8, [1, 2]
         args.data = None  # the embedded synthetic set
@@ -255,7 +252,7 @@ def main() -> None:
 
     cfg = TrainConfig(imgsz=args.imgsz)
     model = CattleYOLO(2, cfg).to(device)
-    flops = train_flops_per_image(model, DetectionLoss(cfg, 2), args.imgsz, device)
+    flops = training_flops(model, args.imgsz, DetectionLoss(cfg, 2))
     del model
     peak = gemm_peak_gflops(torch.bfloat16, device)["peak"] * 1e9  # FLOP/s
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:

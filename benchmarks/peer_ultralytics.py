@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
 SIDES = ("ours", "peer")
 
@@ -53,29 +54,6 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
-
-
-def training_flops(model, imgsz: int) -> float:
-    """FLOPs of one training image, forward and backward (batch 2, halved); the loss is left
-    out on both sides (about 1% of a step)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model.train()
-    x = torch.rand(2, 3, imgsz, imgsz)
-    with FlopCounterMode(display=False) as counter:
-        out = model(x)
-        sum(o.float().sum() for o in _leaves(out)).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
-
-
-def _leaves(out):
-    if isinstance(out, dict):
-        return [v for o in out.values() for v in _leaves(o)]
-    if isinstance(out, list | tuple):
-        return [v for o in out for v in _leaves(o)]
-    return [out] if getattr(out, "requires_grad", False) else []
 
 
 # --------------------------------------------------------------------------- the baton
@@ -110,6 +88,9 @@ def peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- the two sides
 def side_ours(args, baton: Baton) -> dict:
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(HERE))
+    from train_throughput import training_flops
+
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.model import CattleYOLO
     from cattle_yolo.train import train
@@ -164,6 +145,9 @@ def side_peer(args, baton: Baton) -> dict:
     from ultralytics.nn.tasks import DetectionModel
 
     sys.path.insert(0, str(REPO))  # torch, PIL and yaml are Ultralytics' dependencies too
+    sys.path.insert(0, str(HERE))
+    from train_throughput import training_flops
+
     from cattle_yolo.sources import IMAGE_SUFFIXES
 
     names = (Path(args.data) / "classes.txt").read_text().split()

@@ -29,12 +29,15 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from ablations import DEFAULT_DATA, run_one  # noqa: E402
+from ablations import add_run_arguments, run_one  # noqa: E402
 
+from cattle_yolo.config import TrainConfig  # noqa: E402
 from tune.stoppers import divergence_rule  # noqa: E402
 
 PRECISIONS = {"fp32": ["amp=off"], "bf16": ["amp=bf16"]}
-SCHEDULE = ["warmup_epochs=3", "close_mosaic=3"]  # a short run with the default's shape
+WARMUP = 3  # epochs: with close_mosaic 3, a short run with the default schedule's shape
+SCHEDULE = [f"warmup_epochs={WARMUP}", "close_mosaic=3"]
+MAX_SKIPPED = TrainConfig().max_skipped_fraction  # the training loop's dead-step rule
 
 
 def stopped_by(run: dict[str, Any], settings: dict[str, Any]) -> str | None:
@@ -48,12 +51,12 @@ def stopped_by(run: dict[str, Any], settings: dict[str, Any]) -> str | None:
             run["val_loss"][epoch - 1],
             settings["min_rise"],
             run["first_step_loss"],
-            3.0,
+            float(WARMUP),
         )
         if rule:
             return f"epoch {epoch}: {rule}"
         skipped = run["skipped_steps"][epoch - 1]
-        if skipped > 0.25 * run["train_batches"]:
+        if skipped > MAX_SKIPPED * run["train_batches"]:
             return f"epoch {epoch}: {skipped} steps skipped (the dead-step rule)"
     return None
 
@@ -83,18 +86,10 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a folder with train/ and val/")
-    p.add_argument("--imgsz", type=int, default=256, help="image size")
-    p.add_argument("--epochs", type=int, default=10, help="epochs per run")
+    add_run_arguments(
+        p, epochs=10, seeds=[0, 1, 2], parallel=2, threads=1, workdir="precision_parity"
+    )
     p.add_argument("--at", type=int, nargs="+", default=[5, 10], help="epochs to compare at")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--parallel", type=int, default=2, help="runs at a time")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
-    p.add_argument("--workers", type=int, default=0, help="data loader workers per run")
-    p.add_argument("--set", nargs="*", default=[], help="key=value for every run")
-    p.add_argument("--workdir", type=Path, default=REPO / "outputs" / "precision_parity")
-    p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--smoke-test", action="store_true", help="1 seed, 1 epoch, 64 px")
     args = p.parse_args()
     args.resume = True

@@ -73,19 +73,38 @@ def gemm_peak_gflops(dtype: torch.dtype, device: torch.device) -> dict[str, floa
     return out
 
 
-def train_flops_per_image(model: torch.nn.Module, loss_fn: Any, imgsz: int, device: Any) -> float:
-    """FLOPs of one training forward and backward (loss included) per image, at fp32."""
+def training_flops(model: Any, imgsz: int, loss_fn: Any = None) -> float:
+    """FLOPs of one training image, forward and backward (batch 2 on the model's device,
+    halved; the count does not depend on the precision). With ``loss_fn`` (``DetectionLoss``'s
+    call) the loss is counted too; without, the backward starts from the sum of the outputs."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    model.train()
+    device = next(model.parameters()).device
     x = torch.rand(2, 3, imgsz, imgsz, device=device)
     targets = torch.tensor(
         [[0, 0, 8, 8, imgsz / 2, imgsz / 2], [1, 1, imgsz / 4, imgsz / 4, imgsz - 8, imgsz - 8]],
         device=device,
     )
     with FlopCounterMode(display=False) as counter:
-        loss_fn(model(x), targets, 0.0)["total"].backward()
+        out = model(x)
+        total = (
+            loss_fn(out, targets, 0.0)["total"]
+            if loss_fn is not None
+            else sum(o.float().sum() for o in _leaves(out))
+        )
+        total.backward()
     model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
+    return float(counter.get_total_flops()) / 2
+
+
+def _leaves(out: Any) -> list[Any]:
+    """The tensors of a model's output (a dict, list or tuple, nested) that need a gradient."""
+    if isinstance(out, dict):
+        return [v for o in out.values() for v in _leaves(o)]
+    if isinstance(out, list | tuple):
+        return [v for o in out for v in _leaves(o)]
+    return [out] if getattr(out, "requires_grad", False) else []
 
 
 def run_case(
@@ -123,7 +142,7 @@ def run_case(
     train_set = datasets.train.with_augment(cfg)
     model = CattleYOLO(len(datasets.names), cfg).to(device)
     loss_fn = DetectionLoss(cfg, len(datasets.names))
-    flops = train_flops_per_image(model, loss_fn, cfg.imgsz, device)
+    flops = training_flops(model, cfg.imgsz, loss_fn)
     model = device_mod.model_layout(model, device, DTYPES[amp])  # the trainer's, or the case's
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -22,6 +22,9 @@ import yaml
 
 from cattle_yolo.files import atomic_write_text
 
+# amp was a bool before it named a precision: old configs' true/false mean auto/off.
+LEGACY_AMP = {True: "auto", False: "off"}
+
 
 class ConfigError(ValueError):
     """A config key, type or value is wrong; the message names the key and, for a file, the file."""
@@ -105,7 +108,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.amp, bool):  # TrainConfig(amp=True) from code of the bool days
-            object.__setattr__(self, "amp", "auto" if self.amp else "off")
+            object.__setattr__(self, "amp", LEGACY_AMP[self.amp])
         _validate(self)
 
     # --- YAML in, YAML out ---
@@ -260,7 +263,7 @@ def coerce(key: str, value: Any, source: str = "config") -> Any:
     """Check ``value`` against the declared type of ``key``; ints are accepted for floats."""
     check_key(key, source)
     if key == "amp" and isinstance(value, bool):  # amp was a bool before the precision names
-        value = "auto" if value else "off"
+        value = LEGACY_AMP[value]
     tp = FIELD_TYPES[key]
     options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
     for option in options:

@@ -254,10 +254,10 @@ class DetectionLoss(nn.Module):
             # scores a fixed unit box against itself (loss 0, no gradient), so a blown-up model's
             # NaN or 0x0 boxes there cannot reach the sum as NaN x 0; predicted and target boxes
             # are at least MIN_GT_SIZE wide and high, where CIoU's aspect term w / h is finite.
-            fg = a.fg[..., None]
+            fg, unit = a.fg[..., None], _UNIT_BOX.to(boxes.device)
             matched = gt_boxes.gather(1, a.gt_index[..., None].expand(-1, -1, 4))
-            target_boxes = _min_size(torch.where(fg, matched, _UNIT_BOX.to(boxes.device)))
-            pred_boxes = _min_size(torch.where(fg, boxes, _UNIT_BOX.to(boxes.device)))
+            target_boxes = _min_size(torch.where(fg, matched, unit))
+            pred_boxes = _min_size(torch.where(fg, boxes, unit))
             per_box = self.box_loss_fn(pred_boxes, target_boxes, reduction="none")
             box = (per_box * weight).sum() / weight_sum
 

@@ -17,27 +17,31 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> None:
+    """Run ``benchmarks/<script>`` with ``args``; it must exit 0 (its output tail says why not)."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_train_throughput_smoke(tmp_path):
     out = tmp_path / "t.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "train_throughput.py"),
-            "--smoke-test",
-            "--devices",
-            "cpu",
-            "--precision",
-            "fp32,bf16",
-            "--channels-last",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_benchmark(
+        "train_throughput.py",
+        "--smoke-test",
+        "--devices",
+        "cpu",
+        "--precision",
+        "fp32,bf16",
+        "--channels-last",
+        "--json",
+        str(out),
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["amp"], r["layout"]) for r in rows] == [
         ("off", "NCHW"),
@@ -56,7 +60,7 @@ def test_train_throughput_smoke(tmp_path):
     assert rows[0]["train_gflop_per_image"] == pytest.approx(rows[2]["train_gflop_per_image"])
 
 
-def test_train_flops_per_image_of_a_known_convolution():
+def test_training_flops_of_a_known_convolution_with_its_loss():
     tt = load("train_throughput")
 
     class OneConv(torch.nn.Module):
@@ -71,7 +75,7 @@ def test_train_flops_per_image_of_a_known_convolution():
         return {"total": out["y"].sum()}
 
     # forward 2 * 3 * 4 per pixel; backward the weight gradient only (the image needs none)
-    assert tt.train_flops_per_image(OneConv(), loss, 8, "cpu") == 2 * (2 * 3 * 4 * 64)
+    assert tt.training_flops(OneConv(), 8, loss) == 2 * (2 * 3 * 4 * 64)
 
 
 @pytest.mark.slow
@@ -79,19 +83,7 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
     """gpu_check.py's CPU-sized form: throughput in fp32 and bf16, then one and two packed
     trials through run_search.py, each measured from the trials' own metrics logs."""
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "gpu_check.py"),
-            "--smoke-test",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_benchmark("gpu_check.py", "--smoke-test", "--json", str(out), timeout=600)
     doc = json.loads(out.read_text())
     assert [r["precision"] for r in doc["throughput"]] == ["fp32", "bf16"]
     assert [r["trials_per_gpu"] for r in doc["packing"]] == [1, 2]
@@ -183,10 +175,10 @@ def test_anytime_curve_orders_epochs_by_time_and_skips_diverged_values():
 
 
 def test_training_flops_of_a_linear_layer():
-    peer = load("peer_ultralytics")
+    tt = load("train_throughput")
     layer = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5, bias=False))
     # forward 2*48*5 per image; backward: the weight gradient only (the input needs none)
-    assert peer.training_flops(layer, 4) == 2 * 48 * 5 * 2
+    assert tt.training_flops(layer, 4) == 2 * 48 * 5 * 2
 
 
 def test_baton_alternates_two_sides_epoch_by_epoch(tmp_path):

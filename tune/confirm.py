@@ -180,8 +180,9 @@ def verdict(candidates: list[Candidate], settings: SearchSettings, seeds: int | 
     """Whether the winner beats the default by more than the seed spread (``seeds``: the fresh
     seeds each config ran on, default the settings' ``confirm_seeds``)."""
     seeds = settings.confirm_seeds if seeds is None else seeds
-    if unfinished(candidates):
-        return f"confirmation: interrupted ({unfinished(candidates)} runs unfinished); no verdict"
+    running = unfinished(candidates)
+    if running:
+        return f"confirmation: interrupted ({running} runs unfinished); no verdict"
     best = winner(candidates, settings, seeds)
     default = candidates[0]
     if best is None or not default.complete(settings.worst, seeds):
