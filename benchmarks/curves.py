@@ -259,7 +259,6 @@ def run_rows(log: Path, config_id: int, seed: int, values: dict[str, Any], resul
 def record(args: argparse.Namespace) -> None:
     import ray
     from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from cattle_yolo.config import TrainConfig, parse_overrides
     from cattle_yolo.data import load_datasets
@@ -280,7 +279,9 @@ def record(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds))
     table = Path(args.table)
     done = recorded_pairs(read_table(table), args.epochs)
-    todo = [(c, s) for c in range(len(configs)) for s in seeds if (c, s) not in done]
+    # seed-major: every config's first seed before any second one, so a partial table covers
+    # the space (a replay and the importance need configs more than repeats)
+    todo = [(c, s) for s in seeds for c in range(len(configs)) if (c, s) not in done]
     print(f"{len(configs)} configs x {len(seeds)} seeds: {len(done)} recorded, {len(todo)} to go")
     if not todo:
         return
@@ -313,19 +314,7 @@ def record(args: argparse.Namespace) -> None:
             keep_weights=0,
             callbacks=[AppendOnEnd()],
         )
-        tuner = tune.Tuner(
-            trainable,
-            param_space={key: None for p in points for key in p},
-            tune_config=tune.TuneConfig(
-                search_alg=BasicVariantGenerator(
-                    points_to_evaluate=points, max_concurrent=concurrent
-                ),
-                num_samples=len(points),
-                trial_name_creator=search.trial_name,
-                trial_dirname_creator=search.trial_name,
-            ),
-            run_config=run_config,
-        )
+        tuner = search.grid_tuner(trainable, points, run_config, concurrent)
         tuner.fit()
     finally:
         ray.shutdown()
