@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
+from tune.design import DESIGNS
 from tune.results import Status
 from tune.space import (
     SearchSettings,
@@ -34,6 +35,7 @@ from tune.space import (
 )
 
 if TYPE_CHECKING:  # Ray is imported only after the space and config are checked
+    from tune.audit import AuditPlan
     from tune.cluster import Resources
     from tune.report import TrialRow
 
@@ -157,6 +159,40 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a base config key, e.g. --set imgsz=320 (repeatable)",
+    )
+
+    a = p.add_argument_group(
+        "fix audit: which of the changes between two configs helped (instead of a search)"
+    )
+    a.add_argument(
+        "--audit",
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="two configs the trainer reads (a run's config.yaml, an export, a YAML of a few "
+        "keys): train a designed experiment over the keys that differ and report each "
+        "change's effect with a 95%% interval",
+    )
+    a.add_argument(
+        "--audit-seeds",
+        type=int,
+        default=3,
+        metavar="S",
+        help="seeds every design row trains on, paired (default 3; at least 2)",
+    )
+    a.add_argument(
+        "--design",
+        choices=DESIGNS,
+        default="auto",
+        help="auto: full factorial up to 4 changes, a resolution IV fraction for 5-8; "
+        "factorial; fractional; oat: each change on BEFORE and each left out of AFTER",
+    )
+    a.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="KEY,KEY,...",
+        help="keys that change together count as one change, e.g. "
+        "--group iou_start,iou_end,iou_ramp_epochs (repeatable)",
     )
 
     r = p.add_argument_group("resources and cluster")
@@ -418,12 +454,9 @@ def publish(plan: Plan, names: list[str] | None = None) -> None:
         storage.upload(plan.report_dir, plan.path, names)
 
 
-def run(args: argparse.Namespace, plan: Plan) -> int:
-    import ray
-
-    from cattle_yolo.data import DataError, load_datasets
-    from tune import cluster, disk, report, search, storage
-    from tune.study import JOURNAL_FILE, finished_trials
+def start_ray(args: argparse.Namespace) -> Any:
+    """Start (or attach to) Ray and print where its dashboard is."""
+    from tune import cluster
 
     ctx = cluster.init_ray(
         args.address,
@@ -432,26 +465,48 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
         args.dashboard_port,
         trial_logs=not args.quiet,
     )
-    try:
-        for line in cluster.dashboard_lines(ctx, args.dashboard_host, attached=bool(args.address)):
-            print(line, flush=True)
-        nodes = cluster.check_shared_storage(plan.storage)
-        resources = cluster.plan_resources(
-            ray.cluster_resources(),
-            args.gpus,
-            args.gpus_per_trial,
-            args.cpus_per_trial,
-            plan.settings.trials,
-        )
-        print(
-            f"{nodes} node(s); each trial gets {resources.cpus_per_trial:g} CPU and "
-            f"{resources.gpus_per_trial:g} GPU; {resources.concurrent} trial(s) at once",
-            flush=True,
-        )
+    for line in cluster.dashboard_lines(ctx, args.dashboard_host, attached=bool(args.address)):
+        print(line, flush=True)
+    return ctx
 
-        t0 = time.perf_counter()
-        datasets = load_datasets(plan.base)  # decoded once, shared through the object store
-        print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
+
+def resources_and_data(
+    args: argparse.Namespace, storage: str, trials: int, base: TrainConfig
+) -> tuple[Resources, Any]:
+    """Each trial's resources on the running Ray, and the dataset decoded once (shared with
+    every trial through the object store)."""
+    import ray
+
+    from cattle_yolo.data import load_datasets
+    from tune import cluster
+
+    nodes = cluster.check_shared_storage(storage)
+    resources = cluster.plan_resources(
+        ray.cluster_resources(), args.gpus, args.gpus_per_trial, args.cpus_per_trial, trials
+    )
+    print(
+        f"{nodes} node(s); each trial gets {resources.cpus_per_trial:g} CPU and "
+        f"{resources.gpus_per_trial:g} GPU; {resources.concurrent} trial(s) at once",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    datasets = load_datasets(base)
+    print(f"dataset decoded once in {time.perf_counter() - t0:.1f}s", flush=True)
+    return resources, datasets
+
+
+def run(args: argparse.Namespace, plan: Plan) -> int:
+    import ray
+
+    from cattle_yolo.data import DataError
+    from tune import cluster, disk, report, search, storage
+    from tune.study import JOURNAL_FILE, finished_trials
+
+    try:
+        start_ray(args)
+        resources, datasets = resources_and_data(
+            args, plan.storage, plan.settings.trials, plan.base
+        )
         trainable = search.make_trainable(
             plan.base,
             datasets,
@@ -614,6 +669,108 @@ def _confirm(
     return 0
 
 
+# Flags of a search that an audit has no use for: refused rather than ignored.
+NOT_FOR_AUDIT = (
+    "space",
+    "trials",
+    "grace_period",
+    "reduction_factor",
+    "confirm",
+    "confirm_seeds",
+    "warm_start",
+    "config",
+    "export",
+)
+
+
+def plan_audit(args: argparse.Namespace) -> AuditPlan:
+    """The audit's plan from the command line; every check before Ray starts."""
+    from tune.audit import plan_audit as make_plan
+
+    given = [k for k in NOT_FOR_AUDIT if getattr(args, k) not in (None, False)]
+    if args.smoke_test:
+        given.append("smoke_test")
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"--audit takes no {flags}: it trains the design over BEFORE -> AFTER")
+    overrides = parse_overrides(args.overrides)
+    if args.data:
+        overrides["data"] = args.data
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    changes = {k: getattr(args, k) for k in SETTING_FLAGS if k not in NOT_FOR_AUDIT}
+    return make_plan(
+        args.audit[0],
+        args.audit[1],
+        overrides=overrides,
+        groups=args.group,
+        design=args.design,
+        seeds=args.audit_seeds,
+        settings=changes,
+    )
+
+
+def run_audit(args: argparse.Namespace, plan: AuditPlan) -> int:
+    """Train the audit's grid (or continue it) and write its report."""
+    import ray
+
+    from cattle_yolo.data import DataError
+    from tune import audit, audit_report, cluster, disk, search, storage
+
+    name = args.name or f"audit-{Path(plan.before).stem}-{Path(plan.after).stem}"
+    where = storage.resolve(args.storage)
+    path = storage.experiment_path(where, name)
+    folder = storage.local_copy(name) if storage.is_uri(where) else Path(path)
+    try:
+        resume = search.can_restore(path)
+        if args.resume and not resume:
+            raise ConfigError(f"--resume: no audit to resume at {path}")
+        if resume and storage.is_uri(where):
+            storage.download(path, folder, [audit.PLAN_FILE])
+        if resume:
+            audit.check_resume(plan, folder)
+        print("\n".join(audit.describe(plan)), flush=True)
+        start_ray(args)
+        resources, datasets = resources_and_data(args, where, len(plan.runs()), plan.base)
+        # the config's own threshold: score_threshold is scored after training, per level
+        trainable = search.make_trainable(
+            plan.base, datasets, plan.settings, resources, threshold_range=None
+        )
+        if resume:
+            print(f"resuming the audit at {path}: finished runs are kept", flush=True)
+            tuner = search.restore_tuner(path, trainable)
+        else:
+            audit.save_plan(plan, folder)
+            if storage.is_uri(where):
+                storage.upload(folder, path, [audit.PLAN_FILE])
+            tuner = audit.build_tuner(
+                trainable,
+                plan,
+                name=name,
+                storage=where,
+                concurrent=resources.concurrent,
+                max_failures=args.max_failures,
+                verbose=0 if args.quiet else 1,
+                keep_weights=args.keep_weights,
+            )
+        t0 = time.perf_counter()
+        runs = audit.collect(tuner.fit(), plan, list(datasets.names))
+        if any(r.status == Status.UNFINISHED for r in runs):
+            print(f"the audit was interrupted; continue it with --resume --name {name}")
+            return 130
+        lines = audit_report.write_report(plan, runs, folder)
+        if storage.is_uri(where):
+            storage.upload(folder, path)
+        print("\n".join(lines), flush=True)
+        print(f"wall time: {time.perf_counter() - t0:.0f} s", flush=True)
+        return EXIT_NO_RESULT if any(r.status == Status.ERRORED for r in runs) else 0
+    except (cluster.SearchSetupError, ConfigError, DataError, disk.DiskError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     from tune import cluster
 
@@ -625,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
             args.dashboard_host,
             args.allow_unauthenticated_dashboard,
         )
+        if args.audit:
+            return run_audit(args, plan_audit(args))
         plan = plan_search(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from cattle_yolo.config import TrainConfig
 from tune.disk import ended_rows, enforce
@@ -113,7 +112,7 @@ def build_confirm_tuner(
 ) -> tune.Tuner:
     """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once;
     ``divergence=False`` (benchmarks) leaves the divergence stopper out."""
-    from tune.search import make_run_config, trial_name
+    from tune.search import grid_tuner, make_run_config
 
     runs = run_configs(candidates, seeds)
     reporter = tune.CLIReporter(
@@ -127,12 +126,6 @@ def build_confirm_tuner(
         },
         max_report_frequency=30,
     )
-    tune_config = tune.TuneConfig(
-        search_alg=BasicVariantGenerator(points_to_evaluate=runs, max_concurrent=concurrent),
-        num_samples=len(runs),
-        trial_name_creator=trial_name,
-        trial_dirname_creator=trial_name,
-    )
     # last.pt goes as each run ends; best.pt stays until the export is known (report())
     run_config = make_run_config(
         name + CONFIRM_SUFFIX,
@@ -144,9 +137,7 @@ def build_confirm_tuner(
         verbose,
         keep_weights=None,
     )
-    # Tune takes preset points only for keys its param space names; None leaves them unchecked.
-    keys = {key: None for run in runs for key in run}
-    return tune.Tuner(trainable, param_space=keys, tune_config=tune_config, run_config=run_config)
+    return grid_tuner(trainable, runs, run_config, concurrent)
 
 
 def attach_runs(candidates: list[Candidate], results: Any, settings: SearchSettings) -> None:

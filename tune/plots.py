@@ -117,3 +117,41 @@ def plot_importance(values: dict[str, float], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+VERDICT_COLORS = {"helped": "tab:green", "hurt": "tab:red", "within noise": "tab:gray"}
+
+
+def plot_forest(doc: dict[str, Any], path: Path) -> None:
+    """The fix audit's forest plot: per response (objective and F1), each change's effect with
+    its interval, coloured by verdict; a change that cannot move a response is written so."""
+    plt = _plt()
+    panels = [k for k in ("objective", "F1") if k in doc["metrics"]]
+    names = list(doc["metrics"][panels[0]]["effects"]) if panels else []
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 1.2 + 0.5 * len(names)), squeeze=False
+    )
+    for ax, key in zip(axes[0], panels, strict=True):
+        entry = doc["metrics"][key]
+        for y, name in enumerate(names):
+            e = entry["effects"].get(name, {})
+            if "effect" not in e:
+                ax.text(0, y, e.get("verdict", "n/a"), ha="center", va="center", fontsize=8)
+                continue
+            color = VERDICT_COLORS.get(e["verdict"], "black")
+            ax.errorbar(
+                e["effect"],
+                y,
+                xerr=[[e["effect"] - e["low"]], [e["high"] - e["effect"]]],
+                fmt="o",
+                color=color,
+                capsize=4,
+            )
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names))
+        ax.invert_yaxis()
+        ax.set_xlabel(f"effect on {entry['label']} (AFTER - BEFORE, 95% CI)")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

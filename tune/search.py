@@ -221,6 +221,28 @@ def make_run_config(
     )
 
 
+def grid_tuner(
+    trainable: Any,
+    runs: list[dict[str, Any]],
+    run_config: tune.RunConfig,
+    concurrent: int,
+) -> tune.Tuner:
+    """A Tuner that trains exactly ``runs`` (each a Tune config: knob values, ``seed`` and an
+    id key), ``concurrent`` at once, in order: the confirmation, the fix audit and the
+    recorded curves are such grids."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    tune_config = tune.TuneConfig(
+        search_alg=BasicVariantGenerator(points_to_evaluate=runs, max_concurrent=concurrent),
+        num_samples=len(runs),
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    # Tune takes preset points only for keys its param space names; None leaves them unchecked.
+    keys = {key: None for run in runs for key in run}
+    return tune.Tuner(trainable, param_space=keys, tune_config=tune_config, run_config=run_config)
+
+
 def can_restore(path: str) -> bool:
     return tune.Tuner.can_restore(path)
 

@@ -73,8 +73,9 @@ NOT_IN_SPACE = {
 IOU_END_FRACTION = "iou_end_fraction"  # the Optuna parameter behind a searched iou_end
 CONFIRM_ID = "confirm_id"  # which confirmed config a confirmation run retrains
 CURVE_ID = "curve_id"  # which config of benchmarks/curves.py's table a recording run trains
+AUDIT_ROW = "audit_row"  # which design row of a fix audit (tune/audit.py) a run trains
 # trial-config keys that are not TrainConfig fields
-DERIVED_KEYS = (IOU_END_FRACTION, CONFIRM_ID, CURVE_ID)
+DERIVED_KEYS = (IOU_END_FRACTION, CONFIRM_ID, CURVE_ID, AUDIT_ROW)
 
 
 class SpaceError(ConfigError):
