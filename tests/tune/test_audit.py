@@ -304,3 +304,40 @@ def test_f1_effect_of_the_threshold_is_paired_over_every_run():
     # BEFORE's F1 is read at BEFORE's threshold, AFTER's at AFTER's
     assert doc["metrics"]["F1"]["rows"]["BEFORE"]["mean"] == pytest.approx(0.41)
     assert doc["metrics"]["F1"]["rows"]["AFTER"]["mean"] == pytest.approx(0.462)
+
+
+def test_cli_refuses_too_many_changes_for_the_design(tmp_path, capsys):
+    keys = ["lr", "box_loss_weight", "cls_loss_weight", "focal_gamma", "hsv_h", "hsv_s", "hsv_v"]
+    b = _yaml(tmp_path / "b.yaml", {k: 0.1 for k in keys})
+    a = _yaml(tmp_path / "a.yaml", {k: 0.2 for k in keys})
+    code = run_search.main(["--audit", b, a, "--design", "factorial", "--no-dashboard"])
+    assert code == 2
+    assert "a full factorial takes 1 to 6 factors" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_audit_cli_trains_the_real_trainable_and_resumes(tmp_path):
+    """Two trained changes and the post-hoc threshold on the tiny synthetic data, 1 epoch:
+    the report has every response, F1 is scored at both thresholds from best.pt's saved
+    detections, and --resume of the finished audit keeps its runs and writes the report again."""
+    from tests.tune.helpers import TINY
+
+    b = _yaml(
+        tmp_path / "b.yaml", {**TINY, "lr": 1e-3, "focal_gamma": 2.0, "score_threshold": 0.05}
+    )
+    a = _yaml(tmp_path / "a.yaml", {**TINY, "lr": 2e-3, "focal_gamma": 1.0, "score_threshold": 0.3})
+    storage = ["--storage", str(tmp_path / "st"), "--name", "tiny"]
+    args = ["--audit", b, a, "--epochs", "1", "--audit-seeds", "2", *storage, "--no-dashboard"]
+    assert run_search.main(args) == 0
+    folder = tmp_path / "st" / "tiny"
+    doc = json.loads((folder / audit_report.REPORT_JSON).read_text())
+    assert len(doc["runs"]) == 8 and all(r["status"] == "completed" for r in doc["runs"])
+    assert all(set(r["f1"]) == {"-1", "1"} for r in doc["runs"])  # both thresholds scored
+    effects = doc["metrics"]["F1"]["effects"]
+    assert set(effects) == {"lr", "focal_gamma", "score_threshold"}
+    assert effects["score_threshold"]["df"] == 1  # 2 seeds
+    first = (folder / audit_report.RUNS_CSV).read_text()
+    trials = sorted(p.name for p in folder.glob("trial_*"))
+    assert run_search.main([*args, "--resume"]) == 0
+    assert sorted(p.name for p in folder.glob("trial_*")) == trials  # nothing retrained
+    assert (folder / audit_report.RUNS_CSV).read_text() == first
