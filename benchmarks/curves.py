@@ -22,6 +22,12 @@ epochs, what random search run to the end spends) over ``--seeds N`` search seed
 
     python benchmarks/curves.py replay --table docs/data/curves_fixes_128px.csv.gz --seeds 30 \\
         --json docs/data/replay_fixes_128px.json
+
+``importance`` measures the space on the table: each knob's PED-ANOVA importance over the
+recorded configs (a Sobol design, so unbiased, unlike TPE's samples) and where in its range
+the best configs lie (a range whose good configs all press on one bound may be cut too short).
+
+    python benchmarks/curves.py importance --table docs/data/curves_fixes_128px.csv.gz
 """
 
 from __future__ import annotations
@@ -569,6 +575,97 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+# --- the space, measured on the table ---------------------------------------------------------
+
+# A knob "presses on a bound" when the best config lies this close to it (unit coordinates) and
+# the good configs are on that side of the middle: better values may lie outside the range.
+EDGE = 0.1
+
+
+def config_scores(curves: Curves, metric: str, epoch: int | None) -> dict[int, float]:
+    """Each config's score: the mean over its seeds of ``metric`` at ``epoch`` (default: each
+    curve's last), a diverged curve counting 0."""
+    scores = {}
+    for cid in curves.ids:
+        values = []
+        for curve in curves.curves[cid].values():
+            row = next((r for r in curve if r["epoch"] == epoch), curve[-1]) if epoch else curve[-1]
+            v = row[metric]
+            values.append(v if math.isfinite(v) and not row["diverged"] else 0.0)
+        scores[cid] = statistics.fmean(values)
+    return scores
+
+
+def measure_space(curves: Curves, metric: str, epoch: int | None, top: float) -> dict[str, Any]:
+    """Each knob's PED-ANOVA importance over the recorded configs (uniformly spread by the
+    Sobol design, so not biased the way TPE's samples are) and where in its range the best
+    ``top`` fraction of configs lies (unit coordinates; an edge means the range may cut off
+    better values: the best config within ``EDGE`` of a bound, the good ones on its side)."""
+    import optuna
+
+    from tune.study import optuna_distribution
+
+    scores = config_scores(curves, metric, epoch)
+    knobs = curves.space.knobs
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    dists = {k: optuna_distribution(d) for k, d in knobs.items()}
+    for cid in curves.ids:
+        params = {k: curves.values[cid][k] for k in knobs}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=dists, value=scores[cid])
+        )
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=top)
+    importance = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    ranked = sorted(curves.ids, key=lambda c: -scores[c])
+    best = ranked[: max(2, math.ceil(top * len(ranked)))]
+    ranges = {}
+    for i, key in enumerate(knobs):
+        u = [float(curves.units[curves.ids.index(c)][i]) for c in best]
+        low, high, centre = min(u), max(u), statistics.fmean(u)
+        edge = ""
+        if u[0] <= EDGE and centre < 0.5:
+            edge = "low"
+        elif u[0] >= 1 - EDGE and centre > 0.5:
+            edge = "high"
+        ranges[key] = {
+            "best_unit_range": [low, high],
+            "best_values": [from_unit(knobs[key], low), from_unit(knobs[key], high)],
+            "edge": edge,
+        }
+    return {
+        "configs": len(curves.ids),
+        "metric": metric,
+        "epoch": epoch,
+        "top": top,
+        "importance": dict(importance),
+        "ranges": ranges,
+        "best_configs": {c: scores[c] for c in best},
+    }
+
+
+def importance_command(args: argparse.Namespace) -> dict[str, Any]:
+    curves = Curves(read_table(Path(args.table)), load_space(args.space))
+    if len(curves.ids) < args.min_configs:
+        print(
+            f"error: {len(curves.ids)} recorded configs; the importance needs at least "
+            f"{args.min_configs} (record more, or lower --min-configs)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    doc = measure_space(curves, args.metric, args.epoch, args.top)
+    print(f"{doc['configs']} configs, {args.metric} at epoch {args.epoch or 'last'}:")
+    for key, value in doc["importance"].items():
+        r = doc["ranges"][key]
+        lo, hi = r["best_values"]
+        where = f"best {args.top:.0%} of configs between {lo:.4g} and {hi:.4g}"
+        edge = f"; they press on the {r['edge']} bound" if r["edge"] else ""
+        print(f"  {key:24s} PED-ANOVA {value:.3f}  ({where}{edge})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -610,9 +707,19 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--time-scale", type=float, default=1e-3, help="recorded wall time factor")
     q.add_argument("--storage", default=str(REPO / "outputs" / "replay"), help="Tune's folder")
     q.add_argument("--json", help="write the results here")
+    m = sub.add_parser("importance", help="each knob's importance and good range, measured")
+    m.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")
+    m.add_argument("--table", required=True, help="a table written by record")
+    m.add_argument("--metric", default="mAP50_95", help="the recorded metric to score by")
+    m.add_argument("--epoch", type=int, help="score at this epoch (default: each curve's last)")
+    m.add_argument("--top", type=float, default=0.25, help="the share of configs that is good")
+    m.add_argument("--min-configs", type=int, default=8, help="refuse below this many configs")
+    m.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     if args.command == "record":
         record(args)
+    elif args.command == "importance":
+        importance_command(args)
     else:
         replay(args)
 

@@ -171,3 +171,36 @@ def test_record_resumes_without_duplicates(tmp_path):
     curves.main(args)
     again = curves.read_table(table)
     assert sorted((r["config_id"], r["seed"], r["epoch"]) for r in again) == [(0, 0, 1), (1, 0, 1)]
+
+
+def test_importance_finds_the_knob_that_matters_and_its_edge(tmp_path):
+    """16 Sobol configs over lr and focal_gamma whose final mAP rises with log lr only: lr is
+    the important knob, and its best configs press on the range's high bound."""
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE + "  focal_gamma: {uniform: [0.0, 3.0]}\n")
+    space = curves.load_space(path)
+    table = tmp_path / "t.csv.gz"
+    rows = []
+    for cid, values in enumerate(curves.sobol_configs(space, 16)):
+        score = 0.1 * (math.log10(values["lr"]) + 4)  # 0 at 1e-4, 0.2 at 1e-2
+        for seed in (0, 1):
+            rows.append(
+                {
+                    "config_id": cid,
+                    "seed": seed,
+                    "epoch": 1,
+                    **values,
+                    "mAP50_95": score + 0.001 * seed,
+                    "diverged": 0,
+                    "rule": "",
+                }
+            )
+    curves.append_rows(table, list(space.knobs), rows)
+    options = {"metric": "mAP50_95", "epoch": None, "top": 0.25, "min_configs": 8, "json": None}
+    args = argparse.Namespace(space=str(path), table=str(table), **options)
+    doc = curves.importance_command(args)
+    assert doc["configs"] == 16
+    assert doc["importance"]["lr"] > 0.8 > doc["importance"]["focal_gamma"]
+    assert doc["ranges"]["lr"]["edge"] == "high" and doc["ranges"]["focal_gamma"]["edge"] == ""
+    with pytest.raises(SystemExit):
+        curves.importance_command(argparse.Namespace(**{**vars(args), "min_configs": 20}))

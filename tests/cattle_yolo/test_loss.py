@@ -366,6 +366,7 @@ def rectangles_batch(gen: torch.Generator, batch: int) -> tuple[torch.Tensor, to
     return images, targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("box_head", ["dfl", "exp"])
 def test_model_loss_backward_finite_and_overfits_one_batch(box_head: str) -> None:
     """Gradients are finite, and after 80 steps on one batch every object is found: the best

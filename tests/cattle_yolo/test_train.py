@@ -109,6 +109,7 @@ def test_non_finite_outputs_on_validation_raise_diverged(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "models" / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_overfit_a_few_images(tmp_path):
     """A few images, a hundred steps: val mAP50 ends above 0.5 from about 0 at the first epoch.
     (The loss is no measure under task-aligned targets: it grows with the target scores, which

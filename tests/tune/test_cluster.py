@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -92,7 +91,6 @@ def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
 
 # --- dashboard exposure ---
 def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
-    t0 = time.perf_counter()
     proc = run_search(
         ["--dashboard-host", "0.0.0.0", "--storage", str(tmp_path)],
         REPO,
@@ -104,7 +102,6 @@ def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
     assert "--allow-unauthenticated-dashboard" in proc.stderr
     assert "Started a local Ray" not in proc.stdout + proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
-    assert time.perf_counter() - t0 < 60
 
 
 PROBE = """

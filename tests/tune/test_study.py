@@ -97,6 +97,7 @@ def test_the_study_hears_every_epoch_and_asha_stops_as_pruned(tmp_path, write_sp
     assert done.state == S.COMPLETE and done.value == 0.4
     assert done.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
     assert cut.state == S.PRUNED and cut.intermediate_values == pytest.approx({1: 0.05, 2: 0.07})
+    assert cut.value == pytest.approx(0.07)  # Optuna gives a pruned trial its last value
     assert blew.state == S.COMPLETE and blew.value == 0.0  # diverged: the worst value
     assert err.state == S.FAIL
 
