@@ -26,6 +26,10 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # A box whose centre or size lies outside [0, 1] may still have its edges this far outside
 # [0, 1] (rounding); they are clipped. One with centre and size inside is always clipped.
 COORD_TOLERANCE = 0.01
+# The largest class id a label may carry: ids above it are typos or corruption (1e30 would
+# wrap to a negative int64, and numbered class names would need that many entries).
+MAX_CLASS_ID = 100_000
+MIN_BOX_SIZE = 1e-6  # narrower normalized boxes collapse to no area in float32
 
 
 class DataError(Exception):
@@ -63,7 +67,10 @@ def _resolve_yaml(path: Path) -> tuple[dict[str, list[Path]], list[str] | None, 
         raise DataError(f"{path}: cannot read: {e}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping with train, val and names")
-    root = Path(str(data.get("path") or "."))
+    base = data.get("path") or "."
+    if not isinstance(base, str):
+        raise DataError(f"{path}: path must be a folder, got {base!r}")
+    root = Path(base)
     root = root if root.is_absolute() else path.parent / root
     splits = {}
     for split in ("train", "val", "test"):
@@ -73,7 +80,12 @@ def _resolve_yaml(path: Path) -> tuple[dict[str, list[Path]], list[str] | None, 
                 raise DataError(f"{path}: no '{split}' entry")
             continue
         entries = entry if isinstance(entry, list) else [entry]
-        splits[split] = [root / str(e) for e in entries]  # an absolute entry stays absolute
+        for e in entries:
+            if not isinstance(e, str):
+                raise DataError(f"{path}: {split} must name folders or image lists, got {e!r}")
+            if not (root / e).exists():  # an absolute entry stays absolute
+                raise DataError(f"{path}: {split}: {root / e} does not exist")
+        splits[split] = [root / e for e in entries]
     names, nc = data.get("names"), data.get("nc")
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
@@ -118,8 +130,11 @@ def _labels_dir(path: Path) -> Path:
 
 
 def label_path(image: Path) -> Path | None:
+    """An image's label file, or None (a background image). Something that exists there but is
+    no file (a folder, a dangling link) is returned too, so that reading it fails by name
+    instead of the image silently becoming a background."""
     for candidate in (_labels_dir(image).with_suffix(".txt"), image.with_suffix(".txt")):
-        if candidate.is_file():
+        if candidate.is_file() or candidate.is_symlink() or candidate.exists():
             return candidate
     return None
 
@@ -177,8 +192,12 @@ def parse_labels(path: Path | None) -> Labels:
             return Labels(
                 path, error=f"{where}: class id {fields[0]} is not a non-negative integer"
             )
+        if cls > MAX_CLASS_ID:
+            return Labels(path, error=f"{where}: class id {fields[0]} is above {MAX_CLASS_ID}")
         if w <= 0 or h <= 0:
             return Labels(path, error=f"{where}: non-positive width or height (w={w:g}, h={h:g})")
+        if min(w, h) < MIN_BOX_SIZE:  # below float32's resolution of an edge near 1
+            return Labels(path, error=f"{where}: box too small to be seen (w={w:g}, h={h:g})")
         box = cxcywh_to_xyxy(np.array([cx, cy, w, h]))
         # As Ultralytics reads labels: a centre and size inside [0, 1] make a valid box even
         # when an edge runs past the border (y2 = 1.05); it is clipped and counted as clipped.

@@ -149,9 +149,9 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     )
     records = json.loads((pred_out / "predictions.json").read_text())
     assert isinstance(records, list) and records  # threshold 0: every kept detection
-    assert {r["file_name"] for r in records} == {images[0].name}
+    assert {r["file_name"] for r in records} == {Path(images[0]).name}
     assert all(len(r["bbox"]) == 4 and 0.0 <= r["score"] <= 1.0 for r in records)
-    assert (pred_out / images[0].name).is_file()  # the drawn image
+    assert (pred_out / Path(images[0]).name).is_file()  # the drawn image
 
 
 def test_cli_resume_trains_only_the_missing_epochs(tmp_path):
