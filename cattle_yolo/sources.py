@@ -80,12 +80,12 @@ def _resolve_yaml(path: Path) -> tuple[dict[str, list[Path]], list[str] | None, 
                 raise DataError(f"{path}: no '{split}' entry")
             continue
         entries = entry if isinstance(entry, list) else [entry]
-        for e in entries:
-            if not isinstance(e, str):
-                raise DataError(f"{path}: {split} must name folders or image lists, got {e!r}")
-            if not (root / e).exists():  # an absolute entry stays absolute
-                raise DataError(f"{path}: {split}: {root / e} does not exist")
-        splits[split] = [root / e for e in entries]
+        for item in entries:
+            if not isinstance(item, str):
+                raise DataError(f"{path}: {split} must name folders or image lists, got {item!r}")
+            if not (root / item).exists():  # an absolute entry stays absolute
+                raise DataError(f"{path}: {split}: {root / item} does not exist")
+        splits[split] = [root / item for item in entries]
     names, nc = data.get("names"), data.get("nc")
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
