@@ -317,7 +317,7 @@ def test_audit_cli_trains_the_real_trainable_and_resumes(tmp_path):
     """Two trained changes and the post-hoc threshold on the tiny synthetic data, 1 epoch:
     the report has every response, F1 is scored at both thresholds from best.pt's saved
     detections, and --resume of the finished audit keeps its runs and writes the report again."""
-    from tests.tune.helpers import TINY
+    from helpers import TINY
 
     b = _yaml(
         tmp_path / "b.yaml", {**TINY, "lr": 1e-3, "focal_gamma": 2.0, "score_threshold": 0.05}
