@@ -1,7 +1,6 @@
 """The benchmark scripts stay runnable and their bookkeeping is right: smoke tests, and known
 answers for the anytime curve, the FLOP count, the turn-taking baton and the summaries."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -13,6 +12,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from benchmark_modules import load_benchmark as load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -139,14 +139,6 @@ def test_precision_parity_applies_the_search_rules_to_each_run():
     assert table["fp32"]["epoch_2"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert table["bf16"]["epoch_2"] == {"mean": 0.5, "sd": 0.0, "values": [0.5]}
     assert table["bf16"]["epoch_s"] == pytest.approx(6.0)
-
-
-def load(name: str):
-    """A benchmark script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class FakeResult:

@@ -4,27 +4,18 @@ a recording that resumes without duplicates."""
 
 import argparse
 import gzip
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_modules import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "curves_tiny.csv.gz"
 SPACE = "search:\n  seed: 0\n  grace_period: 1\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("curves", REPO / "benchmarks" / "curves.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["curves"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-curves = _load()
+curves = load_benchmark("curves")
 
 
 @pytest.fixture

@@ -1,26 +1,17 @@
 """benchmarks/holdout.py: the held-out test block is the last frames by number, contiguous,
 apart from training by the gap, and the written data.yaml loads with those splits."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load_benchmark
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("holdout", REPO / "benchmarks" / "holdout.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["holdout"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-holdout = _load()
+holdout = load_benchmark("holdout")
 
 
 def _frames(folder: Path, numbers) -> None:

@@ -37,7 +37,7 @@ def test_parses_kinds_fixed_values_and_settings(write_space):
     assert (s.trials, s.epochs, s.grace_period, s.metric, s.mode) == (5, 4, 2, "mAP50_95", "max")
 
 
-@pytest.mark.parametrize("name", ["fixes.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "search_spaces").glob("*.yaml")))
 def test_shipped_spaces_load(name):
     space = load_space(REPO / "search_spaces" / name)
     check_base(space, TrainConfig.load(None, space.fixed))
