@@ -244,8 +244,9 @@ class EpochReporter:
 
         The run folder's ``models/last.pt`` wins when it exists: it is never behind the Tune
         checkpoint. Epochs it is ahead by (trained, but their results never reached Tune's
-        stored state because the driver or the worker died first) are reported again from the
-        run's ``metrics/training_metrics.jsonl``, so the trial's history has no gap.
+        stored state because the driver or the worker died first), and the Tune checkpoint's
+        own epoch, are reported again from the run's ``metrics/training_metrics.jsonl``, so the
+        trial's history has no gap.
         """
         if folder is not None and (folder / STATE_FILE).is_file():
             state = json.loads((folder / STATE_FILE).read_text())
@@ -263,15 +264,20 @@ class EpochReporter:
 
         saved = load_checkpoint(weights)
         self.resumed_from_epoch = int(saved[EPOCH])
+        # The Tune checkpoint's own epoch is reported again too: a trial that raised right
+        # after reporting it can leave Tune with the checkpoint but without the result row
+        # (measured under load: checkpoint_000001 of epoch 2 restored, no epoch 2 in
+        # result.json). Readers keep the later of two rows of an epoch.
+        first = max(1, self.epoch)
         missed = {
             e: s
             for e, s in _logged_epochs(run).items()
-            if self.epoch < e <= self.resumed_from_epoch
+            if first <= e <= self.resumed_from_epoch
         }
         missed.setdefault(
             self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
         )
-        for epoch in sorted(e for e in missed if e > self.epoch):
+        for epoch in sorted(e for e in missed if e >= first):
             self.report({**missed[epoch], "checkpoint": str(weights)}, replay=True)
         return weights
 
