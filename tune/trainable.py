@@ -270,9 +270,7 @@ class EpochReporter:
         # result.json). Readers keep the later of two rows of an epoch.
         first = max(1, self.epoch)
         missed = {
-            e: s
-            for e, s in _logged_epochs(run).items()
-            if first <= e <= self.resumed_from_epoch
+            e: s for e, s in _logged_epochs(run).items() if first <= e <= self.resumed_from_epoch
         }
         missed.setdefault(
             self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
