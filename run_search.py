@@ -500,7 +500,7 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
 
     from cattle_yolo.data import DataError
     from tune import cluster, disk, report, search, storage
-    from tune.study import JOURNAL_FILE, finished_trials
+    from tune.study import JOURNAL_FILE, finished_trials, repair_journal
 
     try:
         start_ray(args)
@@ -522,6 +522,9 @@ def run(args: argparse.Namespace, plan: Plan) -> int:
                 flush=True,
             )
         if plan.resume:
+            torn = repair_journal(plan.journal)
+            if torn:
+                print(f"note: {torn}", flush=True)
             if plan.extend_to:
                 search.extend_trials(plan.path, plan.extend_to)
                 print(f"extending the search to {plan.extend_to} trials", flush=True)
@@ -722,6 +725,7 @@ def run_audit(args: argparse.Namespace, plan: AuditPlan) -> int:
     path = storage.experiment_path(where, name)
     folder = storage.local_copy(name) if storage.is_uri(where) else Path(path)
     try:
+        lock = storage.lock_experiment(folder, "audit")  # noqa: F841 (held until exit)
         resume = search.can_restore(path)
         if args.resume and not resume:
             raise ConfigError(f"--resume: no audit to resume at {path}")
@@ -772,7 +776,7 @@ def run_audit(args: argparse.Namespace, plan: AuditPlan) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tune import cluster
+    from tune import cluster, storage
 
     args = build_parser().parse_args(argv)
     try:
@@ -785,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.audit:
             return run_audit(args, plan_audit(args))
         plan = plan_search(args)
+        lock = storage.lock_experiment(plan.report_dir)  # noqa: F841 (held until exit)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

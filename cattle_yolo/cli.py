@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from cattle_yolo.checkpoint import CheckpointError
     from cattle_yolo.data import DataError
+    from cattle_yolo.files import DiskFullError
     from cattle_yolo.train import DivergedError
 
     commands = {
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, DiskFullError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except DivergedError as e:

@@ -15,12 +15,49 @@ accepts (and the ``AWS_ENDPOINT_URL`` of an S3-compatible server) works here too
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import pyarrow.fs
 
+from cattle_yolo.config import ConfigError
 from cattle_yolo.files import atomic_write, atomic_write_bytes
+
+LOCK_FILE = ".driver.lock"
+
+
+def lock_experiment(folder: Path, what: str = "search") -> IO[str]:
+    """Take the experiment folder's driver lock, or refuse: one driver per experiment.
+
+    Two drivers on one experiment would both write its Tune state and Optuna journal. The lock
+    is an ``flock`` on ``<folder>/.driver.lock``, held while the returned file stays open; the
+    kernel lets it go when the driver dies, even by SIGKILL, so a killed search never blocks its
+    own resume. It guards the folder this machine writes (the local copy of a cloud search;
+    on shared filesystems, flock holds across nodes where the filesystem supports it, as NFS
+    v4 does). Raises ``ConfigError`` naming the driver that holds it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held for the driver's lifetime)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(
+            f"{folder}: another {what} is running on this experiment ({owner}); wait for it "
+            "to end (the same command then continues it), or give another --name"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%F %T')}\n")
+    f.flush()
+    return f
 
 
 def is_uri(storage: str) -> bool:

@@ -22,6 +22,8 @@ The study lives in the experiment folder as a journal file (``optuna_journal.log
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from tune.results import DIVERGED, EPOCH
 from tune.space import IOU_END_FRACTION, Distribution, SearchSettings, SearchSpace, SpaceError
 
 JOURNAL_FILE = "optuna_journal.log"
+TUNE_TRIAL_ID = "tune_trial_id"  # user attribute: the Tune trial a study trial belongs to
 
 
 def journal_storage(path: Path) -> optuna.storages.JournalStorage:
@@ -43,6 +46,38 @@ def journal_storage(path: Path) -> optuna.storages.JournalStorage:
     path.parent.mkdir(parents=True, exist_ok=True)
     backend = JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path)))
     return optuna.storages.JournalStorage(backend)
+
+
+def repair_journal(path: Path) -> str | None:
+    """Cut a torn last record off the journal at ``path``; returns what was done, or None.
+
+    A kill or a full disk in the middle of Optuna's append leaves the last line without its
+    newline (or not JSON). Optuna skips such a line when reading, but its next append would
+    follow it on the same line and make the whole study unreadable. The torn bytes are moved
+    to ``<journal>.torn`` (appended, so nothing is lost) and the file ends at its last whole
+    record. A bad line before the last is not a kill's doing; it is left for Optuna to report.
+    """
+    data = path.read_bytes() if path.is_file() else b""
+    if not data:
+        return None
+    cut = data.rfind(b"\n", 0, len(data) - 1) + 1 if data.endswith(b"\n") else None
+    if cut is None:  # no newline at the end: the tail after the last one is torn
+        cut = data.rfind(b"\n") + 1
+    else:  # a whole last line: torn only when it is not a JSON record
+        try:
+            json.loads(data[cut:])
+            return None
+        except ValueError:
+            pass
+    torn = data[cut:]
+    with open(path.with_name(path.name + ".torn"), "ab") as f:
+        f.write(torn + b"\n")
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    return (
+        f"{path}: its last record ({len(torn)} bytes) was torn, likely by a kill mid-write; "
+        f"cut off (kept in {path.name}.torn). The study continues from the record before it"
+    )
 
 
 def distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -233,6 +268,36 @@ class StudySearch(OptunaSearch):
         self._ot_study.add_trials(self._warm_trials)  # only ever called on a new search
         self._warm_trials = []
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        new = trial_id not in self._ot_trials
+        params = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:  # the study names Tune's trial, for audits
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return params
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.fail_orphans()
+
+    def fail_orphans(self) -> list[int]:
+        """Tell FAIL to the study's running trials that no Tune trial owns; returns their numbers.
+
+        A driver killed between asking the study for a trial and saving Tune's state comes back
+        without that trial, but the journal has it, RUNNING for ever (under ``constant_liar`` a
+        phantom that TPE keeps avoiding). A start point it had taken is enqueued again.
+        """
+        assert self._ot_study is not None
+        owned = {t.number for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        )
+        orphans = [t for t in running if t.number not in owned]
+        for t in orphans:
+            self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            if "fixed_params" in t.system_attrs:
+                self._ot_study.enqueue_trial(t.system_attrs["fixed_params"])
+        return [t.number for t in orphans]
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
@@ -241,7 +306,9 @@ class StudySearch(OptunaSearch):
             return
         reported = self._reported.setdefault(trial_id, set())
         if int(epoch) not in reported:  # a retried epoch, or the last one seen twice
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                # finished in the journal before a driver kill that Tune's state predates
+                self._ot_trials[trial_id].report(float(value), int(epoch))
             reported.add(int(epoch))
 
     def on_trial_complete(
@@ -262,5 +329,9 @@ class StudySearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
             return
         assert self._ot_study is not None
-        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._ot_study.tell(
+            self._ot_trials[trial_id],
+            state=optuna.trial.TrialState.PRUNED,
+            skip_if_finished=True,
+        )
         self._completed_trials.add(trial_id)

@@ -70,6 +70,8 @@ from tune.results import (
 from tune.space import SearchSettings, resolve_trial_config
 from tune.storage import FolderUploader
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "search_state.json"  # reporter state stored in each Tune checkpoint
 CHECKPOINT_FILE = "last.pt"
 LAST_IN_RUN = Path("models") / CHECKPOINT_FILE  # the run folder's resumable checkpoint
@@ -255,14 +257,14 @@ class EpochReporter:
             if not self.values and state.get("best") is not None:  # a checkpoint before values
                 self.values = {int(state["best_epoch"]): float(state["best"])}
             self.threshold = state.get("threshold", {})
-        weights = run / "models" / CHECKPOINT_FILE
-        if not weights.is_file():
-            weights = folder / CHECKPOINT_FILE if folder is not None else weights
-        if not weights.is_file():
+        saved, weights, set_aside = _readable_weights(
+            [run / "models" / CHECKPOINT_FILE]
+            + ([folder / CHECKPOINT_FILE] if folder is not None else [])
+        )
+        if weights is None:
+            if set_aside:  # training starts again from epoch 1: so does the trial's history
+                self.epoch, self.values, self.threshold = 0, {}, {}
             return None
-        from cattle_yolo.checkpoint import load_checkpoint
-
-        saved = load_checkpoint(weights)
         self.resumed_from_epoch = int(saved[EPOCH])
         # The Tune checkpoint's own epoch is reported again too: a trial that raised right
         # after reporting it can leave Tune with the checkpoint but without the result row
@@ -331,6 +333,28 @@ class TrialGauges:
             value = metrics.get(key)
             if isinstance(value, int | float) and math.isfinite(value):
                 gauge.set(float(value), tags=self.tags)
+
+
+def _readable_weights(paths: list[Path]) -> tuple[dict[str, Any], Path | None, bool]:
+    """(checkpoint, path, whether one was set aside) of the first of ``paths`` that loads.
+
+    An unreadable one (torn by a failing disk, overwritten by hand) is renamed
+    ``<name>.corrupt`` with a warning, so the trial continues from the next, or starts again
+    from epoch 1, instead of failing the same way on every retry."""
+    from cattle_yolo.checkpoint import CheckpointError, load_checkpoint
+
+    set_aside = False
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            return load_checkpoint(path), path, set_aside
+        except CheckpointError as e:
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            set_aside = True
+            log.warning(f"warning: {e}; moved to {aside.name}, the trial does not resume from it")
+    return {}, None, set_aside
 
 
 def _logged_epochs(run: Path) -> dict[int, dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cattle_yolo.files import atomic_write, atomic_write_text
+from cattle_yolo.files import DiskFullError, atomic_write, atomic_write_text
 
 
 def test_a_write_that_fails_leaves_the_old_file_and_no_temp(tmp_path):
@@ -25,3 +25,39 @@ def test_the_temp_file_keeps_the_suffix_and_is_hidden(tmp_path):
     atomic_write(tmp_path / "dets.npz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
     assert seen[0].startswith(".") and seen[0].endswith(".npz")
     assert (tmp_path / "dets.npz").read_bytes() == b"x"
+
+
+def test_a_full_disk_is_named_and_the_old_file_kept(tmp_path):
+    import errno
+
+    path = atomic_write_text(tmp_path / "last.pt", "epoch 1")
+
+    def full(tmp):
+        tmp.write_text("epoch 2, half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match=r"last.pt: the disk filled .* left as it was"):
+        atomic_write(path, full)
+    assert path.read_text() == "epoch 1"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_torch_save_on_a_full_disk_is_a_disk_full_error(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError without an errno: the free space
+    left at that moment tells it apart."""
+    import shutil
+
+    from cattle_yolo import files
+
+    def torch_like(tmp):
+        tmp.write_bytes(b"PK")
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    with pytest.raises(DiskFullError, match=r"\(0.0 MiB free\); none was there"):
+        atomic_write(tmp_path / "best.pt", torch_like)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage)
+    with pytest.raises(RuntimeError, match="file write failed"):  # space left: not a full disk
+        atomic_write(tmp_path / "best.pt", torch_like)
+    assert list(tmp_path.iterdir()) == []

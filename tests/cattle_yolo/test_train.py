@@ -196,3 +196,40 @@ def test_a_bf16_run_records_its_precision_and_its_checkpoint_evaluates_in_fp32(t
     assert results["off"]["val_loss"] == pytest.approx(results["bf16"]["val_loss"], rel=0.05)
     best = rows[rows[-1]["best_epoch"] - 1]  # best.pt's epoch, evaluated as training did
     assert best["val_loss"] == pytest.approx(results["bf16"]["val_loss"], rel=1e-4)
+
+
+def test_a_disk_that_fills_mid_checkpoint_keeps_the_last_one_and_resumes(
+    tmp_path, monkeypatch, capsys
+):
+    """The disk fills while epoch 2's last.pt is written: the CLI exits 2 naming the file and
+    the full disk, epoch 1's last.pt is intact, and once there is room the run resumes from it."""
+    import shutil
+
+    from builders import TINY
+
+    from cattle_yolo import cli, files
+
+    saves, save = [], torch.save
+    usage = shutil.disk_usage(tmp_path)
+
+    def fill_on_third(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 3:  # epoch 1 wrote last.pt and best.pt; epoch 2's last.pt fails
+            monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=0))
+            open(f, "wb").write(b"PK\x03\x04 half a zip")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fill_on_third)
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *(f"{k}={v}" for k, v in TINY.items())]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: the disk filled while writing it" in err and "Traceback" not in err
+    assert load_checkpoint(out / "models" / "last.pt")["epoch"] == 1
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["best.pt", "last.pt"]
+
+    monkeypatch.setattr(torch, "save", save)  # space was freed
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage)
+    assert cli.main([*argv, "--resume"]) == 0
+    assert load_checkpoint(out / "models" / "last.pt")["epoch"] == TINY["epochs"]

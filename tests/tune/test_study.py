@@ -109,3 +109,91 @@ def test_tpe_is_multivariate_and_lies_constantly_only_in_parallel(write_space):
     assert make_sampler(space.settings, 2)._constant_liar
     assert not make_sampler(space.settings, 1)._constant_liar
     assert make_sampler(space.settings, 1)._multivariate
+
+
+def _study_with_trials(path, n=2):
+    study = optuna.create_study(storage=journal_storage(path), study_name="s")
+    for i in range(n):
+        study.enqueue_trial({"x": float(i)})
+        t = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
+        study.tell(t, float(i))
+    return study
+
+
+def test_a_torn_last_journal_record_is_cut_off_so_the_study_lives_on(tmp_path):
+    """A kill mid-append leaves a torn last line. Optuna reads past it, but its next append
+    lands on the same line and the study can no longer be read; repaired, it can."""
+    from tune.study import repair_journal
+
+    journal = tmp_path / JOURNAL_FILE
+    _study_with_trials(journal)
+    whole = journal.read_bytes()
+    assert repair_journal(journal) is None and journal.read_bytes() == whole  # nothing to cut
+
+    broken = tmp_path / "broken.log"  # unrepaired: the next trial breaks the study
+    broken.write_bytes(whole + b'{"op_code":5,"worker_id":"a","trial_id":1,"valu')
+    study = optuna.load_study(study_name="s", storage=journal_storage(broken))
+    with pytest.raises(AttributeError):  # its own new trial lands on the torn line: unread
+        study.enqueue_trial({"x": 5.0})
+    with pytest.raises(ValueError):  # and once more is written after it, nothing reads
+        _study_with_trials(broken, 1)
+
+    for torn in (b'{"op_code":5,"worker_id":"a","trial_id":1,"valu', b"not json\n"):
+        journal.write_bytes(whole + torn)
+        note = repair_journal(journal)
+        assert note and f"its last record ({len(torn)} bytes) was torn" in note
+        assert journal.read_bytes() == whole
+        study = optuna.load_study(study_name="s", storage=journal_storage(journal))
+        study.enqueue_trial({"x": 5.0})
+        t = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
+        study.tell(t, 5.0)
+        again = optuna.load_study(study_name="s", storage=journal_storage(journal))
+        assert [t.value for t in again.trials] == [0.0, 1.0, 5.0]
+    kept = (tmp_path / (JOURNAL_FILE + ".torn")).read_bytes()
+    assert b"valu\n" in kept and b"not json\n" in kept  # the torn bytes are kept aside
+
+
+def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_space):
+    """A driver killed after asking the study for a trial but before Tune saved its state:
+    the resumed searcher tells that orphan FAIL (else TPE's constant liar avoids it for ever),
+    and a start point it had taken is asked again."""
+    space = load_space(write_space(SPACE))
+    searcher = _searcher(space, tmp_path)
+    searcher.suggest("kept")  # the default config, the first start point
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Tune's state snapshot
+    searcher.suggest("lost")  # asked after the snapshot: then the driver is killed
+    default = searcher._ot_trials["kept"].params
+
+    restored = _searcher(space, tmp_path / "other")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
+    S = optuna.trial.TrialState
+    assert [t.state for t in study.trials] == [S.RUNNING, S.FAIL]
+    assert study.trials[0].user_attrs == {"tune_trial_id": "kept"}
+    assert study.trials[1].user_attrs == {"tune_trial_id": "lost"}
+
+    restored.suggest("kept")  # Tune resumes it: the same study trial
+    restored.suggest("next")
+    study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
+    assert len(study.trials) == 3 and study.trials[2].user_attrs == {"tune_trial_id": "next"}
+    restored.on_trial_complete("kept", {"objective": 0.3, "epoch": 4})
+    assert optuna.load_study(
+        study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE)
+    ).trials[0].value == 0.3
+    assert default  # the first trial was the default, not an orphan
+
+
+def test_results_for_a_trial_the_journal_already_finished_are_ignored(tmp_path, write_space):
+    """Tune's state can predate the study's: a trial told COMPLETE just before a driver kill
+    comes back RUNNING in Tune and reports again; the study keeps its value, nothing raises."""
+    space = load_space(write_space(SPACE))
+    searcher = _searcher(space, tmp_path)
+    searcher.suggest("t")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    searcher.on_trial_complete("t", {"objective": 0.5, "epoch": 4})
+    restored = _searcher(space, tmp_path / "other")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("t", {"objective": 0.1, "epoch": 3})
+    restored.on_trial_complete("t", {"objective": 0.2, "epoch": 2})  # as if ASHA stopped it
+    study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
+    assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.5)]

@@ -159,3 +159,23 @@ def test_reporter_state_restores_from_new_and_older_checkpoints(tmp_path):
     r = _reporter()
     r.resume_point(tmp_path / "old", tmp_path / "run")
     assert r.epoch == 3 and r.objective_value() == (0.3, 2)
+
+
+def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
+    """A torn last.pt would fail every retry of the trial; it is renamed .corrupt and the trial
+    trains again from epoch 1 (its reporter state from the Tune checkpoint dropped with it)."""
+    import json
+
+    from tune.trainable import STATE_FILE
+
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / STATE_FILE).write_text(
+        json.dumps({"epoch": 2, "values": {"1": 0.1, "2": 0.3}, "threshold": {}})
+    )
+    models = tmp_path / "run" / "models"
+    models.mkdir(parents=True)
+    (models / "last.pt").write_bytes(b"PK\x03\x04 torn")
+    r = _reporter()
+    assert r.resume_point(tmp_path / "ckpt", tmp_path / "run") is None
+    assert r.epoch == 0 and r.values == {}
+    assert sorted(p.name for p in models.iterdir()) == ["last.pt.corrupt"]
