@@ -47,6 +47,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     return path
 
 
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files ``atomic_write`` left under ``folder`` when its process was killed
+    mid-write (SIGKILL runs no cleanup; a checkpoint's temp file is as big as the checkpoint).
+    Only temps of processes that are gone are deleted; returns them."""
+    gone = []
+    for tmp in Path(folder).rglob(".*.tmp*"):
+        pid = tmp.name.split(".")[2] if tmp.name.count(".") >= 3 else ""
+        if not pid.isdigit() or not tmp.is_file():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            gone.append(tmp)
+        except PermissionError:  # alive, another user's
+            pass
+    return gone
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 

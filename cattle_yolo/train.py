@@ -35,6 +35,7 @@ from cattle_yolo.data import Datasets, load_datasets, make_loader
 from cattle_yolo.device import DTYPES, model_layout, precision_name, resolve_amp, resolve_device
 from cattle_yolo.engine import ModelEMA, train_one_epoch
 from cattle_yolo.evaluate import evaluate, save_detections
+from cattle_yolo.files import remove_stale_temps
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
 
@@ -161,6 +162,8 @@ def train(
         datasets = load_datasets(cfg)
     out = run_dir(cfg, datasets.name)
     handler = _attach_file_log(out)
+    for tmp in remove_stale_temps(out):
+        log.info(f"removed {tmp.relative_to(out)}, left by a process killed mid-write")
     try:
         return _train(cfg, datasets, callbacks, resume_from, device, out, best_by)
     finally:

@@ -3,7 +3,8 @@
 A running trial holds one resumable checkpoint (``run/models/last.pt``: weights, EMA weights,
 optimizer state) and one inference checkpoint (``best.pt``: EMA weights, config and metrics, a
 quarter of the size; written by the training loop). When a trial ends (completed, stopped by
-ASHA or diverged) its ``last.pt`` goes, and only the best ``keep`` ended trials keep their
+ASHA or diverged) its ``last.pt`` goes (once Tune's saved state records the end, see
+``DiskKeeper``), and only the best ``keep`` ended trials keep their
 ``best.pt`` (completed trials first, then by objective, as the export picks). Every trial keeps
 its config, metrics, val detections and logs. An errored trial is left alone: resuming the
 search retries it from its ``last.pt``.
@@ -118,34 +119,61 @@ def enforce(
     keep: int | None,
     protect: Iterable[str | Path] = (),
     cleared: set[str] | None = None,
+    hold: Iterable[str] = (),
 ) -> int:
     """Drop ended trials' last.pt, and best.pt beyond the top ``keep`` (None: keep every
     best.pt) and ``protect``; returns the bytes freed. ``cleared`` (updated) names trials
     known to hold no weights, which are not listed again (a listing is a request on cloud
-    storage)."""
+    storage). Trials in ``hold`` keep their last.pt for now."""
     ended = sorted(ended, key=lambda e: e.rank, reverse=True)
     kept = ended[:keep] if keep is not None else ended
     keep_set = {str(e.path) for e in kept} | {str(p) for p in protect}
+    held = set(hold)
     cleared = set() if cleared is None else cleared
     freed = 0
     for e in ended:
         where = str(e.path)
         if where in cleared:
             continue
-        doomed = file_sizes(where, RESUMABLE + ([] if where in keep_set else INFERENCE))
+        patterns = ([] if where in held else RESUMABLE) + ([] if where in keep_set else INFERENCE)
+        doomed = file_sizes(where, patterns)
         delete_files(where, list(doomed))
         freed += sum(doomed.values())
-        if where not in keep_set:
+        if where not in keep_set and where not in held:
             cleared.add(where)
     return freed
 
 
 class DiskKeeper(tune.Callback):
-    """Applies ``enforce`` on the driver each time a trial ends."""
+    """Applies ``enforce`` on the driver each time a trial ends.
+
+    A trial that just ended keeps its last.pt until Tune has saved an experiment state that
+    records the end: Tune saves its state every so often, and a driver killed before that save
+    resumes the trial as unfinished; without its last.pt it would train again from epoch 1
+    (the fault campaign, benchmarks/chaos.py, measured a whole confirmation run trained twice).
+    Tune asks callbacks for their state (``get_state``) while it saves; at the next save, that
+    one is on storage, and the last.pt of the trials it covers go.
+    """
 
     def __init__(self, keep: int | None, max_epochs: int, mode: str) -> None:
         self.keep, self.max_epochs, self.mode = keep, max_epochs, mode
         self.cleared: set[str] = set()  # trials left with no weights (relisted after a resume)
+        self.unsaved: set[str] = set()  # ended since the last state save: last.pt kept
+        self.saving: set[str] = set()  # ended before the save in progress: last.pt kept
+
+    def get_state(self) -> dict[str, Any] | None:
+        """Tune is saving its experiment state; the previous save is complete by now."""
+        self._release(self.saving)
+        self.saving, self.unsaved = self.unsaved, set()
+        return None  # nothing to restore: a resumed search relists its trials
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._release(self.saving | self.unsaved)
+        self.saving, self.unsaved = set(), set()
+
+    def _release(self, paths: Iterable[str]) -> None:
+        for where in paths:
+            delete_files(where, list(file_sizes(where, RESUMABLE)))
 
     def _ended(self, trial: Any) -> Ended:
         where = uri(trial.storage.storage_filesystem, trial.path)
@@ -156,7 +184,9 @@ class DiskKeeper(tune.Callback):
         this = self._ended(trial) if trial.path else None
         if this is not None and all(e.path != this.path for e in ended):
             ended.append(this)  # not yet TERMINATED
-        enforce(ended, self.keep, cleared=self.cleared)
+        if this is not None:
+            self.unsaved.add(this.path)
+        enforce(ended, self.keep, cleared=self.cleared, hold=self.unsaved | self.saving)
 
 
 def ended_rows(rows: Iterable[Any], max_epochs: int, mode: str) -> list[Ended]:

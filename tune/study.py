@@ -7,7 +7,12 @@ subclassed (``StudySearch``) only where the study would otherwise learn somethin
   the training iteration, which a retried trial repeats);
 - a trial that ASHA stopped early is told as PRUNED, as Optuna's own pruners record it, not
   COMPLETE with its partial value; a diverged trial stays COMPLETE with the worst value;
-- a warm start adds an earlier study's finished trials before the first suggestion.
+- a warm start adds an earlier study's finished trials before the first suggestion;
+- faults (measured by benchmarks/chaos.py): each study trial names its Tune trial
+  (``tune_trial_id``); a trial that errored past its retries is FAIL, and when a resumed search
+  retries it and it ends, the end is added as a new study trial (``retry_of``); a study trial
+  that a killed driver asked for but Tune never saved is told FAIL on resume; results the
+  journal already has (Tune's saved state lags it) are ignored, never an error.
 
 It also holds the glue between a space file and Optuna: ``DefineByRun`` (the define-by-run
 space Ray's ``OptunaSearch`` samples), ``first_points`` (the hand-fixed default and the file's
@@ -37,6 +42,7 @@ from tune.space import IOU_END_FRACTION, Distribution, SearchSettings, SearchSpa
 
 JOURNAL_FILE = "optuna_journal.log"
 TUNE_TRIAL_ID = "tune_trial_id"  # user attribute: the Tune trial a study trial belongs to
+RETRY_OF = "retry_of"  # user attribute: the number of the FAILed study trial a retry repeats
 
 
 def journal_storage(path: Path) -> optuna.storages.JournalStorage:
@@ -260,6 +266,9 @@ class StudySearch(OptunaSearch):
         self._max_epochs = max_epochs
         self._warm_trials = list(warm_trials or [])
         self._reported: dict[str, set[int]] = {}  # trial id -> epochs told to the study
+        # trial id -> (its FAILed study trial, the retry's values by epoch): see _finish_retry
+        self._revived: dict[str, tuple[optuna.trial.FrozenTrial, dict[int, float]]] = {}
+        self._retried: set[str] = set()  # their retry is in the study
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode: Any) -> None:
@@ -277,6 +286,8 @@ class StudySearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        self.__dict__.setdefault("_revived", {})  # saved before retries were tracked
+        self.__dict__.setdefault("_retried", set())
         self.fail_orphans()
 
     def fail_orphans(self) -> list[int]:
@@ -298,7 +309,58 @@ class StudySearch(OptunaSearch):
                 self._ot_study.enqueue_trial(t.system_attrs["fixed_params"])
         return [t.number for t in orphans]
 
+    def _failed_before(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        """The study trial of ``trial_id`` when it was told FAIL (the Tune trial errored past
+        its retries) but the Tune trial runs again: a resumed search retries errored trials."""
+        if trial_id in self._revived:
+            return self._revived[trial_id][0]
+        if trial_id not in self._ot_trials or trial_id in self._retried:
+            return None
+        assert self._ot_study is not None
+        number = self._ot_trials[trial_id].number
+        frozen = self._ot_study.get_trials(deepcopy=False)[number]
+        if frozen.state != optuna.trial.TrialState.FAIL:
+            return None
+        self._revived[trial_id] = (frozen, dict(frozen.intermediate_values))
+        self._completed_trials.discard(trial_id)
+        return frozen
+
+    def _remember(self, trial_id: str, result: dict[str, Any]) -> None:
+        value, epoch = result.get(self.metric), result.get(EPOCH)
+        if value is not None and epoch is not None and not result.get(DIVERGED):
+            self._revived[trial_id][1][int(epoch)] = float(value)
+
+    def _finish_retry(self, trial_id: str, result: dict[str, Any] | None, error: bool) -> None:
+        """FAIL is final in Optuna, so a retried trial that ends is added to the study as a new
+        trial with its values (as Optuna's ``RetryFailedTrialCallback`` repeats a failed
+        trial), naming the Tune trial and the study trial it retries. Errored again, it waits
+        for the next resume."""
+        assert self._ot_study is not None
+        if result is not None:
+            self._remember(trial_id, result)
+        if result is None or error:
+            return
+        failed, values = self._revived.pop(trial_id)
+        self._completed_trials.add(trial_id)
+        self._retried.add(trial_id)
+        epoch = int(result.get(EPOCH) or 0)
+        pruned = not result.get(DIVERGED) and 0 < epoch < self._max_epochs and bool(values)
+        state = optuna.trial.TrialState
+        self._ot_study.add_trial(
+            optuna.trial.create_trial(
+                params=failed.params,
+                distributions=failed.distributions,
+                value=values[max(values)] if pruned else float(result[self.metric]),
+                intermediate_values=values,
+                state=state.PRUNED if pruned else state.COMPLETE,
+                user_attrs={**failed.user_attrs, RETRY_OF: failed.number},
+            )
+        )
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if self._failed_before(trial_id) is not None:
+            self._remember(trial_id, result)
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         value, epoch = result.get(self.metric), result.get(EPOCH)
@@ -314,6 +376,9 @@ class StudySearch(OptunaSearch):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        if self._failed_before(trial_id) is not None:
+            self._finish_retry(trial_id, result, error)
+            return
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if result is not None:  # Tune hands the last result only to on_trial_complete

@@ -41,6 +41,7 @@ import logging
 import math
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -259,7 +260,8 @@ class EpochReporter:
             self.threshold = state.get("threshold", {})
         saved, weights, set_aside = _readable_weights(
             [run / "models" / CHECKPOINT_FILE]
-            + ([folder / CHECKPOINT_FILE] if folder is not None else [])
+            + ([folder / CHECKPOINT_FILE] if folder is not None else []),
+            note_in=run / "logs" / "train.log",
         )
         if weights is None:
             if set_aside:  # training starts again from epoch 1: so does the trial's history
@@ -335,12 +337,15 @@ class TrialGauges:
                 gauge.set(float(value), tags=self.tags)
 
 
-def _readable_weights(paths: list[Path]) -> tuple[dict[str, Any], Path | None, bool]:
+def _readable_weights(
+    paths: list[Path], note_in: Path | None = None
+) -> tuple[dict[str, Any], Path | None, bool]:
     """(checkpoint, path, whether one was set aside) of the first of ``paths`` that loads.
 
     An unreadable one (torn by a failing disk, overwritten by hand) is renamed
-    ``<name>.corrupt`` with a warning, so the trial continues from the next, or starts again
-    from epoch 1, instead of failing the same way on every retry."""
+    ``<name>.corrupt`` with a warning (also appended to ``note_in``), so the trial continues
+    from the next, or starts again from epoch 1, instead of failing the same way on every
+    retry."""
     from cattle_yolo.checkpoint import CheckpointError, load_checkpoint
 
     set_aside = False
@@ -353,7 +358,12 @@ def _readable_weights(paths: list[Path]) -> tuple[dict[str, Any], Path | None, b
             aside = path.with_name(path.name + ".corrupt")
             path.replace(aside)
             set_aside = True
-            log.warning(f"warning: {e}; moved to {aside.name}, the trial does not resume from it")
+            message = f"warning: {e}; moved to {aside.name}, the trial does not resume from it"
+            log.warning(message)
+            if note_in is not None:  # the trial's own log, where its user looks
+                note_in.parent.mkdir(parents=True, exist_ok=True)
+                with note_in.open("a") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
     return {}, None, set_aside
 
 

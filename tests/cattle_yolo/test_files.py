@@ -61,3 +61,22 @@ def test_torch_save_on_a_full_disk_is_a_disk_full_error(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="file write failed"):  # space left: not a full disk
         atomic_write(tmp_path / "best.pt", torch_like)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_temps_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from cattle_yolo.files import remove_stale_temps
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / "models").mkdir()
+    stale = tmp_path / "models" / f".last.{dead.stdout.strip()}.tmp.pt"
+    live = tmp_path / "models" / f".last.{os.getpid()}.tmp.pt"
+    for p in (stale, live, tmp_path / "models" / "last.pt"):
+        p.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == sorted([live.name, "last.pt"])

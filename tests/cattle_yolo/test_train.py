@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,7 +217,7 @@ def test_a_disk_that_fills_mid_checkpoint_keeps_the_last_one_and_resumes(
         saves.append(f)
         if len(saves) == 3:  # epoch 1 wrote last.pt and best.pt; epoch 2's last.pt fails
             monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=0))
-            open(f, "wb").write(b"PK\x03\x04 half a zip")
+            Path(f).write_bytes(b"PK\x03\x04 half a zip")
             raise RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed")
         return save(obj, f, *args, **kwargs)
 

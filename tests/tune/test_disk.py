@@ -71,3 +71,41 @@ def test_a_search_that_will_not_fit_is_refused(tmp_path):
     assert check_free_space(tmp_path / "not" / "yet", 1, "the search") > 0
     with pytest.raises(DiskError, match="needs about .* GiB at .* only .* GiB is free"):
         check_free_space(tmp_path, 1 << 60, "the search 'x'")
+
+
+def test_an_ended_trial_keeps_last_pt_until_a_saved_state_records_its_end(tmp_path):
+    """A driver killed between a trial's end and Tune's next state save resumes that trial as
+    unfinished: its last.pt must still be there. It goes one state save after that."""
+    from types import SimpleNamespace
+
+    import pyarrow.fs
+
+    from tune.disk import DiskKeeper
+
+    def fake(name, status="RUNNING"):
+        return SimpleNamespace(
+            path=str(_trial(tmp_path, name)),
+            status=status,
+            last_result={"objective": 0.5, "epoch": 4},
+            storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem()),
+        )
+
+    def last_pt(trial):
+        return (Path(trial.path) / "run" / "models" / "last.pt").exists()
+
+    keeper = DiskKeeper(keep=1, max_epochs=4, mode="max")
+    a, b = fake("a"), fake("b")
+    b.last_result = {"objective": 0.9, "epoch": 4}  # the better: it keeps best.pt
+    keeper.on_trial_complete(0, [a, b], a)
+    assert last_pt(a)  # ended, but no saved state says so yet
+    keeper.get_state()  # Tune saves a state that records a's end...
+    assert last_pt(a)
+    a.status = "TERMINATED"
+    keeper.on_trial_complete(1, [a, b], b)
+    assert last_pt(a) and last_pt(b)
+    keeper.get_state()  # ... and at the next save that one is on storage
+    assert not last_pt(a) and last_pt(b)
+    keeper.on_experiment_end([a, b])
+    assert not last_pt(b)
+    assert (Path(b.path) / "run" / "models" / "best.pt").exists()  # best.pt: the top 1 keeps it
+    assert not (Path(a.path) / "run" / "models" / "best.pt").exists()

@@ -225,3 +225,45 @@ def test_a_search_on_s3_writes_there_uploads_weights_once_and_resumes_from_there
 
     study = optuna.load_study(study_name="s3", storage=journal_storage(local / JOURNAL_FILE))
     assert len(study.trials) == 3  # the study continued in the downloaded journal
+
+
+def test_one_driver_per_experiment_and_a_killed_one_does_not_block(tmp_path, capsys):
+    """A second driver on the same experiment is refused, naming the first; the lock goes with
+    a driver killed by SIGKILL, so the same command can resume."""
+    import os
+    import signal
+    import sys
+
+    from cattle_yolo.config import ConfigError
+    from tune.storage import lock_experiment
+
+    held = lock_experiment(tmp_path / "exp")
+    with pytest.raises(ConfigError, match=rf"another search is running .*pid {os.getpid()}"):
+        lock_experiment(tmp_path / "exp")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    import run_search
+
+    args = ["--smoke-test", "--storage", str(tmp_path), "--name", "exp", "--no-dashboard"]
+    assert run_search.main(args) == 2  # refused before Ray starts
+    assert "another search is running on this experiment" in capsys.readouterr().err
+    held.close()
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from tune.storage import "
+            "lock_experiment; f = lock_experiment(Path(sys.argv[1])); print('held', flush=True); "
+            "time.sleep(60)",
+            str(tmp_path / "exp"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert child.stdout.readline().strip() == "held"
+    with pytest.raises(ConfigError, match=f"pid {child.pid}"):
+        lock_experiment(tmp_path / "exp")
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    lock_experiment(tmp_path / "exp").close()  # free again

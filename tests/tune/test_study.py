@@ -177,9 +177,12 @@ def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_s
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     assert len(study.trials) == 3 and study.trials[2].user_attrs == {"tune_trial_id": "next"}
     restored.on_trial_complete("kept", {"objective": 0.3, "epoch": 4})
-    assert optuna.load_study(
-        study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE)
-    ).trials[0].value == 0.3
+    assert (
+        optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
+        .trials[0]
+        .value
+        == 0.3
+    )
     assert default  # the first trial was the default, not an orphan
 
 
@@ -197,3 +200,45 @@ def test_results_for_a_trial_the_journal_already_finished_are_ignored(tmp_path, 
     restored.on_trial_complete("t", {"objective": 0.2, "epoch": 2})  # as if ASHA stopped it
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.5)]
+
+
+def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, write_space):
+    """Tune gives up on a trial after its retries (the study hears FAIL); a resumed search
+    retries it. FAIL is final in Optuna, so its end is a new study trial with the same values,
+    naming the Tune trial and the attempt it repeats; Tune and the study then agree."""
+    space = load_space(write_space(SPACE))
+    searcher = _searcher(space, tmp_path, max_epochs=4)
+    for tid in ("ok", "flaky", "cut"):
+        searcher.suggest(tid)
+    searcher.on_trial_result("flaky", {"objective": 0.1, "epoch": 1})
+    searcher.on_trial_complete("flaky", None, error=True)
+    searcher.on_trial_result("cut", {"objective": 0.05, "epoch": 1})
+    searcher.on_trial_complete("cut", None, error=True)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+
+    restored = _searcher(space, tmp_path / "other")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    for e in (1, 2, 3):
+        restored.on_trial_result("flaky", {"objective": 0.1 * e, "epoch": e})
+    restored.on_trial_complete("flaky", {"objective": 0.35, "epoch": 4})
+    restored.on_trial_result("cut", {"objective": 0.06, "epoch": 2})
+    restored.on_trial_complete("cut", {"objective": 0.07, "epoch": 2})  # ASHA stopped it
+    restored.on_trial_complete("ok", {"objective": 0.2, "epoch": 4})
+    restored.on_trial_complete("flaky", {"objective": 0.9, "epoch": 4})  # a late duplicate
+
+    study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
+    rows = [(t.number, t.state.name, t.value, t.user_attrs) for t in study.trials]
+    flaky, cut = study.trials[1], study.trials[2]
+    assert rows[:3] == [
+        (0, "COMPLETE", 0.2, {"tune_trial_id": "ok"}),
+        (1, "FAIL", None, {"tune_trial_id": "flaky"}),
+        (2, "FAIL", None, {"tune_trial_id": "cut"}),
+    ]
+    retry_flaky, retry_cut = study.trials[3], study.trials[4]
+    assert len(study.trials) == 5
+    assert retry_flaky.state.name == "COMPLETE" and retry_flaky.value == 0.35
+    assert retry_flaky.params == flaky.params
+    assert retry_flaky.user_attrs == {"tune_trial_id": "flaky", "retry_of": 1}
+    assert retry_flaky.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35})
+    assert retry_cut.state.name == "PRUNED" and retry_cut.value == pytest.approx(0.07)
+    assert retry_cut.params == cut.params and retry_cut.user_attrs["retry_of"] == 2

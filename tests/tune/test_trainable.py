@@ -179,3 +179,8 @@ def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
     assert r.resume_point(tmp_path / "ckpt", tmp_path / "run") is None
     assert r.epoch == 0 and r.values == {}
     assert sorted(p.name for p in models.iterdir()) == ["last.pt.corrupt"]
+    log = (tmp_path / "run" / "logs" / "train.log").read_text()
+    assert (
+        "last.pt: not a readable cattle_yolo checkpoint" in log
+        and "moved to last.pt.corrupt" in log
+    )
