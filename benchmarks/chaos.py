@@ -163,9 +163,9 @@ class Driver:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def kill(self, grace: float = 10.0) -> int:
+    def kill(self, grace: float = 10.0) -> list[str]:
         """SIGKILL the driver alone, as a crash would; Ray's own processes should follow it.
-        Returns how many were still there after ``grace`` seconds (then killed too)."""
+        Returns those still there after ``grace`` seconds (then killed too), by name."""
         pgid = self.proc.pid
         family = ray_processes(pgid)
         os.kill(self.proc.pid, signal.SIGKILL)
@@ -174,10 +174,11 @@ class Driver:
         while time.monotonic() < deadline and any(_stat(p) for p in family):
             time.sleep(0.5)
         left = [p for p in family if _stat(p)]
+        names = [_cmdline(p).split(" ")[0].rsplit("/", 1)[-1] for p in left]
         for p in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-        return len(left)
+        return names
 
 
 # --- the campaign -----------------------------------------------------------------------------
@@ -197,15 +198,33 @@ def _tear_journal(journal: Path) -> int:
 
 
 def _corrupt_a_last_pt(experiment: Path) -> str | None:
-    """Cut one unfinished trial's last.pt to half (an ended trial keeps none)."""
-    found = sorted(experiment.glob("trial_*/run/models/last.pt"))
-    if not found:
-        return None
-    path = found[0]
-    size = path.stat().st_size
-    with path.open("r+b") as f:
-        f.truncate(size // 2)
-    return path.parents[2].name
+    """Cut to half the last.pt of a trial that Tune's saved state will resume."""
+    status = tune_status(experiment)
+    for path in sorted(experiment.glob("trial_*/run/models/last.pt")):
+        trial = path.parents[2].name
+        if status.get(trial.rsplit("_", 1)[-1]) not in (None, "TERMINATED"):
+            with path.open("r+b") as f:
+                f.truncate(path.stat().st_size // 2)
+            return trial
+    return None
+
+
+def tune_status(experiment: Path) -> dict[str, str]:
+    """trial id -> status in Tune's latest saved experiment state."""
+    return {k: v[0] for k, v in _saved_trials(experiment).items()}
+
+
+def _saved_trials(experiment: Path) -> dict[str, tuple[str, int]]:
+    """trial id -> (status, failures Tune counted) from its latest saved experiment state."""
+    states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return {}
+    out = {}
+    for trial, meta in json.loads(states[-1].read_text())["trial_data"]:
+        trial = json.loads(trial)
+        meta = json.loads(meta) if isinstance(meta, str) else meta
+        out[trial["trial_id"]] = (trial["status"], int(meta.get("num_failures", 0)))
+    return out
 
 
 def run_campaign(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
@@ -263,7 +282,11 @@ def run_campaign(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]
             break
     log_text = "\n".join((args.out / f"{name}.run{r['run']}.log").read_text() for r in runs)
     faults["journal_repair_noted"] = "was torn, likely by a kill mid-write" in log_text
-    faults["corrupt_last_pt_noted"] = "the trial does not resume from it" in log_text
+    corrupt = faults["corrupt_last_pt_trial"]
+    trial_log = args.out / name / str(corrupt) / "run" / "logs" / "train.log"
+    faults["corrupt_last_pt_noted"] = bool(corrupt) and (
+        "the trial does not resume from it" in trial_log.read_text()
+    )
     return {
         "wall_s": round(time.monotonic() - t0, 1),
         "runs": runs,
@@ -363,16 +386,8 @@ def journal_agreement(experiment: Path) -> dict[str, Any]:
 
 
 def tune_failures(experiment: Path) -> dict[str, int]:
-    """Failures Tune counted per trial (each a retry from the last checkpoint), from its
-    latest saved experiment state."""
-    states = sorted(experiment.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
-    if not states:
-        return {}
-    out = {}
-    for trial, meta in json.loads(states[-1].read_text())["trial_data"]:
-        meta = json.loads(meta) if isinstance(meta, str) else meta
-        out[json.loads(trial)["trial_id"]] = int(meta.get("num_failures", 0))
-    return out
+    """Failures Tune counted per trial (each a retry from the last checkpoint)."""
+    return {k: v[1] for k, v in _saved_trials(experiment).items()}
 
 
 def outcome(out: Path, name: str, trials: int, confirm_runs: int) -> dict[str, Any]:

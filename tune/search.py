@@ -86,7 +86,7 @@ def make_searcher(
     journal: Path | None = None,
     study_name: str = "search",
     warm_trials: list[Any] | None = None,
-) -> tuple[ConcurrencyLimiter, list[str]]:
+) -> tuple[RetryingLimiter, list[str]]:
     """Optuna over the define-by-run space, the default config first, the study persisted in
     ``journal`` (in memory when None) and seeded with ``warm_trials``; returns notes too."""
     points, notes = first_points(space, base)
@@ -101,7 +101,23 @@ def make_searcher(
         max_epochs=settings.epochs,
         warm_trials=warm_trials,
     )
-    return ConcurrencyLimiter(searcher, max_concurrent=concurrent), notes
+    return RetryingLimiter(searcher, max_concurrent=concurrent), notes
+
+
+class RetryingLimiter(ConcurrencyLimiter):
+    """Ray's ``ConcurrencyLimiter``, but the end of a trial it no longer counts as live still
+    reaches the searcher: a resumed search retries trials that errored past their retries, and
+    the limiter, which let them go when they errored, would drop their end (the fault campaign
+    found the study left with FAIL for trials Tune then finished). ``StudySearch`` ignores an
+    end it has no use for."""
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id not in self.live_trials:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def progress_reporter(space: SearchSpace, settings: SearchSettings) -> tune.CLIReporter:

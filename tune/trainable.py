@@ -280,7 +280,8 @@ class EpochReporter:
             self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
         )
         for epoch in sorted(e for e in missed if e >= first):
-            self.report({**missed[epoch], "checkpoint": str(weights)}, replay=True)
+            # the checkpoint holds numbers only: the run's paths are added back
+            self.report({**missed[epoch], "checkpoint": str(weights), "out": str(run)}, replay=True)
         return weights
 
     def report_diverged(self, reason: str, epoch: int) -> None:

@@ -242,3 +242,21 @@ def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, w
     assert retry_flaky.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35})
     assert retry_cut.state.name == "PRUNED" and retry_cut.value == pytest.approx(0.07)
     assert retry_cut.params == cut.params and retry_cut.user_attrs["retry_of"] == 2
+
+
+def test_the_limiter_passes_on_the_end_of_a_retried_trial(tmp_path, write_space):
+    """The ConcurrencyLimiter lets an errored trial go; when a resume retries it, its end must
+    still reach the study (Ray's own limiter drops it: the study kept FAIL for ever)."""
+    from tune.search import make_searcher
+
+    space = load_space(write_space(SPACE))
+    settings = space.settings.replace({"epochs": 4, "trials": 8}, "test")
+    limiter, _ = make_searcher(
+        space, TrainConfig(), settings, 2, journal=tmp_path / JOURNAL_FILE, study_name="new"
+    )
+    limiter.suggest("flaky")
+    limiter.on_trial_complete("flaky", None, error=True)  # past its retries: FAIL
+    limiter.on_trial_result("flaky", {"objective": 0.2, "epoch": 4})  # retried on resume
+    limiter.on_trial_complete("flaky", {"objective": 0.3, "epoch": 4})
+    study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
+    assert [(t.state.name, t.value) for t in study.trials] == [("FAIL", None), ("COMPLETE", 0.3)]

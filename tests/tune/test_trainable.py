@@ -184,3 +184,28 @@ def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
         "last.pt: not a readable cattle_yolo checkpoint" in log
         and "moved to last.pt.corrupt" in log
     )
+
+
+def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, monkeypatch):
+    """Killed after last.pt was saved but before the epoch was logged, a trial replays that
+    epoch from the checkpoint's numbers; choosing best.pt's threshold then needs the run folder,
+    which the checkpoint does not hold (the fault campaign hit a KeyError here)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cattle_yolo"))
+    from builders import tiny_config
+
+    from cattle_yolo.train import train
+    from tune import trainable
+
+    train(tiny_config(tmp_path, epochs=1))
+    run = tmp_path / "run"
+    (run / "metrics" / "training_metrics.jsonl").unlink()  # the kill came before the log line
+    reported = []
+    monkeypatch.setattr(trainable.tune, "report", lambda m, checkpoint=None: reported.append(m))
+    r = EpochReporter("mAP50_95", "max", 0.0, threshold_range=(0.05, 0.5), names=["cow", "calf"])
+    assert r.resume_point(None, run) == run / "models" / "last.pt"
+    (epoch1,) = reported
+    assert epoch1["epoch"] == 1 and epoch1["resumed_from_epoch"] == 1
+    assert 0.05 <= epoch1["threshold"] <= 0.5
