@@ -415,7 +415,9 @@ def replay_search(
         },
         "replay",
     )
-    base = TrainConfig.load(None, {**curves.space.fixed, **curves.values[curves.ids[0]]})
+    base = TrainConfig().with_overrides(
+        {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
+    )
     budget = args.budget or args.trials * args.epochs
     searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, sampler)
     if scheduler_name == "asha":

@@ -268,3 +268,18 @@ def test_objective_ranking_bookkeeping():
     curve = [0.1, 0.3, 0.08, 0.12, math.nan]
     assert orank.objective(curve, "best", 1) == 0.3
     assert orank.objective(curve, "last_mean", 3) == pytest.approx((0.08 + 0.12) / 3)  # nan: 0
+
+
+def test_every_command_line_flag_has_help():
+    """Every flag of the benchmarks and the two CLIs says what it does in --help."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    scripts = [*sorted((repo / "benchmarks").glob("*.py")), repo / "run_search.py"]
+    missing = []
+    for path in [*scripts, repo / "cattle_yolo" / "cli.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            call = isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+            if call and not any(k.arg == "help" for k in node.keywords):
+                missing.append(f"{path.name}:{node.lineno}")
+    assert missing == []

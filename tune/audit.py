@@ -265,7 +265,7 @@ def plan_audit(
     plan.notes = notes
     for r in range(len(x)):
         try:
-            TrainConfig.from_dict({**base.to_dict(), **plan.row_values(r)}, source=f"row {r}")
+            base.with_overrides(plan.row_values(r), f"row {r}")
         except ConfigError as e:
             raise ConfigError(
                 f"--audit: design row {r} ({levels(plan, r)}) is not a valid config: {e}; "

@@ -28,8 +28,8 @@ from ray import tune
 
 from cattle_yolo.config import TrainConfig
 from tune.disk import ended_rows, enforce
-from tune.report import TrialRow, export_best, objective_label, trial_rows
-from tune.results import EPOCH, OBJECTIVE, TRAIN_LOSS, Status
+from tune.report import export_best, objective_label, trial_rows
+from tune.results import EPOCH, OBJECTIVE, TRAIN_LOSS, Status, TrialRow
 from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
 
 CONFIRM_SUFFIX = "-confirm"
@@ -51,8 +51,8 @@ class Candidate:
         for r in self.runs:
             if r.status == Status.DIVERGED:
                 out.append(worst)
-            elif r.status == Status.COMPLETED and r.best is not None:
-                out.append(r.best)
+            elif r.status == Status.COMPLETED and r.objective is not None:
+                out.append(r.objective)
         return out
 
     def complete(self, worst: float, seeds: int) -> bool:
@@ -85,11 +85,13 @@ def pick_candidates(
     sign = 1.0 if settings.mode == "max" else -1.0
     ranked = []
     for status in (Status.COMPLETED, Status.STOPPED):
-        pool = [r for r in rows if r.status == status and r.best is not None and not is_default(r)]
-        ranked += sorted(pool, key=lambda r: -sign * (r.best or 0.0))  # best is set: filtered
-    out = [Candidate(0, "default", default, default_row.best if default_row else None)]
+        pool = [
+            r for r in rows if r.status == status and r.objective is not None and not is_default(r)
+        ]
+        ranked += sorted(pool, key=lambda r: -sign * (r.objective or 0.0))  # best is set: filtered
+    out = [Candidate(0, "default", default, default_row.objective if default_row else None)]
     for i, r in enumerate(ranked[:k]):
-        out.append(Candidate(i + 1, r.name, dict(r.params), r.best))
+        out.append(Candidate(i + 1, r.name, dict(r.params), r.objective))
     return out
 
 
@@ -245,7 +247,7 @@ def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst
                         c.label,
                         *(c.params.get(k) for k in space.knobs),
                         r.config.get("seed"),
-                        r.best,
+                        r.objective,
                         r.status,
                         r.path,
                     ]
@@ -275,10 +277,10 @@ def report(
             lines  # nothing to export, or not yet: best_config.yaml and --export stay as they are
         )
     sign = 1.0 if settings.mode == "max" else -1.0
-    runs = [r for r in best.runs if r.best is not None and r.status == Status.COMPLETED]
+    runs = [r for r in best.runs if r.objective is not None and r.status == Status.COMPLETED]
     if not runs:  # every seed of the best config diverged: no checkpoint worth exporting
         return lines
-    run = max(runs, key=lambda r: sign * (r.best or 0.0))  # best is set: filtered
+    run = max(runs, key=lambda r: sign * (r.objective or 0.0))  # best is set: filtered
     mean, sd = best.mean_sd(settings.worst)
     confirmed = {
         "config": best.label,

@@ -12,7 +12,7 @@ from cattle_yolo.checkpoint import (
     training_state,
 )
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.engine import ModelEMA
+from cattle_yolo.engine import ModelEMA, Trainer
 from cattle_yolo.model import CattleYOLO
 
 
@@ -78,18 +78,14 @@ def test_load_trained_builds_the_model_with_the_ema_weights_from_either_kind(tmp
             p.add_(0.01)
     opt = torch.optim.AdamW(model.parameters())
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainer = Trainer(model, torch.nn.Identity(), opt, scaler, ema, cfg, torch.device("cpu"))
     state = training_state(
-        model,
-        ema,
-        opt,
-        scaler,
-        2,
-        0.1,
-        2,
-        cfg,
-        ["cow", "calf"],
-        {"mAP50_95": 0.1, "out": "x"},
-        torch.device("cpu"),
+        trainer,
+        epoch=2,
+        best=0.1,
+        best_epoch=2,
+        names=["cow", "calf"],
+        stats={"mAP50_95": 0.1, "out": "x"},
     )
     assert state["metrics"] == {"mAP50_95": 0.1} and state["epoch"] == 2
     save_checkpoint(state, tmp_path / "last.pt")

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from run_search import SMOKE_CONFIG
+from tune.plan import SMOKE_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -16,8 +16,7 @@ from tune.confirm import (
     verdict,
     winner,
 )
-from tune.report import TrialRow
-from tune.results import Status
+from tune.results import Status, TrialRow
 from tune.space import CONFIRM_ID, SearchSettings, load_space
 
 SPACE = "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
@@ -27,7 +26,7 @@ def _row(name, lr, best, status=Status.COMPLETED, seed=None):
     return TrialRow(
         name=name,
         params={"lr": lr},
-        best=best,
+        objective=best,
         best_epoch=1,
         epochs_run=3,
         status=str(status),

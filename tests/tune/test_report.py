@@ -9,7 +9,8 @@ from helpers import REPO
 from PIL import Image
 
 from cattle_yolo.config import TrainConfig
-from tune.report import TrialRow, importance, pick_best, trial_status, write_report
+from tune.report import importance, pick_best, trial_status, write_report
+from tune.results import TrialRow
 from tune.space import load_space
 
 

@@ -113,7 +113,7 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     assert wild.status == "diverged" and wild.epochs_run <= 2, (wild.status, wild.detail)
     rules = ("non-finite", "spike", "training loop", "collapsed")  # which fires hangs on rounding
     assert any(rule in wild.detail for rule in rules), wild.detail
-    assert wild.best == 0.0  # the finite worst objective
+    assert wild.objective == 0.0  # the finite worst objective
 
     # every trial reached Optuna finished (none left RUNNING): ASHA's cuts as PRUNED
     assert all(math.isfinite(r.metrics["objective"]) for r in results)
@@ -122,7 +122,7 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     )
     want = {"completed": "COMPLETE", "diverged": "COMPLETE", "stopped by ASHA": "PRUNED"}
     assert sorted(t.state.name for t in study.trials) == sorted(want[r.status] for r in rows)
-    complete = [r.best for r in rows if r.status != "stopped by ASHA"]
+    complete = [r.objective for r in rows if r.status != "stopped by ASHA"]
     assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == sorted(complete)
 
     lines = report.write_report(
@@ -160,7 +160,7 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "retrain" / "metrics" / "training_metrics.jsonl").read_text().splitlines()
     retrained = max(json.loads(line)["mAP50_95"] for line in log)
-    assert retrained == best.best, (retrained, best.best)
+    assert retrained == best.objective, (retrained, best.objective)
 
 
 class FailOnce:
@@ -249,7 +249,7 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         assert trial.state.name == ("PRUNED" if row.status == "stopped by ASHA" else "COMPLETE")
         # every epoch's objective reached the study, the last one included
         assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
-        assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.best)
+        assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.objective)
         assert "threshold" in row.threshold and "threshold_F1" in row.threshold
 
     # bounded disk: an ended trial keeps its best.pt (keep_weights None here) but no last.pt
@@ -281,8 +281,10 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     candidates = confirm.pick_candidates(rows, space, settings, base, k=1)
     assert candidates[0].label == "default" and candidates[0].params["lr"] == base.lr
     others = [r for r in rows if r.status == "completed" and r.params["lr"] != base.lr]
-    top = max(r.best for r in others)
-    assert len(candidates) == 2 and candidates[1].label in {r.name for r in others if r.best == top}
+    top = max(r.objective for r in others)
+    assert len(candidates) == 2 and candidates[1].label in {
+        r.name for r in others if r.objective == top
+    }
     seeds = confirm.fresh_seeds(settings, 2)
     assert seeds == [2, 3]  # the search trained on seed 1
     datasets = load_datasets(base, verbose=False)
