@@ -100,19 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             base, datasets, settings, resources, threshold_range=space.threshold_range()
         )
         recorder = Recorder()
-        tuner, _ = search.build_tuner(
-            trainable,
-            space,
-            base,
-            settings,
-            resources,
-            name,
-            storage,
-            max_failures=0,
-            verbose=0,
-            keep_weights=3,
-            callbacks=[recorder],
+        experiment = search.Experiment(
+            name, storage, max_failures=0, keep_weights=3, verbose=0, callbacks=(recorder,)
         )
+        tuner, _ = search.build_tuner(trainable, space, base, settings, resources, experiment)
         rss_start = rss_mb()
         t0 = time.time()
         results = tuner.fit()

@@ -285,24 +285,16 @@ def main() -> None:
     resources = cluster.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(base, datasets, settings, resources)
     t0 = time.perf_counter()
+    # every trial to the end, no divergence stopper: the rankings see whole curves
+    plain = search.Experiment(
+        "search", str(storage), max_failures=0, verbose=0, asha=False, divergence=False
+    )
     if args.reuse_search:
         from ray import tune
 
         results = tune.Tuner.restore(str(storage / "search"), trainable).get_results()
     else:
-        tuner, _ = search.build_tuner(
-            trainable,
-            space,
-            base,
-            settings,
-            resources,
-            "search",
-            str(storage),
-            max_failures=0,
-            verbose=0,
-            asha=False,
-            divergence=False,
-        )
+        tuner, _ = search.build_tuner(trainable, space, base, settings, resources, plain)
         results = tuner.fit()
     delete_weights(storage / "search")
     rows = report.trial_rows(results, settings)
@@ -313,16 +305,7 @@ def main() -> None:
     seeds = confirm.fresh_seeds(settings, args.seeds)
     shutil.rmtree(storage / f"search{confirm.CONFIRM_SUFFIX}", ignore_errors=True)
     tuner = confirm.build_confirm_tuner(
-        trainable,
-        candidates,
-        seeds,
-        settings,
-        args.concurrent,
-        "search",
-        str(storage),
-        0,
-        verbose=0,
-        divergence=False,
+        trainable, candidates, seeds, settings, args.concurrent, plain
     )
     confirm_results = tuner.fit()
     delete_weights(storage / f"search{confirm.CONFIRM_SUFFIX}")

@@ -104,18 +104,17 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
     cfg = base.replace(epochs=args.epochs, seed=seed)
     resources = cluster.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(cfg, datasets, settings, resources)
-    tuner, _ = search.build_tuner(
-        trainable,
-        space,
-        cfg,
-        settings,
-        resources,
+    strategy = STRATEGIES[name]
+    experiment = search.Experiment(
         f"{name}-seed{seed}",
         str(storage),
         max_failures=0,
         verbose=0,
-        **STRATEGIES[name],
+        asha=bool(strategy["asha"]),
+        divergence=bool(strategy["divergence"]),
     )
+    study = search.Study(sampler=str(strategy["sampler"]))
+    tuner, _ = search.build_tuner(trainable, space, cfg, settings, resources, experiment, study)
     t0 = time.perf_counter()
     results = tuner.fit()
     for weights in (storage / f"{name}-seed{seed}").glob("*/run/models/*.pt"):

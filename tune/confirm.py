@@ -20,9 +20,9 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
@@ -31,6 +31,9 @@ from tune.disk import ended_rows, enforce
 from tune.report import export_best, objective_label, trial_rows
 from tune.results import EPOCH, OBJECTIVE, TRAIN_LOSS, Status, TrialRow
 from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
+
+if TYPE_CHECKING:
+    from tune.search import Experiment
 
 CONFIRM_SUFFIX = "-confirm"
 CONFIRM_CSV = "confirm.csv"
@@ -106,14 +109,11 @@ def build_confirm_tuner(
     seeds: list[int],
     settings: SearchSettings,
     concurrent: int,
-    name: str,
-    storage: str,
-    max_failures: int,
-    verbose: int = 1,
-    divergence: bool = True,
+    experiment: Experiment,
 ) -> tune.Tuner:
-    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once;
-    ``divergence=False`` (benchmarks) leaves the divergence stopper out."""
+    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once,
+    as the experiment ``<search name>-confirm``; every run keeps its best.pt until the export
+    is known (``report``)."""
     from tune.search import grid_tuner, make_run_config
 
     runs = run_configs(candidates, seeds)
@@ -128,17 +128,8 @@ def build_confirm_tuner(
         },
         max_report_frequency=30,
     )
-    # last.pt goes as each run ends; best.pt stays until the export is known (report())
-    run_config = make_run_config(
-        name + CONFIRM_SUFFIX,
-        storage,
-        settings,
-        max_failures,
-        divergence,
-        reporter,
-        verbose,
-        keep_weights=None,
-    )
+    confirming = replace(experiment, name=experiment.name + CONFIRM_SUFFIX, keep_weights=None)
+    run_config = make_run_config(confirming, settings, reporter)
     return grid_tuner(trainable, runs, run_config, concurrent)
 
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tune.audit import AuditPlan
     from tune.cluster import Resources
     from tune.results import TrialRow
+    from tune.search import Experiment
 
 EXIT_NO_RESULT, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -45,6 +46,22 @@ class DriverOptions:
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = 8265
     quiet: bool = False
+
+
+def experiment(
+    options: DriverOptions, name: str, storage: str, callbacks: tuple[Any, ...] = ()
+) -> Experiment:
+    """The Tune experiment ``name`` in ``storage`` as the options run it."""
+    from tune.search import Experiment
+
+    return Experiment(
+        name,
+        storage,
+        max_failures=options.max_failures,
+        keep_weights=options.keep_weights,
+        verbose=0 if options.quiet else 1,
+        callbacks=callbacks,
+    )
 
 
 def start_ray(options: DriverOptions) -> Any:
@@ -150,14 +167,8 @@ def run_search(plan: Plan, options: DriverOptions) -> int:
                 plan.base,
                 plan.settings,
                 resources,
-                plan.name,
-                plan.storage,
-                options.max_failures,
-                verbose=0 if options.quiet else 1,
-                journal=plan.journal,
-                warm_trials=warm,
-                keep_weights=options.keep_weights,
-                callbacks=uploads if cloud else [],
+                experiment(options, plan.name, plan.storage, tuple(uploads) if cloud else ()),
+                search.Study(journal=plan.journal, warm_trials=warm),
             )
             for note in notes:
                 print(f"note: {note}", flush=True)
@@ -230,10 +241,7 @@ def _confirm(
             seeds,
             settings,
             resources.concurrent,
-            plan.name,
-            plan.storage,
-            options.max_failures,
-            verbose=0 if options.quiet else 1,
+            experiment(options, plan.name, plan.storage),
         )
     results = tuner.fit()
     confirm.attach_runs(candidates, results, settings)
@@ -291,14 +299,7 @@ def run_audit(plan: AuditPlan, options: DriverOptions, name: str | None = None) 
             if storage.is_uri(where):
                 storage.upload(folder, path, [audit.PLAN_FILE])
             tuner = audit.build_tuner(
-                trainable,
-                plan,
-                name=name,
-                storage=where,
-                concurrent=resources.concurrent,
-                max_failures=options.max_failures,
-                verbose=0 if options.quiet else 1,
-                keep_weights=options.keep_weights,
+                trainable, plan, experiment(options, name, where), resources.concurrent
             )
         t0 = time.perf_counter()
         runs = audit.collect(tuner.fit(), plan, list(datasets.names))

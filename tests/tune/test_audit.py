@@ -15,6 +15,7 @@ from cattle_yolo.config import ConfigError
 from tune import audit, audit_report
 from tune import design as doe
 from tune.results import DIVERGED, EPOCH, OBJECTIVE, OBJECTIVE_EPOCH, THRESHOLD_F1, VAL_LOSS
+from tune.search import Experiment
 from tune.space import AUDIT_ROW
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,12 +224,8 @@ def test_audit_recovers_known_effects_through_the_real_grid(tmp_path):
         tuner = audit.build_tuner(
             tune.with_resources(synthetic_trial, {"cpu": 0.25}),
             plan,
-            name="known",
-            storage=str(tmp_path / "storage"),
+            Experiment("known", str(tmp_path / "storage"), max_failures=0, verbose=0),
             concurrent=8,
-            max_failures=0,
-            verbose=0,
-            keep_weights=None,
         )
         runs = audit.collect(tuner.fit(), plan, ["cow"])
     finally:

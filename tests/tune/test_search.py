@@ -292,9 +292,8 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     trainable = search.make_trainable(
         base, datasets, settings, resources, threshold_range=space.threshold_range()
     )
-    tuner = confirm.build_confirm_tuner(
-        trainable, candidates, seeds, settings, 2, "asha", str(tmp_path / "runs"), 0, verbose=0
-    )
+    experiment = search.Experiment("asha", str(tmp_path / "runs"), max_failures=0, verbose=0)
+    tuner = confirm.build_confirm_tuner(trainable, candidates, seeds, settings, 2, experiment)
     confirm.attach_runs(candidates, tuner.fit(), settings)
     assert [len(c.runs) for c in candidates] == [2, 2]
     for c in candidates:

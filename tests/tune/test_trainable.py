@@ -7,14 +7,19 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from cattle_yolo.config import TrainConfig
 from tune.results import OBJECTIVE, RUNG_SCORE
+from tune.space import SearchSettings
 from tune.trainable import EpochReporter
 
 
+def _settings(metric="mAP50_95", mode="max", objective="best", window=3):
+    return SearchSettings(metric=metric, mode=mode, objective=objective, objective_window=window)
+
+
 def _reporter(objective="best", window=3, mode="max", threshold_range=None):
-    return EpochReporter(
-        "mAP50_95", mode, 0.0, objective=objective, window=window, threshold_range=threshold_range
-    )
+    settings = _settings(mode=mode, objective=objective, window=window)
+    return EpochReporter(settings, threshold_range=threshold_range)
 
 
 def _feed(reporter, curve, val_loss=1.0):
@@ -98,7 +103,7 @@ def test_f1_over_thresholds_is_an_objective(write_space):
         write_space("search: {metric: F1}\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     )
     assert space.settings.mode == "max"
-    reporter = EpochReporter("F1", "max", 0.0)
+    reporter = EpochReporter(_settings("F1"))
     out = [
         reporter.metrics({"epoch": e, "F1": v, "mAP50_95": 0.1})
         for e, v in enumerate([0.4, 0.6, 0.5], 1)
@@ -108,7 +113,7 @@ def test_f1_over_thresholds_is_an_objective(write_space):
 
 def test_the_threshold_of_best_pt_is_reported_and_kept():
     """The threshold follows best.pt's epoch (the training loop's best_epoch), not the last."""
-    reporter = EpochReporter("mAP50_95", "max", 0.0)
+    reporter = EpochReporter(_settings())
     epochs = [(0.2, 1, 0.31), (0.3, 2, 0.42), (0.25, 2, 0.55)]  # mAP, best_epoch, F1_threshold
     for e, (m, best, thr) in enumerate(epochs, 1):
         out = reporter.metrics(
@@ -123,7 +128,7 @@ def test_the_threshold_of_best_pt_is_reported_and_kept():
             }
         )
     assert out["threshold"] == 0.42 and out["threshold_F1"] == 0.5
-    blind = EpochReporter("mAP50_95", "max", 0.0, own_threshold=0.25)
+    blind = EpochReporter(_settings(), TrainConfig(score_threshold=0.25))
     out = blind.metrics(
         {
             "epoch": 1,
@@ -204,7 +209,7 @@ def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, mo
     (run / "metrics" / "training_metrics.jsonl").unlink()  # the kill came before the log line
     reported = []
     monkeypatch.setattr(trainable.tune, "report", lambda m, checkpoint=None: reported.append(m))
-    r = EpochReporter("mAP50_95", "max", 0.0, threshold_range=(0.05, 0.5), names=["cow", "calf"])
+    r = EpochReporter(_settings(), names=["cow", "calf"], threshold_range=(0.05, 0.5))
     assert r.resume_point(None, run) == run / "models" / "last.pt"
     (epoch1,) = reported
     assert epoch1["epoch"] == 1 and epoch1["resumed_from_epoch"] == 1

@@ -80,9 +80,14 @@ def test_every_trial_ends_completed_or_diverged_and_blow_ups_are_cheap(tmp_path,
         )
         datasets = load_datasets(base, verbose=False)
         trainable = search.make_trainable(base, datasets, settings, resources, threshold_range=None)
-        run_config = search.make_run_config(
-            f"fuzz-{kind}-{imgsz}", str(tmp_path / "runs"), settings, 0, True, None, 0, 0
+        experiment = search.Experiment(
+            f"fuzz-{kind}-{imgsz}",
+            str(tmp_path / "runs"),
+            max_failures=0,
+            keep_weights=0,
+            verbose=0,
         )
+        run_config = search.make_run_config(experiment, settings, None)
         results = search.grid_tuner(trainable, runs, run_config, resources.concurrent).fit()
         for row in trial_rows(results, settings):
             where = (imgsz, kind, row.params.get("lr"), row.params.get("box_head"), row.detail)
