@@ -61,7 +61,8 @@ def test_curves_and_knobs_colour_each_trial_by_status(tmp_path, write_space):
     )
     plot_knobs(rows, space, settings, tmp_path / "knobs.png")
     colours = _colours(tmp_path / "knobs.png")
-    assert _drawn(colours, "tab:green") and _drawn(colours, "tab:orange")
+    assert _drawn(colours, "tab:green")
+    assert _drawn(colours, "tab:orange")
 
 
 def test_importance_is_one_bar_per_knob(tmp_path):

@@ -98,5 +98,6 @@ def test_every_trial_ends_completed_or_diverged_and_blow_ups_are_cheap(tmp_path,
         shutil.rmtree(tmp_path / "runs")  # weights of ended trials: none needed
     assert len(seen) == 16
     # both outcomes occurred: lr 10 blows up, lr 1e-7 trains on
-    assert dict(seen)[10.0] == "diverged" and dict(seen)[1e-7] == "completed"
+    assert dict(seen)[10.0] == "diverged"
+    assert dict(seen)[1e-7] == "completed"
     assert all(math.isfinite(lr) for lr, _ in seen)
