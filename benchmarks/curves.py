@@ -309,17 +309,15 @@ def record(args: argparse.Namespace) -> None:
         datasets = load_datasets(base)
         trainable = search.make_trainable(base, datasets, settings, resources)
         points = [{**configs[c], "seed": s, CURVE_ID: c} for c, s in todo]
-        run_config = search.make_run_config(
+        experiment = search.Experiment(
             f"curves-{table.stem.split('.')[0]}",
             str(Path(args.storage).resolve()),
-            settings,
             max_failures=1,
-            divergence=True,
-            reporter=None,
-            verbose=0,
             keep_weights=0,
-            callbacks=[AppendOnEnd()],
+            verbose=0,
+            callbacks=(AppendOnEnd(),),
         )
+        run_config = search.make_run_config(experiment, settings, None)
         tuner = search.grid_tuner(trainable, points, run_config, concurrent)
         tuner.fit()
     finally:
@@ -338,7 +336,7 @@ def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale
     values = {k: config[k] for k in curves.space.knobs}
     cid = curves.nearest(values)
     draw = random.Random(json.dumps([settings.seed, sorted(values.items())])).randrange(1 << 30)
-    reporter = EpochReporter(settings.metric, settings.mode, settings.worst)
+    reporter = EpochReporter(settings)
     history: dict[int, float] = {}
     for row in curves.curve(cid, draw):
         time.sleep(max(0.0, row["epoch_time"] * scale) if math.isfinite(row["epoch_time"]) else 0)
@@ -415,7 +413,9 @@ def replay_search(
         },
         "replay",
     )
-    base = TrainConfig.load(None, {**curves.space.fixed, **curves.values[curves.ids[0]]})
+    base = TrainConfig().with_overrides(
+        {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
+    )
     budget = args.budget or args.trials * args.epochs
     searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, sampler)
     if scheduler_name == "asha":

@@ -219,7 +219,12 @@ def main() -> None:
     p.add_argument("--images", type=int, default=128, help="images per throughput epoch")
     p.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4, 8], help="trials per GPU")
     p.add_argument("--set", nargs="*", default=[], help="key=value for every packed trial")
-    p.add_argument("--json", type=Path, default=REPO / "docs" / "data" / "gpu_check.json")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=REPO / "docs" / "data" / "gpu_check.json",
+        help="write the measurements here",
+    )
     p.add_argument(
         "--smoke-test",
         action="store_true",

@@ -79,19 +79,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
-    import run_search
-    from cattle_yolo.config import TrainConfig
     from cattle_yolo.data import load_datasets
     from tune import cluster, report, search
+    from tune.plan import SearchRequest, base_config
     from tune.space import for_metric, load_space
 
     space, _ = for_metric(load_space(REPO / "search_spaces" / "smoke.yaml"), "mAP50_95")
     settings = space.settings.replace(
         {"trials": args.trials, "epochs": args.epochs, "grace_period": 1}, "load"
     )
-    base = TrainConfig.load(
-        None, {**space.fixed, **run_search.SMOKE_CONFIG, "epochs": args.epochs, "threads": 1}
-    )
+    base = base_config(SearchRequest(smoke_test=True, overrides=["threads=1"]), space, settings)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     name = f"load-{args.trials}"
     storage = str(Path(args.storage).resolve())
@@ -103,19 +100,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             base, datasets, settings, resources, threshold_range=space.threshold_range()
         )
         recorder = Recorder()
-        tuner, _ = search.build_tuner(
-            trainable,
-            space,
-            base,
-            settings,
-            resources,
-            name,
-            storage,
-            max_failures=0,
-            verbose=0,
-            keep_weights=3,
-            callbacks=[recorder],
+        experiment = search.Experiment(
+            name, storage, max_failures=0, keep_weights=3, verbose=0, callbacks=(recorder,)
         )
+        tuner, _ = search.build_tuner(trainable, space, base, settings, resources, experiment)
         rss_start = rss_mb()
         t0 = time.time()
         results = tuner.fit()

@@ -214,16 +214,33 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"))
+    p.add_argument(
+        "--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="search-space YAML"
+    )
     p.add_argument("--data", help="dataset (default: the embedded synthetic data)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a base config key (repeatable)",
+    )
+    p.add_argument("--trials", type=int, default=6, help="trials per search")
+    p.add_argument("--epochs", type=int, default=6, help="epochs per trial")
     p.add_argument("--seeds", type=int, default=2, help="fresh seeds per confirmed config")
     p.add_argument("--seed", type=int, default=0, help="the search's seed")
-    p.add_argument("--concurrent", type=int, default=2)
-    p.add_argument("--storage", default=str(REPO / "outputs" / "objective-ranking"))
-    p.add_argument("--json", default=str(REPO / "outputs" / "objective-ranking" / "results.json"))
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once (1 CPU each)")
+    p.add_argument(
+        "--storage",
+        default=str(REPO / "outputs" / "objective-ranking"),
+        help="folder for the searches' experiments",
+    )
+    p.add_argument(
+        "--json",
+        default=str(REPO / "outputs" / "objective-ranking" / "results.json"),
+        help="write the comparison here",
+    )
     p.add_argument("--smoke-test", action="store_true", help="synthetic, 3 trials x 3 epochs")
     p.add_argument(
         "--replay",
@@ -245,9 +262,9 @@ def main() -> None:
 
     import ray
 
-    from cattle_yolo.config import TrainConfig, parse_overrides
     from cattle_yolo.data import load_datasets
     from tune import cluster, confirm, report, search
+    from tune.plan import SearchRequest, base_config
     from tune.space import for_metric, load_space
 
     space = load_space(args.space)
@@ -256,19 +273,10 @@ def main() -> None:
         "benchmark",
     )
     space, _ = for_metric(space, settings.metric)
-    values = {
-        **TrainConfig().to_dict(),
-        **space.fixed,
-        "warmup_epochs": 1.0,
-        "accumulate": 1,
-        "batch": 8,
-        **parse_overrides(args.overrides),
-    }
-    if args.data:
-        values["data"] = str(Path(args.data).resolve())
-    base = TrainConfig.from_dict(
-        {**values, "epochs": args.epochs, "seed": args.seed, "device": "cpu"}
-    )
+    # the search's own base config: the space's fixed values, then these, then --set
+    small = ["warmup_epochs=1.0", "accumulate=1", "batch=8", "device=cpu"]
+    request = SearchRequest(overrides=[*small, *args.overrides], data=args.data)
+    base = base_config(request, space, settings)
     datasets = load_datasets(base, verbose=False)
     storage = Path(args.storage).resolve()
     if not args.reuse_search:
@@ -277,24 +285,16 @@ def main() -> None:
     resources = cluster.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(base, datasets, settings, resources)
     t0 = time.perf_counter()
+    # every trial to the end, no divergence stopper: the rankings see whole curves
+    plain = search.Experiment(
+        "search", str(storage), max_failures=0, verbose=0, asha=False, divergence=False
+    )
     if args.reuse_search:
         from ray import tune
 
         results = tune.Tuner.restore(str(storage / "search"), trainable).get_results()
     else:
-        tuner, _ = search.build_tuner(
-            trainable,
-            space,
-            base,
-            settings,
-            resources,
-            "search",
-            str(storage),
-            max_failures=0,
-            verbose=0,
-            asha=False,
-            divergence=False,
-        )
+        tuner, _ = search.build_tuner(trainable, space, base, settings, resources, plain)
         results = tuner.fit()
     delete_weights(storage / "search")
     rows = report.trial_rows(results, settings)
@@ -305,16 +305,7 @@ def main() -> None:
     seeds = confirm.fresh_seeds(settings, args.seeds)
     shutil.rmtree(storage / f"search{confirm.CONFIRM_SUFFIX}", ignore_errors=True)
     tuner = confirm.build_confirm_tuner(
-        trainable,
-        candidates,
-        seeds,
-        settings,
-        args.concurrent,
-        "search",
-        str(storage),
-        0,
-        verbose=0,
-        divergence=False,
+        trainable, candidates, seeds, settings, args.concurrent, plain
     )
     confirm_results = tuner.fit()
     delete_weights(storage / f"search{confirm.CONFIRM_SUFFIX}")

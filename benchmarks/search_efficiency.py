@@ -104,18 +104,17 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
     cfg = base.replace(epochs=args.epochs, seed=seed)
     resources = cluster.Resources(0, 0, 1, args.concurrent)
     trainable = search.make_trainable(cfg, datasets, settings, resources)
-    tuner, _ = search.build_tuner(
-        trainable,
-        space,
-        cfg,
-        settings,
-        resources,
+    strategy = STRATEGIES[name]
+    experiment = search.Experiment(
         f"{name}-seed{seed}",
         str(storage),
         max_failures=0,
         verbose=0,
-        **STRATEGIES[name],
+        asha=bool(strategy["asha"]),
+        divergence=bool(strategy["divergence"]),
     )
+    study = search.Study(sampler=str(strategy["sampler"]))
+    tuner, _ = search.build_tuner(trainable, space, cfg, settings, resources, experiment, study)
     t0 = time.perf_counter()
     results = tuner.fit()
     for weights in (storage / f"{name}-seed{seed}").glob("*/run/models/*.pt"):
@@ -127,7 +126,7 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
         "strategy": name,
         "seed": seed,
         "wall_s": time.perf_counter() - t0,
-        "best": max((r.best for r in rows if r.best is not None), default=0.0),
+        "best": max((r.objective for r in rows if r.objective is not None), default=0.0),
         "epochs": sum(r.epochs_run for r in rows),
         "diverged_trials": sum(r.status == Status.DIVERGED for r in rows),
         "diverged_epochs": [r.epochs_run for r in rows if r.status == Status.DIVERGED],
@@ -203,13 +202,32 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=27, help="epochs per trial")
     p.add_argument("--grace-period", type=int, default=3, help="ASHA's first rung")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA: keep the top 1/N")
-    p.add_argument("--objective", default="best", choices=("best", "last_mean"))
+    p.add_argument(
+        "--objective",
+        default="best",
+        choices=("best", "last_mean"),
+        help="a trial's objective: its best epoch or the mean of its last epochs",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds")
     p.add_argument("--concurrent", type=int, default=2, help="trials at once (1 CPU each)")
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        default=list(STRATEGIES),
+        choices=list(STRATEGIES),
+        help="strategies to compare (default: all)",
+    )
     p.add_argument("--storage", default=str(REPO / "outputs" / "search-efficiency"), help="runs")
-    p.add_argument("--plot", default=str(REPO / "docs" / "img" / "search_efficiency.png"))
-    p.add_argument("--json", default=str(REPO / "outputs" / "search-efficiency" / "results.json"))
+    p.add_argument(
+        "--plot",
+        default=str(REPO / "docs" / "img" / "search_efficiency.png"),
+        help="best-so-far plot",
+    )
+    p.add_argument(
+        "--json",
+        default=str(REPO / "outputs" / "search-efficiency" / "results.json"),
+        help="write the runs here",
+    )
     p.add_argument("--no-holdout", action="store_true", help="skip the retrain on the test split")
     p.add_argument("--smoke-test", action="store_true", help="1 seed, 3 trials x 2 epochs")
     p.add_argument("--replot", action="store_true", help="only redraw --plot from --json")
@@ -222,12 +240,14 @@ def main() -> None:
 
     import ray
 
-    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.config import FIELD_NAMES
     from cattle_yolo.data import load_datasets
+    from tune.plan import SearchRequest, base_config
     from tune.space import for_metric, load_space
 
     space, _ = for_metric(load_space(args.space), "mAP50_95")
-    base = TrainConfig.load(None, {**TrainConfig().to_dict(), **space.fixed, "device": "cpu"})
+    # the search's own base config (epochs and seed are set per search below)
+    base = base_config(SearchRequest(overrides=["device=cpu"]), space, space.settings)
     datasets = load_datasets(base, verbose=False)
     storage = Path(args.storage).resolve()  # Ray takes a relative path for a URI
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -274,8 +294,8 @@ def main() -> None:
     if not args.no_holdout and "default" in args.strategies:
         best = next(r for r in runs if r["strategy"] == "default")["best_params"]
         cfg = base.replace(epochs=args.epochs, seed=args.seeds[0])
-        tuned = cfg.replace(
-            **{k: v for k, v in best.items() if k in TrainConfig.__dataclass_fields__}
+        tuned = cfg.with_overrides(
+            {k: v for k, v in best.items() if k in FIELD_NAMES}, "the best trial"
         )
         summary["holdout"] = {
             "hand_fixed_default": holdout(cfg, datasets, storage / "holdout-default"),

@@ -114,7 +114,7 @@ def run_case(
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.data import load_datasets, make_loader
     from cattle_yolo.device import DTYPES, resolve_amp, resolve_device
-    from cattle_yolo.engine import ModelEMA, train_one_epoch
+    from cattle_yolo.engine import ModelEMA, Trainer, train_one_epoch
     from cattle_yolo.loss import DetectionLoss
     from cattle_yolo.model import CattleYOLO
     from cattle_yolo.train import build_optimizer
@@ -149,16 +149,13 @@ def run_case(
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau)
-    step_model: Any = torch.compile(model) if case["compile"] else model
+    step_model: Any = torch.compile(model) if case["compile"] else None
+    trainer = Trainer(model, loss_fn, optimizer, scaler, ema, cfg, device, step_model)
     results, walls = [], []
     for epoch in range(2):
         loader = make_loader(train_set, cfg, train=True, epoch=epoch)
         t0 = time.perf_counter()
-        results.append(
-            train_one_epoch(
-                step_model, loss_fn, loader, optimizer, scaler, ema, cfg, device, epoch, True
-            )
-        )
+        results.append(train_one_epoch(trainer, loader, epoch, profile=True))
         walls.append(time.perf_counter() - t0)
     stats = results[-1]  # after the first epoch
     dtype = DTYPES[amp] or torch.float32

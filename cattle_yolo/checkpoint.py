@@ -16,13 +16,16 @@ Both are written atomically (``save_checkpoint``), so a kill mid-save never leav
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 from cattle_yolo.device import autocast_dtype, model_layout, resolve_amp
 from cattle_yolo.files import atomic_write
+
+if TYPE_CHECKING:
+    from cattle_yolo.engine import Trainer
 
 INFERENCE_KEYS = ("config", "names", "epoch", "best_fitness", "best_epoch", "metrics")
 
@@ -32,28 +35,26 @@ class CheckpointError(ValueError):
 
 
 def training_state(
-    model: torch.nn.Module,
-    ema: Any,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
+    trainer: Trainer,
+    *,
     epoch: int,
     best: float,
     best_epoch: int,
-    cfg: TrainConfig,
     names: list[str],
     stats: dict[str, Any],
-    device: torch.device,
 ) -> dict[str, Any]:
-    """The resumable checkpoint after ``epoch`` epochs (``ema`` a ``ModelEMA`` or None)."""
+    """The resumable checkpoint of ``trainer`` after ``epoch`` epochs; ``best`` is the best
+    fitness so far, reached at ``best_epoch``, and ``stats`` the epoch's numbers."""
+    device, ema = trainer.device, trainer.ema
     return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
         "epoch": epoch,
         "best_fitness": best,
         "best_epoch": best_epoch,
-        "config": cfg.to_dict(),
+        "config": trainer.cfg.to_dict(),
         "names": list(names),
         "metrics": {k: v for k, v in stats.items() if isinstance(v, int | float)},
         "rng": {
@@ -98,7 +99,7 @@ def load_trained(
     ckpt = load_checkpoint(weights, map_location="cpu")
     cfg = TrainConfig.from_dict(ckpt["config"], source=str(weights))
     if overrides:
-        cfg = TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(overrides)})
+        cfg = cfg.with_overrides(parse_overrides(overrides))
     cfg = cfg.replace(pretrained=False)  # the checkpoint has the weights; never download
     try:
         resolve_amp(cfg.amp, device)

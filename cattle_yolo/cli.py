@@ -91,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "strict", False):
         overrides["strict"] = True
     cfg = TrainConfig.load(args.config, overrides)
-    return TrainConfig.load(None, {**cfg.to_dict(), **parse_overrides(args.overrides)})
+    return cfg.with_overrides(parse_overrides(args.overrides))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

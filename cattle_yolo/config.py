@@ -13,7 +13,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -147,7 +147,17 @@ class TrainConfig:
             values.update(parse_overrides(overrides or []))
         return cls.from_dict(values, source=str(path) if path is not None else "overrides")
 
+    def with_overrides(self, changes: Mapping[str, Any], source: str = "overrides") -> TrainConfig:
+        """This config with ``changes`` applied, each key and type checked and the whole config
+        validated again; errors name ``source``. The one way a config is patched."""
+        checked = {k: coerce(k, v, source) for k, v in changes.items()}
+        try:
+            return dataclasses.replace(self, **checked)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
     def replace(self, **changes: Any) -> TrainConfig:
+        """Keyword changes made in code, checked as ``with_overrides`` checks them."""
         return dataclasses.replace(self, **{k: coerce(k, v, "replace") for k, v in changes.items()})
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -106,17 +107,23 @@ class _Progress:
             sys.stderr.flush()
 
 
+@dataclass
+class Trainer:
+    """What a run trains with, built once by ``train.train`` (or a benchmark) and passed to
+    ``train_one_epoch`` and ``checkpoint.training_state``."""
+
+    model: nn.Module  # the parameters: checkpoints and the EMA read it
+    loss_fn: nn.Module  # ``DetectionLoss``: (outputs, targets, epoch) -> named terms
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    ema: ModelEMA | None  # None when ``ema_decay`` is 0
+    cfg: TrainConfig
+    device: torch.device
+    step_model: nn.Module | None = None  # what a step calls (a torch.compile'd model); None: model
+
+
 def train_one_epoch(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    loader: DataLoader[Item],
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    ema: ModelEMA | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    epoch: int,
-    profile: bool = False,
+    trainer: Trainer, loader: DataLoader[Item], epoch: int, profile: bool = False
 ) -> dict[str, float]:
     """Train one epoch with gradient accumulation, per-step LR, clipping and the EMA.
 
@@ -125,6 +132,14 @@ def train_one_epoch(
     step is synchronised between phases and the time shares of data, forward, loss and backward
     are returned too (slower; for benchmarks).
     """
+    model = trainer.step_model or trainer.model
+    loss_fn, optimizer, scaler, ema = (
+        trainer.loss_fn,
+        trainer.optimizer,
+        trainer.scaler,
+        trainer.ema,
+    )
+    cfg, device = trainer.cfg, trainer.device
     model.train()
     num_batches = len(loader)
     steps_per_epoch = math.ceil(num_batches / cfg.accumulate)

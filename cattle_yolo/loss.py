@@ -135,7 +135,7 @@ def assign(
         topk, alpha, beta: ``TrainConfig.tal_topk``, ``tal_alpha``, ``tal_beta``.
         iou_gate: IoU a top-k candidate needs to be a positive (``iou_threshold``).
 
-    Rule:
+    Rule (each step a function below):
         1. Candidates of an object are the anchors inside it (``candidates``).
         2. Their alignment is ``score(object's class) ** alpha * IoU(pred, object) ** beta``; the
            ``topk`` best candidates by alignment are the object's top-k.
@@ -148,49 +148,79 @@ def assign(
         5. Soft class targets: each object's alignments are rescaled so that its best positive
            gets its best positive IoU, and a positive's target is that value at its object's class.
     """
-    batch, num_anchors, _ = scores.shape
-    num_gt = gt_boxes.shape[1]
     iou = batched_box_iou(gt_boxes, pred_boxes.float()).nan_to_num(0.0)  # (B, M, A); NaN box: 0
-    cand = candidates(anchors, gt_boxes, gt_mask)  # (B, M, A)
-    label_idx = gt_labels[:, :, None].expand(-1, -1, num_anchors)  # (B, M, A)
+    cand = candidates(anchors, gt_boxes, gt_mask)  # 1. (B, M, A)
+    align = alignment(scores, iou, gt_labels, alpha, beta)  # 2. (B, M, A)
+    in_topk, best = top_k(align, cand, topk)  # 2. (B, M, A) each
+    kept = in_topk & ((iou >= iou_gate) | best)  # 3. the IoU gate, (B, M, A)
+    pos = one_owner_per_anchor(kept, best, iou)  # 4. (B, M, A)
+    pos = rescue_orphans(pos, cand, align, gt_mask)  # 4. (B, M, A)
+    fg = pos.any(dim=1)  # (B, A)
+    gt_index = pos.float().argmax(dim=1)  # (B, A)
+    target = soft_targets(align, iou, pos, gt_labels, gt_index, fg, scores.shape[-1])  # 5.
+    ignore = in_topk.any(dim=1) & ~fg  # (B, A)
+    return Assignment(fg, gt_index, target, ignore)
+
+
+def alignment(scores: Tensor, iou: Tensor, gt_labels: Tensor, alpha: float, beta: float) -> Tensor:
+    """``(B, M, A)``: ``score(object's class) ** alpha * IoU ** beta`` of every anchor for every
+    object; ``scores`` ``(B, A, C)``, ``iou`` ``(B, M, A)``, ``gt_labels`` ``(B, M)``."""
+    label_idx = gt_labels[:, :, None].expand(-1, -1, scores.shape[1])  # (B, M, A)
     cls_score = scores.float().transpose(1, 2).gather(1, label_idx)  # (B, M, A)
-    align = cls_score.pow(alpha) * iou.pow(beta)  # (B, M, A)
+    return cls_score.pow(alpha) * iou.pow(beta)
 
-    # 2. top-k by alignment among candidates (non-candidates rank below every candidate)
-    k = min(topk, num_anchors)
-    top_idx = torch.where(cand, align, -1.0).topk(k, dim=-1).indices  # (B, M, k)
-    in_topk = torch.zeros_like(cand).scatter_(-1, top_idx, True) & cand  # (B, M, A)
-    best = F.one_hot(top_idx[..., 0], num_anchors).bool() & cand  # (B, M, A) each object's top-1
 
-    # 3. the IoU gate
-    kept = in_topk & ((iou >= iou_gate) | best)  # (B, M, A)
+def top_k(align: Tensor, cand: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(in the top ``k`` by alignment, the best) among each object's candidates, both
+    ``(B, M, A)`` bool; non-candidates rank below every candidate."""
+    num_anchors = align.shape[-1]
+    top_idx = torch.where(cand, align, -1.0).topk(min(k, num_anchors), dim=-1).indices  # (B, M, k)
+    in_topk = torch.zeros_like(cand).scatter_(-1, top_idx, True) & cand
+    best = F.one_hot(top_idx[..., 0], num_anchors).bool() & cand
+    return in_topk, best
 
-    # 4. one object per anchor: a top-1 claim beats any other, then the higher IoU
+
+def one_owner_per_anchor(kept: Tensor, best: Tensor, iou: Tensor) -> Tensor:
+    """``(B, M, A)`` bool positives: an anchor ``kept`` by several objects goes to the one where
+    it is the top-1, then to the highest IoU (ties: the lowest object slot)."""
     priority = torch.where(kept, iou + 2.0 * best, -1.0)  # (B, M, A)
     owner = priority.argmax(dim=1)  # (B, A)
-    fg = kept.any(dim=1)  # (B, A)
-    pos = F.one_hot(owner, num_gt).transpose(1, 2).bool() & kept  # (B, M, A)
-    orphan = gt_mask & ~pos.any(-1)  # (B, M) objects that lost all their anchors
-    if bool(orphan.any()):
-        spare = torch.where(cand & ~fg[:, None, :], align, -1.0)  # (B, M, A)
-        value, idx = spare.max(-1)  # (B, M)
-        take = orphan & (value >= 0)
-        rescue = F.one_hot(idx, num_anchors).bool() & take[..., None]  # (B, M, A)
-        # two orphans of one image wanting the same spare anchor: the lower slot keeps it
-        first = rescue & (rescue.cumsum(1) == 1)
-        pos = pos | first
-        fg = pos.any(dim=1)
-    gt_index = pos.float().argmax(dim=1)  # (B, A)
+    return F.one_hot(owner, kept.shape[1]).transpose(1, 2).bool() & kept
 
-    # 5. IoU-aware soft targets
+
+def rescue_orphans(pos: Tensor, cand: Tensor, align: Tensor, gt_mask: Tensor) -> Tensor:
+    """An object left without a positive takes its best-aligned candidate that no object holds
+    (two orphans of one image wanting the same anchor: the lower slot keeps it); all
+    ``(B, M, A)``, ``gt_mask`` ``(B, M)``."""
+    orphan = gt_mask & ~pos.any(-1)  # (B, M)
+    if not bool(orphan.any()):
+        return pos
+    fg = pos.any(dim=1)  # (B, A)
+    spare = torch.where(cand & ~fg[:, None, :], align, -1.0)  # (B, M, A)
+    value, idx = spare.max(-1)  # (B, M)
+    take = orphan & (value >= 0)
+    rescue = F.one_hot(idx, align.shape[-1]).bool() & take[..., None]  # (B, M, A)
+    return pos | (rescue & (rescue.cumsum(1) == 1))
+
+
+def soft_targets(
+    align: Tensor,
+    iou: Tensor,
+    pos: Tensor,
+    gt_labels: Tensor,
+    gt_index: Tensor,
+    fg: Tensor,
+    num_classes: int,
+) -> Tensor:
+    """``(B, A, C)`` IoU-aware class targets: each object's alignments rescaled so that its best
+    positive gets its best positive IoU; a positive's target is that value at its object's
+    class, every other entry 0."""
     align = align * pos  # (B, M, A)
     best_align = align.amax(-1, keepdim=True)  # (B, M, 1)
     best_iou = (iou * pos).amax(-1, keepdim=True)  # (B, M, 1)
     quality = (align * best_iou / (best_align + EPS)).amax(dim=1)  # (B, A)
     labels = gt_labels.gather(1, gt_index)  # (B, A)
-    target = F.one_hot(labels, scores.shape[-1]).float() * (quality * fg)[..., None]
-    ignore = in_topk.any(dim=1) & ~fg
-    return Assignment(fg, gt_index, target, ignore)
+    return F.one_hot(labels, num_classes).float() * (quality * fg)[..., None]
 
 
 class DetectionLoss(nn.Module):

@@ -122,7 +122,8 @@ class DecoupledHead(nn.Module):
         for conv in (self.box_pred, self.cls_pred):
             nn.init.normal_(conv.weight, std=0.01)
         prior = min(0.5, OBJECTS_PRIOR / num_classes / (imgsz / stride) ** 2)
-        assert self.box_pred.bias is not None and self.cls_pred.bias is not None  # bias=True
+        assert self.box_pred.bias is not None
+        assert self.cls_pred.bias is not None
         nn.init.constant_(self.box_pred.bias, DFL_BIAS if box_channels != 4 else 0.0)
         nn.init.constant_(self.cls_pred.bias, math.log(prior / (1 - prior)))
 

@@ -33,7 +33,7 @@ from cattle_yolo.checkpoint import (
 from cattle_yolo.config import ConfigError, TrainConfig, coerce
 from cattle_yolo.data import Datasets, load_datasets, make_loader
 from cattle_yolo.device import DTYPES, model_layout, precision_name, resolve_amp, resolve_device
-from cattle_yolo.engine import ModelEMA, train_one_epoch
+from cattle_yolo.engine import ModelEMA, Trainer, train_one_epoch
 from cattle_yolo.evaluate import evaluate, save_detections
 from cattle_yolo.files import remove_stale_temps
 from cattle_yolo.loss import DetectionLoss
@@ -210,7 +210,8 @@ def _train(
         log.info(f"resumed from {resume_from} at epoch {start_epoch}/{cfg.epochs}")
 
     # The compiled module shares the model's parameters; checkpoints and the EMA use the model.
-    step_model = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else model
+    step_model = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else None
+    trainer = Trainer(model, loss_fn, optimizer, scaler, ema, cfg, device, step_model)
     train_set = datasets.train.with_augment(cfg)
     val_loader = make_loader(datasets.val, cfg, train=False)
     log.info(
@@ -225,9 +226,7 @@ def _train(
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         loader = make_loader(train_set, cfg, train=True, epoch=epoch)
-        train_stats = train_one_epoch(
-            step_model, loss_fn, loader, optimizer, scaler, ema, cfg, device, epoch
-        )
+        train_stats = train_one_epoch(trainer, loader, epoch)
         steps = train_stats["train_batches"]
         if not math.isfinite(train_stats["train_loss"]):
             raise DivergedError("mean training loss is not finite", epoch + 1)
@@ -260,17 +259,12 @@ def _train(
         stats["best_mAP50_95"], stats["best_epoch"] = best_map, best_epoch
 
         state = training_state(
-            model,
-            ema,
-            optimizer,
-            scaler,
-            epoch + 1,
-            best,
-            best_epoch,
-            cfg,
-            list(names),
-            stats,
-            device,
+            trainer,
+            epoch=epoch + 1,
+            best=best,
+            best_epoch=best_epoch,
+            names=list(names),
+            stats=stats,
         )
         last = out / "models" / "last.pt"
         save_checkpoint(state, last)

@@ -93,7 +93,8 @@ def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
         assert row["aggregate_images_per_sec"] == pytest.approx(
             sum(row["per_trial_images_per_sec"])
         )
-        assert row["trials_per_hour"] > 0 and row["share_of_bf16_peak"] > 0
+        assert row["trials_per_hour"] > 0
+        assert row["share_of_bf16_peak"] > 0
     assert doc["packing"][0]["speedup"] == pytest.approx(1.0)
     assert "2 trials:" in doc["verdicts"][0]
 
@@ -231,8 +232,11 @@ def test_summary_leaves_out_the_first_epoch_and_takes_the_last_accuracy():
         ],
     }
     s = peer.summarize(run, peak_gflops=8.0)
-    assert s["images_per_sec"] == 2.0 and s["achieved_gflops"] == 4.0 and s["share_of_peak"] == 0.5
-    assert s["train_s_per_epoch"] == 5.0 and s["epoch_s_with_val"] == 6.0
+    assert s["images_per_sec"] == 2.0
+    assert s["achieved_gflops"] == 4.0
+    assert s["share_of_peak"] == 0.5
+    assert s["train_s_per_epoch"] == 5.0
+    assert s["epoch_s_with_val"] == 6.0
     assert (s["last_mAP50"], s["last_mAP50_95"], s["best_mAP50_95"]) == (0.3, 0.1, 0.2)
 
 
@@ -268,3 +272,18 @@ def test_objective_ranking_bookkeeping():
     curve = [0.1, 0.3, 0.08, 0.12, math.nan]
     assert orank.objective(curve, "best", 1) == 0.3
     assert orank.objective(curve, "last_mean", 3) == pytest.approx((0.08 + 0.12) / 3)  # nan: 0
+
+
+def test_every_command_line_flag_has_help():
+    """Every flag of the benchmarks and the two CLIs says what it does in --help."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    scripts = [*sorted((repo / "benchmarks").glob("*.py")), repo / "run_search.py"]
+    missing = []
+    for path in [*scripts, repo / "cattle_yolo" / "cli.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            call = isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument"
+            if call and not any(k.arg == "help" for k in node.keywords):
+                missing.append(f"{path.name}:{node.lineno}")
+    assert missing == []

@@ -97,13 +97,15 @@ def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(space, tmp_p
     table = curves.Curves(curves.read_table(TINY), space)
     args = replay_args(tmp_path)
     runs = [curves.replay_search(table, "tpe_asha", 0, args, tmp_path / f"r{i}") for i in (0, 1)]
-    assert runs[0]["curve"] == runs[1]["curve"] and runs[0]["trials"] == runs[1]["trials"]
+    assert runs[0]["curve"] == runs[1]["curve"]
+    assert runs[0]["trials"] == runs[1]["trials"]
     assert len(runs[0]["curve"]) == 16  # the budget: 4 trials x 4 epochs
     trials = runs[0]["per_trial"]
     # The default (config 0) is the first trial and runs to the end: no rung value beats it at
     # first. A later trial on a config whose epoch-1 value is below the best rung-1 value seen
     # so far is cut at the grace period (asynchronous ASHA, keep the top 1/2).
-    assert trials[0]["curve_id"] == 0 and trials[0]["epochs"] == 4
+    assert trials[0]["curve_id"] == 0
+    assert trials[0]["epochs"] == 4
     rung1 = {0: 0.10, 1: 0.01, 2: 0.15, 3: 0.05}
     seen = [rung1[trials[0]["curve_id"]]]
     for t in trials[1:]:
@@ -192,6 +194,7 @@ def test_importance_finds_the_knob_that_matters_and_its_edge(tmp_path):
     doc = curves.importance_command(args)
     assert doc["configs"] == 16
     assert doc["importance"]["lr"] > 0.8 > doc["importance"]["focal_gamma"]
-    assert doc["ranges"]["lr"]["edge"] == "high" and doc["ranges"]["focal_gamma"]["edge"] == ""
+    assert doc["ranges"]["lr"]["edge"] == "high"
+    assert doc["ranges"]["focal_gamma"]["edge"] == ""
     with pytest.raises(SystemExit):
         curves.importance_command(argparse.Namespace(**{**vars(args), "min_configs": 20}))

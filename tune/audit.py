@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from tune.results import (
     Status,
 )
 from tune.space import AUDIT_ROW, THRESHOLD_METRICS, SearchSettings
+
+if TYPE_CHECKING:
+    from tune.search import Experiment
 
 PLAN_FILE = "audit_plan.yaml"
 # Keys of where and how a run executes, not of what it trains: a difference is noted, not audited.
@@ -265,7 +268,7 @@ def plan_audit(
     plan.notes = notes
     for r in range(len(x)):
         try:
-            TrainConfig.from_dict({**base.to_dict(), **plan.row_values(r)}, source=f"row {r}")
+            base.with_overrides(plan.row_values(r), f"row {r}")
         except ConfigError as e:
             raise ConfigError(
                 f"--audit: design row {r} ({levels(plan, r)}) is not a valid config: {e}; "
@@ -322,17 +325,7 @@ def save_plan(plan: AuditPlan, folder: Path) -> None:
 # --- the runs ------------------------------------------------------------------------------
 
 
-def build_tuner(
-    trainable: Any,
-    plan: AuditPlan,
-    *,
-    name: str,
-    storage: str,
-    concurrent: int,
-    max_failures: int,
-    verbose: int,
-    keep_weights: int | None,
-) -> Any:
+def build_tuner(trainable: Any, plan: AuditPlan, experiment: Experiment, concurrent: int) -> Any:
     """The grid of design rows x seeds as one Tune experiment."""
     from ray import tune
 
@@ -345,9 +338,7 @@ def build_tuner(
         metric_columns={EPOCH: "epoch", OBJECTIVE: plan.settings.metric},
         max_report_frequency=30,
     )
-    run_config = make_run_config(
-        name, storage, plan.settings, max_failures, True, reporter, verbose, keep_weights
-    )
+    run_config = make_run_config(experiment, plan.settings, reporter)
     return grid_tuner(trainable, plan.runs(), run_config, concurrent)
 
 

@@ -20,17 +20,20 @@ from __future__ import annotations
 import csv
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 
 from cattle_yolo.config import TrainConfig
 from tune.disk import ended_rows, enforce
-from tune.report import TrialRow, export_best, objective_label, trial_rows
-from tune.results import EPOCH, OBJECTIVE, TRAIN_LOSS, Status
+from tune.report import export_best, objective_label, trial_rows
+from tune.results import EPOCH, OBJECTIVE, TRAIN_LOSS, Status, TrialRow
 from tune.space import CONFIRM_ID, SearchSettings, SearchSpace
+
+if TYPE_CHECKING:
+    from tune.search import Experiment
 
 CONFIRM_SUFFIX = "-confirm"
 CONFIRM_CSV = "confirm.csv"
@@ -51,8 +54,8 @@ class Candidate:
         for r in self.runs:
             if r.status == Status.DIVERGED:
                 out.append(worst)
-            elif r.status == Status.COMPLETED and r.best is not None:
-                out.append(r.best)
+            elif r.status == Status.COMPLETED and r.objective is not None:
+                out.append(r.objective)
         return out
 
     def complete(self, worst: float, seeds: int) -> bool:
@@ -85,11 +88,13 @@ def pick_candidates(
     sign = 1.0 if settings.mode == "max" else -1.0
     ranked = []
     for status in (Status.COMPLETED, Status.STOPPED):
-        pool = [r for r in rows if r.status == status and r.best is not None and not is_default(r)]
-        ranked += sorted(pool, key=lambda r: -sign * (r.best or 0.0))  # best is set: filtered
-    out = [Candidate(0, "default", default, default_row.best if default_row else None)]
+        pool = [
+            r for r in rows if r.status == status and r.objective is not None and not is_default(r)
+        ]
+        ranked += sorted(pool, key=lambda r: -sign * (r.objective or 0.0))  # best is set: filtered
+    out = [Candidate(0, "default", default, default_row.objective if default_row else None)]
     for i, r in enumerate(ranked[:k]):
-        out.append(Candidate(i + 1, r.name, dict(r.params), r.best))
+        out.append(Candidate(i + 1, r.name, dict(r.params), r.objective))
     return out
 
 
@@ -104,14 +109,11 @@ def build_confirm_tuner(
     seeds: list[int],
     settings: SearchSettings,
     concurrent: int,
-    name: str,
-    storage: str,
-    max_failures: int,
-    verbose: int = 1,
-    divergence: bool = True,
+    experiment: Experiment,
 ) -> tune.Tuner:
-    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once;
-    ``divergence=False`` (benchmarks) leaves the divergence stopper out."""
+    """A Tuner running every (config, seed) pair to the full epochs, ``concurrent`` at once,
+    as the experiment ``<search name>-confirm``; every run keeps its best.pt until the export
+    is known (``report``)."""
     from tune.search import grid_tuner, make_run_config
 
     runs = run_configs(candidates, seeds)
@@ -126,17 +128,8 @@ def build_confirm_tuner(
         },
         max_report_frequency=30,
     )
-    # last.pt goes as each run ends; best.pt stays until the export is known (report())
-    run_config = make_run_config(
-        name + CONFIRM_SUFFIX,
-        storage,
-        settings,
-        max_failures,
-        divergence,
-        reporter,
-        verbose,
-        keep_weights=None,
-    )
+    confirming = replace(experiment, name=experiment.name + CONFIRM_SUFFIX, keep_weights=None)
+    run_config = make_run_config(confirming, settings, reporter)
     return grid_tuner(trainable, runs, run_config, concurrent)
 
 
@@ -245,7 +238,7 @@ def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst
                         c.label,
                         *(c.params.get(k) for k in space.knobs),
                         r.config.get("seed"),
-                        r.best,
+                        r.objective,
                         r.status,
                         r.path,
                     ]
@@ -275,10 +268,10 @@ def report(
             lines  # nothing to export, or not yet: best_config.yaml and --export stay as they are
         )
     sign = 1.0 if settings.mode == "max" else -1.0
-    runs = [r for r in best.runs if r.best is not None and r.status == Status.COMPLETED]
+    runs = [r for r in best.runs if r.objective is not None and r.status == Status.COMPLETED]
     if not runs:  # every seed of the best config diverged: no checkpoint worth exporting
         return lines
-    run = max(runs, key=lambda r: sign * (r.best or 0.0))  # best is set: filtered
+    run = max(runs, key=lambda r: sign * (r.objective or 0.0))  # best is set: filtered
     mean, sd = best.mean_sd(settings.worst)
     confirmed = {
         "config": best.label,

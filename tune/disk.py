@@ -196,7 +196,11 @@ def ended_rows(rows: Iterable[Any], max_epochs: int, mode: str) -> list[Ended]:
         Ended(
             r.path,
             rank(
-                {OBJECTIVE: r.best, EPOCH: r.epochs_run, DIVERGED: r.status == Status.DIVERGED},
+                {
+                    OBJECTIVE: r.objective,
+                    EPOCH: r.epochs_run,
+                    DIVERGED: r.status == Status.DIVERGED,
+                },
                 max_epochs,
                 mode,
             ),

@@ -11,7 +11,7 @@ from tune.results import EPOCH, TRAIN_LOSS, Status
 from tune.space import SearchSettings, SearchSpace
 
 if TYPE_CHECKING:
-    from tune.report import TrialRow
+    from tune.results import TrialRow
 
 STATUS_COLORS: dict[str, str] = {
     Status.COMPLETED: "tab:green",
@@ -82,12 +82,12 @@ def plot_knobs(
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.0 * nrows), squeeze=False)
     for ax, (key, dist) in zip(axes.flat, space.knobs.items(), strict=False):
         for r in rows:
-            if r.best is None or key not in r.params:
+            if r.objective is None or key not in r.params:
                 continue
             x = r.params[key]
             if dist.kind == "choice":
                 x = list(dist.choices).index(x) if x in dist.choices else math.nan
-            ax.scatter([x], [r.best], color=STATUS_COLORS.get(r.status, "grey"), s=22)
+            ax.scatter([x], [r.objective], color=STATUS_COLORS.get(r.status, "grey"), s=22)
         if dist.kind == "loguniform":
             from matplotlib.ticker import NullFormatter
 

@@ -17,7 +17,6 @@ import csv
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,27 +41,9 @@ from tune.results import (
     THRESHOLD_KEYS,
     TRAIN_LOSS,
     Status,
+    TrialRow,
 )
 from tune.space import SearchSettings, SearchSpace, resolve_trial_config, trial_values
-
-
-@dataclass
-class TrialRow:
-    name: str
-    params: dict[str, Any]  # the knob values the trial trained with
-    best: float | None  # best value of the search metric (the objective)
-    best_epoch: int
-    epochs_run: int
-    status: str
-    detail: str  # the divergence rule, the error, or where it stopped
-    path: str  # the trial's folder
-    threads: int = 0  # torch CPU threads the trial trained with (exact CPU repeats need the same)
-    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch epoch/loss/metric
-    # best.pt's score threshold chosen after training, with its P, R and F1 (threshold_P ...)
-    threshold: dict[str, float] = field(default_factory=dict)
-    config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config as sampled
-    checkpoint_epoch: int = 0  # the epoch best.pt holds: the best by the search metric
-    amp: str = ""  # the precision it trained in (bf16, fp16, off = fp32); "" if never reported
 
 
 def trial_status(
@@ -123,7 +104,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
             TrialRow(
                 name=Path(result.path).name,
                 params=_params(result),
-                best=float(best) if finite and best is not None else None,
+                objective=float(best) if finite and best is not None else None,
                 best_epoch=int(metrics.get(OBJECTIVE_EPOCH) or 0),
                 epochs_run=int(
                     max([h[EPOCH] for h in history], default=int(metrics.get(EPOCH) or 0))
@@ -145,9 +126,9 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
 def pick_best(rows: list[TrialRow], mode: str) -> TrialRow | None:
     """The best completed trial (ASHA's survivors); if none completed, the best ASHA-stopped."""
     for statuses in ((Status.COMPLETED,), (Status.STOPPED,)):
-        pool = [r for r in rows if r.status in statuses and r.best is not None]
+        pool = [r for r in rows if r.status in statuses and r.objective is not None]
         if pool:
-            key = (lambda r: r.best) if mode == "max" else (lambda r: -r.best)
+            key = (lambda r: r.objective) if mode == "max" else (lambda r: -r.objective)
             return max(pool, key=key)
     return None
 
@@ -184,7 +165,7 @@ def summary_table(rows: list[TrialRow], space: SearchSpace, settings: SearchSett
         [
             r.name,
             *(_fmt(r.params.get(k)) for k in space.knobs),
-            _fmt(r.best),
+            _fmt(r.objective),
             str(r.best_epoch or "-"),
             str(r.epochs_run),
             *(_fmt(r.threshold.get(k)) for k in THRESHOLD_KEYS),
@@ -225,7 +206,7 @@ def write_csv(
                 [
                     r.name,
                     *(r.params.get(k) for k in space.knobs),
-                    r.best,
+                    r.objective,
                     r.best_epoch,
                     r.epochs_run,
                     *(r.threshold.get(k) for k in THRESHOLD_KEYS),
@@ -267,7 +248,7 @@ def export_best(
         "experiment": experiment,
         "metric": settings.metric,
         "objective": objective_label(settings),
-        "value": row.best,
+        "value": row.objective,
         "epoch": row.best_epoch,
         "checkpoint_epoch": row.checkpoint_epoch,
         "threads": row.threads,
@@ -277,14 +258,14 @@ def export_best(
     }
     if confirmed:  # the config's value is its mean over fresh seeds; the checkpoint is one seed's
         doc["value"] = confirmed["mean"]
-        doc["checkpoint_value"] = row.best
+        doc["checkpoint_value"] = row.objective
         value = (
             f"confirmed mean {_fmt(confirmed['mean'])} ± {_fmt(confirmed['sd'])} over "
             f"{len(confirmed['values'])} seeds (checkpoint: seed {row.config.get('seed')}, "
-            f"{_fmt(row.best)} at epoch {row.best_epoch})"
+            f"{_fmt(row.objective)} at epoch {row.best_epoch})"
         )
     else:
-        value = f"{_fmt(row.best)} at epoch {row.best_epoch}"
+        value = f"{_fmt(row.objective)} at epoch {row.best_epoch}"
     held = row.checkpoint_epoch
     if held and held != row.best_epoch:
         value += f"; best.pt holds epoch {held}, the best by {settings.metric}"
@@ -311,7 +292,7 @@ def importance(
     usable = [
         r
         for r in rows
-        if r.best is not None
+        if r.objective is not None
         and r.status != Status.ERRORED
         and all(k in r.params and d.contains(r.params[k]) for k, d in space.knobs.items())
     ]
@@ -322,7 +303,7 @@ def importance(
     for r in usable:
         params = {k: r.params[k] for k in distributions}
         study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, value=r.best)
+            optuna.trial.create_trial(params=params, distributions=distributions, value=r.objective)
         )
     try:
         with warnings.catch_warnings():  # PED-ANOVA warns when few trials make them all equal
@@ -378,7 +359,7 @@ def write_report(
     if default is not None:
         lines.append(
             f"hand-fixed default: {default.name}, {objective_label(settings)} "
-            f"{_fmt(default.best)} at epoch {default.best_epoch} ({default.status})"
+            f"{_fmt(default.objective)} at epoch {default.best_epoch} ({default.status})"
         )
     lines.append(f"results: {folder / 'results.csv'}")
     best = pick_best(rows, settings.mode)
@@ -386,7 +367,7 @@ def write_report(
         lines.append("no trial finished without diverging or erroring: no best config to export")
     else:
         lines.append(
-            f"best trial: {best.name}, {objective_label(settings)} {_fmt(best.best)} at "
+            f"best trial: {best.name}, {objective_label(settings)} {_fmt(best.objective)} at "
             f"epoch {best.best_epoch}: "
             + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs)
         )

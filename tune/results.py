@@ -1,5 +1,5 @@
-"""The contract between a trial and everything that reads its results: the result keys and the
-trial statuses, named once.
+"""The contract between a trial and everything that reads its results: the result keys, the
+trial statuses and ``TrialRow`` (a trial as the summary reads it), named once.
 
 A trial reports, every epoch, the training loop's numeric epoch stats (``EPOCH``,
 ``TRAIN_LOSS``, ``VAL_LOSS``, the metrics such as ``mAP50_95``: see ``cattle_yolo.train``) plus
@@ -9,7 +9,9 @@ confirmation and the benchmarks read them by these names.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 # --- the training loop's epoch stats the search reads ---
 EPOCH = "epoch"
@@ -43,3 +45,25 @@ class Status(StrEnum):
 
 
 ENDED = (Status.COMPLETED, Status.STOPPED, Status.DIVERGED)  # ended for good: never resumed
+
+
+@dataclass
+class TrialRow:
+    """One trial as the summary, results.csv, the plots, the disk keeper and the confirmation
+    read it (``tune.report.trial_rows`` builds them from Tune's results)."""
+
+    name: str
+    params: dict[str, Any]  # the knob values the trial trained with
+    objective: float | None  # the trial's objective (its best epoch's metric, or a mean)
+    best_epoch: int
+    epochs_run: int
+    status: str
+    detail: str  # the divergence rule, the error, or where it stopped
+    path: str  # the trial's folder
+    threads: int = 0  # torch CPU threads the trial trained with (exact CPU repeats need the same)
+    history: list[dict[str, float]] = field(default_factory=list)  # per-epoch epoch/loss/metric
+    # best.pt's score threshold chosen after training, with its P, R and F1 (threshold_P ...)
+    threshold: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the trial's Tune config as sampled
+    checkpoint_epoch: int = 0  # the epoch best.pt holds: the best by the search metric
+    amp: str = ""  # the precision it trained in (bf16, fp16, off = fp32); "" if never reported

@@ -9,7 +9,8 @@ Ray itself (start-up, dashboard, resources, shared-storage check) is ``tune.clus
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,36 +139,53 @@ def progress_reporter(space: SearchSpace, settings: SearchSettings) -> tune.CLIR
     )
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """One Tune experiment (the search, its confirmation, an audit, a benchmark's run): where it
+    is written and how it runs."""
+
+    name: str
+    storage: str  # a path or URI (``tune.storage``)
+    max_failures: int = 2  # retries of a trial that raises, each from its last checkpoint
+    keep_weights: int | None = None  # ended trials that keep best.pt (``tune.disk``; None: all)
+    verbose: int = 1
+    asha: bool = True  # False: FIFO, every trial runs to the end (benchmarks' plain strategies)
+    divergence: bool = True  # False: no divergence stopper (the same)
+    callbacks: tuple[tune.Callback, ...] = ()  # more Tune callbacks
+
+
+@dataclass(frozen=True)
+class Study:
+    """The Optuna side of a search: the sampler, where the study lives and what it starts with."""
+
+    sampler: str = "tpe"  # tpe; random and gp for comparisons (``study.make_sampler``)
+    journal: Path | None = None  # the study's journal file (None: in memory)
+    warm_trials: list[Any] | None = None  # an earlier study's finished trials
+
+
 def build_tuner(
     trainable: Any,
     space: SearchSpace,
     base: TrainConfig,
     settings: SearchSettings,
     resources: Resources,
-    name: str,
-    storage: str,
-    max_failures: int,
-    verbose: int = 1,
-    sampler: str = "tpe",
-    asha: bool = True,
-    divergence: bool = True,
-    journal: Path | None = None,
-    warm_trials: list[Any] | None = None,
-    keep_weights: int | None = None,
-    callbacks: Sequence[tune.Callback] = (),
+    experiment: Experiment,
+    study: Study = Study(),  # noqa: B008 (frozen: shared safely)
 ) -> tuple[tune.Tuner, list[str]]:
     """A new Tuner for the whole search; returns notes about the first point too.
 
     Optuna optimises ``objective``; ASHA compares ``rung_score`` (the objective with ties
-    broken by val loss), so the Tuner itself has no metric. ``journal`` is the Optuna study's
-    file and ``warm_trials`` an earlier study's finished trials; ``keep_weights`` bounds the
-    trials that keep a best.pt once ended (``tune.disk``; None keeps all); ``callbacks`` are
-    more Tune callbacks. ``sampler="random"``,
-    ``asha=False`` (FIFO: every trial runs to the end) and ``divergence=False`` exist for the
-    plain strategies of benchmarks/search_efficiency.py.
+    broken by val loss), so the Tuner itself has no metric.
     """
     searcher, notes = make_searcher(
-        space, base, settings, resources.concurrent, sampler, journal, name, warm_trials
+        space,
+        base,
+        settings,
+        resources.concurrent,
+        study.sampler,
+        study.journal,
+        experiment.name,
+        study.warm_trials,
     )
     scheduler = (
         ASHAScheduler(
@@ -178,7 +196,7 @@ def build_tuner(
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
         )
-        if asha
+        if experiment.asha
         else FIFOScheduler()
     )
     tune_config = tune.TuneConfig(
@@ -188,52 +206,35 @@ def build_tuner(
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
-    run_config = make_run_config(
-        name,
-        storage,
-        settings,
-        max_failures,
-        divergence,
-        progress_reporter(space, settings),
-        verbose,
-        keep_weights,
-        callbacks,
-    )
+    run_config = make_run_config(experiment, settings, progress_reporter(space, settings))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config), notes
 
 
 def make_run_config(
-    name: str,
-    storage: str,
-    settings: SearchSettings,
-    max_failures: int,
-    divergence: bool,
-    reporter: Any,
-    verbose: int,
-    keep_weights: int | None,
-    callbacks: Sequence[tune.Callback] = (),
+    experiment: Experiment, settings: SearchSettings, reporter: Any
 ) -> tune.RunConfig:
     """What every experiment of a search shares (the search and its confirmation): the
-    divergence stopper (unless ``divergence=False``), per-epoch Tune checkpoints (only the
-    latest two with cloud storage, see ``CHECKPOINTS_TO_KEEP_CLOUD``), retries
-    and the ``DiskKeeper`` with ``keep_weights``. Ray's artifact sync stays off: on cloud
-    storage the trial uploads its run folder's files itself (see ``tune/trainable.py``)."""
+    divergence stopper (unless ``experiment.divergence`` is off), per-epoch Tune checkpoints
+    (only the latest two with cloud storage, see ``CHECKPOINTS_TO_KEEP_CLOUD``), retries and
+    the ``DiskKeeper``. Ray's artifact sync stays off: on cloud storage the trial uploads its
+    run folder's files itself (see ``tune/trainable.py``)."""
     stopper = DivergenceStopper(
         settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
     )
-    cloud = is_uri(storage)
+    cloud = is_uri(experiment.storage)
+    keeper = DiskKeeper(experiment.keep_weights, settings.epochs, settings.mode)
     return tune.RunConfig(
-        name=name,
-        storage_path=storage,
-        stop=stopper if divergence else None,
+        name=experiment.name,
+        storage_path=experiment.storage,
+        stop=stopper if experiment.divergence else None,
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=CHECKPOINTS_TO_KEEP_CLOUD if cloud else None
         ),
-        failure_config=tune.FailureConfig(max_failures=max_failures),
+        failure_config=tune.FailureConfig(max_failures=experiment.max_failures),
         sync_config=tune.SyncConfig(sync_artifacts=False),
         progress_reporter=reporter,
-        verbose=verbose,
-        callbacks=[DiskKeeper(keep_weights, settings.epochs, settings.mode), *callbacks],
+        verbose=experiment.verbose,
+        callbacks=[keeper, *experiment.callbacks],
     )
 
 

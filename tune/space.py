@@ -423,5 +423,4 @@ def trial_values(params: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_trial_config(base: TrainConfig, params: dict[str, Any], **run: Any) -> TrainConfig:
     """The base config with a trial's sampled values and run settings (out, device) applied."""
-    values = {**base.to_dict(), **trial_values(params), **run}
-    return TrainConfig.from_dict(values, source="trial config")
+    return base.with_overrides({**trial_values(params), **run}, "trial config")

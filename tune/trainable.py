@@ -104,38 +104,34 @@ class EpochReporter:
     """Training callback: one ``tune.report`` with a checkpoint per epoch.
 
     Args:
-        metric, mode: the per-epoch stat the search optimises and its direction.
-        worst: the objective of a trial with no finite value yet (and of a diverged one).
-        objective: ``best`` (best epoch so far) or ``last_mean`` (mean of the last ``window``
-            epochs; a non-finite epoch counts as ``worst``), see ``tune.space.OBJECTIVES``.
+        settings: the search's metric and mode, its objective (``best``: the best epoch so
+            far; ``last_mean``: the mean of the last ``objective_window`` epochs, a non-finite
+            epoch counting as ``worst``, see ``tune.space.OBJECTIVES``) and ``worst`` (the
+            objective of a trial with no finite value yet, and of a diverged one).
+        cfg: the trial's config: its ``max_det`` (to score saved detections), its own
+            ``score_threshold`` (reported when ``threshold_range`` is None) and its
+            ``warmup_epochs`` (passed on in every result for the divergence rules).
+        names: class names, to score saved detections.
         threshold_range: where the trial's score threshold is chosen after training (the
             F1-best on best.pt's val detections); ``None`` keeps the config's own threshold.
-        names, max_det: class names and detections per image, to score saved detections.
         uploader: cloud storage: uploads the run folder's changed files but ``last.pt``, which
             goes in each Tune checkpoint instead.
-        own_threshold: the trial config's ``score_threshold``, reported when
-            ``threshold_range`` is None.
-        warmup_epochs: passed on in every result for the divergence rules.
     """
 
     def __init__(
         self,
-        metric: str,
-        mode: str,
-        worst: float,
-        objective: str = "best",
-        window: int = 3,
-        threshold_range: tuple[float, float] | None = (0.0, 1.0),
+        settings: SearchSettings,
+        cfg: TrainConfig | None = None,
         names: Sequence[str] = (),
-        max_det: int = 300,
-        own_threshold: float = 0.25,
-        warmup_epochs: float = 0.0,
+        *,
+        threshold_range: tuple[float, float] | None = (0.0, 1.0),
         uploader: FolderUploader | None = None,
     ) -> None:
-        self.metric, self.mode, self.worst = metric, mode, worst
-        self.objective, self.window = objective, window
-        self.threshold_range, self.names, self.max_det = threshold_range, list(names), max_det
-        self.own_threshold, self.warmup_epochs = own_threshold, warmup_epochs
+        cfg = cfg or TrainConfig()
+        self.metric, self.mode, self.worst = settings.metric, settings.mode, settings.worst
+        self.objective, self.window = settings.objective, settings.objective_window
+        self.threshold_range, self.names, self.max_det = threshold_range, list(names), cfg.max_det
+        self.own_threshold, self.warmup_epochs = cfg.score_threshold, cfg.warmup_epochs
         self.uploader = uploader
         self.values: dict[int, float] = {}  # epoch -> the metric's value
         self.threshold: dict[str, float] = {}  # best.pt's chosen threshold and its P, R, F1
@@ -451,17 +447,7 @@ def train_trial(
     out, uploader = trial_out_dir()
     cfg = resolve_trial_config(base, config, out=str(out), device=device)
     reporter = EpochReporter(
-        settings.metric,
-        settings.mode,
-        settings.worst,
-        uploader=uploader,
-        objective=settings.objective,
-        window=settings.objective_window,
-        threshold_range=threshold_range,
-        names=datasets.names,
-        max_det=cfg.max_det,
-        own_threshold=cfg.score_threshold,
-        warmup_epochs=cfg.warmup_epochs,
+        settings, cfg, datasets.names, threshold_range=threshold_range, uploader=uploader
     )
     ctx = tune.get_context()
     reporter.gauges = TrialGauges(ctx.get_trial_id(), ctx.get_experiment_name())

@@ -55,7 +55,8 @@ def test_boxes_moved_out_of_view_are_dropped_and_others_clipped() -> None:
     labels = np.array([0, 1, 1])
     aug = Augment(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.5)
     out, moved, kept = augment(image, boxes, labels, aug, FixedRng([0, 0.75, 0, 0, 0, 0], 1.0))
-    assert out.shape == (64, 64, 3) and kept.tolist() == [1, 1]  # shifted right by 24 px
+    assert out.shape == (64, 64, 3)
+    assert kept.tolist() == [1, 1]
     np.testing.assert_allclose(moved, [[26, 10, 44, 30], [34, 40, 50, 60]])
     out, moved, kept = augment(image, boxes, labels, aug, FixedRng([0, 0.5, 0, 0, 0, 0], 1.0))
     np.testing.assert_allclose(moved[0], [56, 10, 64, 30])  # 8 of 20 px in view: kept, clipped
@@ -114,7 +115,8 @@ def test_mosaic_places_four_images_around_the_centre() -> None:
         expected.append(
             [max(x1 + dx, lo_x), max(y1 + dy, lo_y), min(x2 + dx, hi_x), min(y2 + dy, hi_y)]
         )
-    assert expected[0] == [14, 4, 46, 36] and expected[1] == [100, 16, 128, 46]  # cut at x 128
+    assert expected[0] == [14, 4, 46, 36]
+    assert expected[1] == [100, 16, 128, 46]
     np.testing.assert_allclose(out, expected)
     assert labels.tolist() == [0, 1, 2, 3]
     assert boxes_from_pixels(canvas, COLOURS) == expected  # pixels and boxes agree

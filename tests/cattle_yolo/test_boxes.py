@@ -60,8 +60,10 @@ def test_letterbox_maps_boxes_and_back(w, h):
     corners = np.array([[0, 0, w, h]], dtype=np.float32)
     lb = boxes.to_letterbox(corners, ratio, pad_x, pad_y)
     # the whole image lands centred inside the square
-    assert lb[0, 0] == pytest.approx(pad_x) and lb[0, 1] == pytest.approx(pad_y)
-    assert lb[0, 2] <= 384 + 0.5 and lb[0, 3] <= 384 + 0.5
+    assert lb[0, 0] == pytest.approx(pad_x)
+    assert lb[0, 1] == pytest.approx(pad_y)
+    assert lb[0, 2] <= 384 + 0.5
+    assert lb[0, 3] <= 384 + 0.5
     np.testing.assert_allclose(boxes.from_letterbox(lb, ratio, pad_x, pad_y), corners, rtol=1e-5)
     t = boxes.to_letterbox(torch.from_numpy(corners), ratio, pad_x, pad_y)
     np.testing.assert_allclose(t.numpy(), lb, rtol=1e-6)
@@ -71,9 +73,12 @@ def test_letterbox_maps_boxes_round_trip() -> None:
     image = np.full((50, 100, 3), 30, np.uint8)
     image[10:30, 20:60] = 255
     out, ratio, pad_x, pad_y = letterbox(image, 64)
-    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    assert out.shape == (64, 64, 3)
+    assert out.dtype == np.uint8
     assert (ratio, pad_x, pad_y) == (0.64, 0.0, 16.0)
-    assert (out[:16] == 114).all() and (out[48:] == 114).all() and (out[16:48] != 114).all()
+    assert (out[:16] == 114).all()
+    assert (out[48:] == 114).all()
+    assert (out[16:48] != 114).all()
     box = np.array([[20.0, 10.0, 60.0, 30.0]], np.float32)
     x1, y1, x2, y2 = to_letterbox(box, ratio, pad_x, pad_y)[0]
     np.testing.assert_allclose([x1, y1, x2, y2], [12.8, 22.4, 38.4, 35.2], rtol=1e-6)
@@ -86,5 +91,7 @@ def test_letterbox_maps_boxes_round_trip() -> None:
 def test_letterbox_odd_padding_uses_whole_pixels() -> None:
     out, ratio, pad_x, pad_y = letterbox(np.zeros((45, 100, 3), np.uint8), 64)  # 64 x 29 inside
     assert (pad_x, pad_y) == (0.0, 17.0)
-    assert (out[16] == 114).all() and (out[17] == 0).all() and (out[45] == 0).all()
+    assert (out[16] == 114).all()
+    assert (out[17] == 0).all()
+    assert (out[45] == 0).all()
     assert (out[46] == 114).all()

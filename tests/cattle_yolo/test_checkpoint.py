@@ -12,7 +12,7 @@ from cattle_yolo.checkpoint import (
     training_state,
 )
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.engine import ModelEMA
+from cattle_yolo.engine import ModelEMA, Trainer
 from cattle_yolo.model import CattleYOLO
 
 
@@ -20,7 +20,8 @@ def test_checkpoint_round_trip_and_torn_file(tmp_path):
     state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "config": {"lr": 0.1}}
     save_checkpoint(state, tmp_path / "last.pt")
     loaded = load_checkpoint(tmp_path / "last.pt")
-    assert loaded["epoch"] == 4 and torch.equal(loaded["model"]["w"], torch.arange(3.0))
+    assert loaded["epoch"] == 4
+    assert torch.equal(loaded["model"]["w"], torch.arange(3.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
     data = (tmp_path / "last.pt").read_bytes()
     (tmp_path / "torn.pt").write_bytes(data[: len(data) // 2])
@@ -62,7 +63,9 @@ def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_
         "best_epoch",
         "metrics",
     }
-    assert best["ema"] is None and best["epoch"] == 3 and best["names"] == ["cow"]
+    assert best["ema"] is None
+    assert best["epoch"] == 3
+    assert best["names"] == ["cow"]
     for k, v in ema["module"].items():  # the EMA weights, not the raw model's
         assert torch.equal(best["model"][k], v)
     size = (tmp_path / "best.pt").stat().st_size
@@ -78,20 +81,17 @@ def test_load_trained_builds_the_model_with_the_ema_weights_from_either_kind(tmp
             p.add_(0.01)
     opt = torch.optim.AdamW(model.parameters())
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainer = Trainer(model, torch.nn.Identity(), opt, scaler, ema, cfg, torch.device("cpu"))
     state = training_state(
-        model,
-        ema,
-        opt,
-        scaler,
-        2,
-        0.1,
-        2,
-        cfg,
-        ["cow", "calf"],
-        {"mAP50_95": 0.1, "out": "x"},
-        torch.device("cpu"),
+        trainer,
+        epoch=2,
+        best=0.1,
+        best_epoch=2,
+        names=["cow", "calf"],
+        stats={"mAP50_95": 0.1, "out": "x"},
     )
-    assert state["metrics"] == {"mAP50_95": 0.1} and state["epoch"] == 2
+    assert state["metrics"] == {"mAP50_95": 0.1}
+    assert state["epoch"] == 2
     save_checkpoint(state, tmp_path / "last.pt")
     save_checkpoint(inference_checkpoint(state), tmp_path / "best.pt")
     want = ema.module.state_dict()
@@ -99,8 +99,10 @@ def test_load_trained_builds_the_model_with_the_ema_weights_from_either_kind(tmp
         loaded, loaded_cfg, names = load_trained(
             tmp_path / name, torch.device("cpu"), ["score_threshold=0.6"]
         )
-        assert not loaded.training and names == ["cow", "calf"]
-        assert loaded_cfg.score_threshold == 0.6 and loaded_cfg.neck_channels == 16
+        assert not loaded.training
+        assert names == ["cow", "calf"]
+        assert loaded_cfg.score_threshold == 0.6
+        assert loaded_cfg.neck_channels == 16
         got = loaded.state_dict()
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want)  # the EMA's, not the model's

@@ -33,7 +33,8 @@ def bad_input(code: int, capsys, *named: str) -> str:
     traceback; return stderr."""
     err = capsys.readouterr().err
     assert code == 2, err
-    assert "error:" in err and "Traceback" not in err, err
+    assert "error:" in err, err
+    assert "Traceback" not in err, err
     for name in named:
         assert name in err, (name, err)
     return err
@@ -45,7 +46,8 @@ def usage_error(args: list[str], capsys, *named: str) -> str:
         cli.main(args)
     err = capsys.readouterr().err
     assert e.value.code == 2, err
-    assert "usage: cattle-yolo" in err and "Traceback" not in err, err
+    assert "usage: cattle-yolo" in err, err
+    assert "Traceback" not in err, err
     for name in named:
         assert name in err, (name, err)
     return err
@@ -84,7 +86,8 @@ def test_cli_bad_config_file_exits_2(tmp_path, capsys):
     bad.write_text("epochs: -3\n")
     assert run_cli(["train", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert str(bad) in err and "'epochs'" in err
+    assert str(bad) in err
+    assert "'epochs'" in err
 
 
 def test_cli_bad_data_exits_2(tmp_path, capsys):
@@ -92,7 +95,8 @@ def test_cli_bad_data_exits_2(tmp_path, capsys):
     (tmp_path / "empty" / "val").mkdir(parents=True)
     assert run_cli(["train", "--data", str(tmp_path / "empty"), "epochs=1"]) == 2
     err = capsys.readouterr().err
-    assert "error:" in err and str(tmp_path / "empty" / "train") in err
+    assert "error:" in err
+    assert str(tmp_path / "empty" / "train") in err
     assert "Traceback" not in err
 
 
@@ -148,7 +152,8 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
         == 0
     )
     records = json.loads((pred_out / "predictions.json").read_text())
-    assert isinstance(records, list) and records  # threshold 0: every kept detection
+    assert isinstance(records, list)
+    assert records
     assert {r["file_name"] for r in records} == {Path(images[0]).name}
     assert all(len(r["bbox"]) == 4 and 0.0 <= r["score"] <= 1.0 for r in records)
     assert (pred_out / Path(images[0]).name).is_file()  # the drawn image
@@ -175,7 +180,8 @@ def test_cli_resume_trains_only_the_missing_epochs(tmp_path):
     args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=2", f"out={out}", "--resume"]
     assert run_cli(args) == 0
     log = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
-    assert log[: len(first)] == first and [json.loads(line)["epoch"] for line in log] == [1, 2]
+    assert log[: len(first)] == first
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
     assert "resumed from" in (out / "logs" / "train.log").read_text()
 
 
@@ -267,7 +273,9 @@ def test_predict_cli_bad_source_exits_2_with_a_message(tmp_path, capsys, name, m
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert message in err and str(tmp_path / name) in err and "Traceback" not in err
+    assert message in err
+    assert str(tmp_path / name) in err
+    assert "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written
 
 

@@ -30,7 +30,8 @@ def test_corrupt_and_truncated_images_are_skipped(tmp_path):
     whole = (root / "train" / "c.jpg").read_bytes()
     (root / "train" / "c.jpg").write_bytes(whole[: len(whole) // 2])
     train = load(root).train
-    assert train.files == [str(root / "train" / "a.jpg")] and train.report.skipped == 2
+    assert train.files == [str(root / "train" / "a.jpg")]
+    assert train.report.skipped == 2
     assert [r.split(": ")[0] for r in train.report.reasons] == [
         str(root / "train" / "b.jpg"),
         str(root / "train" / "c.jpg"),
@@ -64,9 +65,13 @@ def chute():
 
 def test_cattle_chute_loads_and_reports_the_unnamed_class(chute):
     reason = f"{CATTLE_CHUTE}/train/frame_000490.txt:1: class id 1 but only 1 class named"
-    assert chute.name == "cattle-chute" and chute.names == ["Cow"] and chute.test is None
-    assert len(chute.train) == 677 - 1 and len(chute.val) == 99
-    assert chute.train.report.reasons == [reason] and chute.val.report.skipped == 0
+    assert chute.name == "cattle-chute"
+    assert chute.names == ["Cow"]
+    assert chute.test is None
+    assert len(chute.train) == 677 - 1
+    assert len(chute.val) == 99
+    assert chute.train.report.reasons == [reason]
+    assert chute.val.report.skipped == 0
     assert chute.train.images.shape == (676, 320, 320, 3)
     assert (chute.train.orig_sizes == [300, 500]).all()
     np.testing.assert_allclose(chute.train.letterbox[0], [0.64, 64.0, 0.0])
@@ -82,13 +87,19 @@ def test_items_and_collate_shapes() -> None:
     ds.boxes[1] = np.zeros((0, 4), np.float32)
     ds.labels[1] = np.zeros(0, np.int64)
     image, target, i = ds[-1]
-    assert image.shape == (3, 64, 64) and image.dtype == torch.uint8 and i == 5
+    assert image.shape == (3, 64, 64)
+    assert image.dtype == torch.uint8
+    assert i == 5
     assert target.tolist() == [[1.0, 23.0, 22.0, 39.0, 46.0]]
     images, targets, indices = collate([ds[0], ds[1], ds[2]])
-    assert images.shape == (3, 3, 64, 64) and images.dtype == torch.uint8
-    assert targets.shape == (2, 6) and targets.dtype == torch.float32
-    assert targets[:, 0].tolist() == [0.0, 2.0] and targets[:, 1].tolist() == [0.0, 0.0]
-    assert indices.tolist() == [0, 1, 2] and indices.dtype == torch.long
+    assert images.shape == (3, 3, 64, 64)
+    assert images.dtype == torch.uint8
+    assert targets.shape == (2, 6)
+    assert targets.dtype == torch.float32
+    assert targets[:, 0].tolist() == [0.0, 2.0]
+    assert targets[:, 1].tolist() == [0.0, 0.0]
+    assert indices.tolist() == [0, 1, 2]
+    assert indices.dtype == torch.long
     assert collate([ds[1]])[1].shape == (0, 6)
 
 
@@ -98,16 +109,16 @@ def test_augmentation_repeats_per_seed_epoch_and_index() -> None:
     a.set_epoch(4)
     b.set_epoch(4)
     for i in range(6):
-        assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
+        assert torch.equal(a[i][0], b[i][0])
+        assert torch.equal(a[i][1], b[i][1])
     b.set_epoch(5)
     assert not torch.equal(a[2][0], b[2][0])
     c = tiny_dataset().with_augment(cfg.replace(seed=4))
     c.set_epoch(4)
     assert not torch.equal(a[2][0], c[2][0])
     plain = tiny_dataset()
-    assert plain.aug is None and torch.equal(
-        plain[2][0], torch.from_numpy(plain.images[2]).permute(2, 0, 1)
-    )
+    assert plain.aug is None
+    assert torch.equal(plain[2][0], torch.from_numpy(plain.images[2]).permute(2, 0, 1))
 
 
 def batches(loader):
@@ -122,12 +133,18 @@ def test_loaders_are_seeded_and_worker_count_does_not_matter() -> None:
     two = batches(make_loader(train, cfg.replace(workers=2), train=True, epoch=1))
     again = batches(make_loader(tiny_dataset(10).with_augment(cfg), cfg, train=True, epoch=1))
     for (x1, t1, i1), (x2, t2, i2), (x3, t3, i3) in zip(one, two, again, strict=True):
-        assert torch.equal(i1, i2) and torch.equal(x1, x2) and torch.equal(t1, t2)
-        assert torch.equal(i1, i3) and torch.equal(x1, x3) and torch.equal(t1, t3)
+        assert torch.equal(i1, i2)
+        assert torch.equal(x1, x2)
+        assert torch.equal(t1, t2)
+        assert torch.equal(i1, i3)
+        assert torch.equal(x1, x3)
+        assert torch.equal(t1, t3)
     order = torch.cat([i for _, _, i in one]).tolist()
-    assert sorted(order) == list(range(10)) and [len(b[2]) for b in one] == [4, 4, 2]
+    assert sorted(order) == list(range(10))
+    assert [len(b[2]) for b in one] == [4, 4, 2]
     other = torch.cat([i for _, _, i in make_loader(train, cfg, train=True, epoch=2)]).tolist()
-    assert other != order and train.epoch == 2
+    assert other != order
+    assert train.epoch == 2
     val = torch.cat([i for _, _, i in make_loader(tiny_dataset(10), cfg, train=False)]).tolist()
     assert val == list(range(10))
     assert torch.equal(torch.get_rng_state(), rng_state)  # loaders never touch the global RNG
@@ -141,23 +158,33 @@ def test_pickle_is_about_the_image_bytes_and_round_trips() -> None:
     blob = pickle.dumps(ds, protocol=pickle.HIGHEST_PROTOCOL)
     assert len(blob) < ds.images.nbytes * 1.01 + 8192
     back = pickle.loads(blob)
-    assert np.array_equal(back.images, ds.images) and back.epoch == 3 and back.seed == 2
+    assert np.array_equal(back.images, ds.images)
+    assert back.epoch == 3
+    assert back.seed == 2
     assert all(np.array_equal(a, b) for a, b in zip(back.boxes, ds.boxes, strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(back.labels, ds.labels, strict=True))
-    assert back.boxes[5].shape == (0, 4) and back.files == ds.files and back.names == ds.names
-    assert torch.equal(back[7][0], ds[7][0]) and torch.equal(back[7][1], ds[7][1])
+    assert back.boxes[5].shape == (0, 4)
+    assert back.files == ds.files
+    assert back.names == ds.names
+    assert torch.equal(back[7][0], ds[7][0])
+    assert torch.equal(back[7][1], ds[7][1])
 
 
 def test_subset_copies_the_chosen_items() -> None:
     ds = tiny_dataset()
     sub = ds.subset([4, 1])
-    assert len(sub) == 2 and sub.files == ["4.png", "1.png"] and sub.names == ds.names
-    assert np.array_equal(sub.images[0], ds.images[4]) and np.array_equal(sub.boxes[1], ds.boxes[1])
+    assert len(sub) == 2
+    assert sub.files == ["4.png", "1.png"]
+    assert sub.names == ds.names
+    assert np.array_equal(sub.images[0], ds.images[4])
+    assert np.array_equal(sub.boxes[1], ds.boxes[1])
 
 
 def test_augment_and_sources_names_are_reexported_by_data() -> None:
-    assert data.Augment is augment.Augment and data.augment is augment.augment
-    assert data.DataError is sources.DataError and augment.PAD_VALUE == PAD_VALUE == 114
+    assert data.Augment is augment.Augment
+    assert data.augment is augment.augment
+    assert data.DataError is sources.DataError
+    assert augment.PAD_VALUE == PAD_VALUE == 114
     assert set(data.__all__) <= set(dir(data))
 
 
@@ -168,7 +195,9 @@ def test_skipped_val_images_are_said_to_leave_the_metrics_on_a_subset(tmp_path):
     labelimg(root, "val", {"v2": GOOD + "0 0.5 0.5 nan 0.1\n"})
     ds = load(root)
     note = ds.val_coverage()
-    assert note is not None and "cover 1 of 2 val images" in note and "v2.txt:2" in note
+    assert note is not None
+    assert "cover 1 of 2 val images" in note
+    assert "v2.txt:2" in note
     assert load(dataset(tmp_path / "clean", {"a": GOOD})).val_coverage() is None
     with pytest.raises(data.DataError, match="v2.txt:2"):
         load(root, strict=True)

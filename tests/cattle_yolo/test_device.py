@@ -31,7 +31,8 @@ def test_auto_on_a_cpu_is_bf16_only_with_bf16_units(monkeypatch, amx, avx512_bf1
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: avx512_bf16)
     amp, reason = resolve_amp("auto", CPU)
-    assert amp == expected and why in reason
+    assert amp == expected
+    assert why in reason
     assert autocast_dtype(TrainConfig(amp="auto"), CPU) == (
         torch.bfloat16 if expected == "bf16" else None
     )
@@ -48,9 +49,8 @@ def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(monkeypatch, bf16, expe
 
 
 def test_explicit_precisions_on_a_cpu():
-    assert (
-        resolve_amp("off", CPU)[0] == "off" and autocast_dtype(TrainConfig(amp="off"), CPU) is None
-    )
+    assert resolve_amp("off", CPU)[0] == "off"
+    assert autocast_dtype(TrainConfig(amp="off"), CPU) is None
     assert resolve_amp("bf16", CPU)[0] == "bf16"
     with pytest.raises(ConfigError, match="'fp16' needs CUDA"):
         resolve_amp("fp16", CPU)

@@ -50,7 +50,7 @@ def test_first_step_loss_skips_batches_without_objects():
     """The spike rule's reference: the first batch *with objects*. A first batch of empty frames
     has no box terms and a loss several times lower, which made a healthy epoch look like a
     spike (``divergence_rule([8.0], start_loss=1.17)``)."""
-    from cattle_yolo.engine import train_one_epoch
+    from cattle_yolo.engine import Trainer, train_one_epoch
 
     class Scale(torch.nn.Module):
         def __init__(self):
@@ -71,12 +71,9 @@ def test_first_step_loss_skips_batches_without_objects():
     cfg = TrainConfig(epochs=1, accumulate=1, lr=1e-9, ema_decay=0.0, device="cpu")
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-9)
-    stats = train_one_epoch(
-        model, loss_fn, [empty, empty, one], optimizer, scaler, None, cfg, torch.device("cpu"), 0
-    )
+    trainer = Trainer(model, loss_fn, optimizer, scaler, None, cfg, torch.device("cpu"))
+    stats = train_one_epoch(trainer, [empty, empty, one], 0)
     assert stats["first_step_loss"] == pytest.approx(9.0, rel=1e-6)
     # no batch with objects at all: no reference
-    stats = train_one_epoch(
-        model, loss_fn, [empty], optimizer, scaler, None, cfg, torch.device("cpu"), 0
-    )
+    stats = train_one_epoch(trainer, [empty], 0)
     assert math.isnan(stats["first_step_loss"])

@@ -60,11 +60,12 @@ def test_iou_between_half_and_three_quarters() -> None:
     assert m["mAP50"] == pytest.approx(1.0)
     assert m["mAP75"] == 0.0
     assert m["mAP50_95"] == pytest.approx(0.3)
-    assert m["precision"] == pytest.approx(1.0) and m["recall"] == pytest.approx(1.0)
+    assert m["precision"] == pytest.approx(1.0)
+    assert m["recall"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
-    "boxes, scores, n_gt, expected",
+    ("boxes", "scores", "n_gt", "expected"),
     [
         # One GT, a false positive ranked above the true positive: precision 1/2 at recall 1,
         # and COCO's envelope gives 0.5 at all 101 recall points.
@@ -117,8 +118,11 @@ def test_duplicate_detections_count_once() -> None:
 def test_wrong_class_is_not_a_match() -> None:
     targets = [gt([[0, 0, 10, 10]], [0])]
     m = coco_metrics([det([[0, 0, 10, 10]], [0.9], [1])], targets, NAMES)
-    assert m["mAP50"] == 0.0 and m["precision"] == 0.0 and m["recall"] == 0.0
-    assert m["AP50/cow"] == 0.0 and math.isnan(m["AP50/calf"])
+    assert m["mAP50"] == 0.0
+    assert m["precision"] == 0.0
+    assert m["recall"] == 0.0
+    assert m["AP50/cow"] == 0.0
+    assert math.isnan(m["AP50/calf"])
 
 
 def test_two_classes_per_class_ap50() -> None:
@@ -154,7 +158,8 @@ def test_no_detections_gives_zeros() -> None:
 def test_no_ground_truth_gives_zero_map() -> None:
     m = coco_metrics([det([[0, 0, 10, 10]], [0.9], [0])], [gt([], [])], NAMES)
     assert m["mAP50"] == m["mAP50_95"] == m["precision"] == m["recall"] == 0.0
-    assert math.isnan(m["AP50/cow"]) and math.isnan(m["AP50/calf"])
+    assert math.isnan(m["AP50/cow"])
+    assert math.isnan(m["AP50/calf"])
 
 
 def test_bad_inputs_name_the_problem() -> None:
@@ -180,7 +185,8 @@ def test_split_detections_round_trip() -> None:
     out = split_detections(dets)
     assert [len(o["scores"]) for o in out] == [1, 0]
     np.testing.assert_array_equal(out[0]["boxes"], [[1, 2, 3, 4]])
-    assert out[0]["labels"].dtype == np.int64 and out[0]["labels"][0] == 1
+    assert out[0]["labels"].dtype == np.int64
+    assert out[0]["labels"][0] == 1
 
 
 # --- evaluate() with a fake model, loader and loss ---------------------------------------
@@ -222,7 +228,8 @@ class FakeModel(nn.Module):
         self.anchors = 3  # at least the most boxes in one image
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        assert images.dtype == torch.float32 and images.max() <= 1.0
+        assert images.dtype == torch.float32
+        assert images.max() <= 1.0
         indices = (images[:, 0, 0, 0] * 255).round().long().tolist()
         per_image = [[(c, box) for c, *box in GT[i]] for i in indices]
         return raw_output(per_image, self.anchors, len(NAMES))
@@ -244,8 +251,10 @@ def test_evaluate_with_fake_model() -> None:
 
     assert stats["mAP50"] == pytest.approx(1.0)
     assert stats["mAP50_95"] == pytest.approx(1.0)
-    assert stats["precision"] == pytest.approx(1.0) and stats["recall"] == pytest.approx(1.0)
-    assert stats["AP50/cow"] == pytest.approx(1.0) and stats["AP50/calf"] == pytest.approx(1.0)
+    assert stats["precision"] == pytest.approx(1.0)
+    assert stats["recall"] == pytest.approx(1.0)
+    assert stats["AP50/cow"] == pytest.approx(1.0)
+    assert stats["AP50/calf"] == pytest.approx(1.0)
     # batches hold 3, 1 and 1 boxes
     assert stats["val_box"] == pytest.approx(5 / 3)
     assert stats["val_cls"] == pytest.approx(2.0)
@@ -264,7 +273,8 @@ def test_evaluate_scores_a_blind_model_zero() -> None:
 
     loader = DataLoader(FakeSet(), batch_size=4, collate_fn=collate)
     stats = evaluate(Blind(), loader, fake_loss, TrainConfig(imgsz=S), "cpu", epoch=0.0)
-    assert stats["mAP50_95"] == 0.0 and stats["recall"] == 0.0
+    assert stats["mAP50_95"] == 0.0
+    assert stats["recall"] == 0.0
 
 
 def _random_scene(seed: int, n_images: int = 12):
@@ -318,7 +328,8 @@ def test_f1_sweep_edge_cases() -> None:
     none = f1_sweep(np.zeros(0), np.zeros(0, bool), n_gt=3)
     assert none == {"F1": 0.0, "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0}
     perfect = f1_sweep(np.array([0.9, 0.8, 0.2]), np.array([True, True, False]), n_gt=2)
-    assert perfect["F1"] == 1.0 and perfect["F1_threshold"] == pytest.approx(0.8)
+    assert perfect["F1"] == 1.0
+    assert perfect["F1_threshold"] == pytest.approx(0.8)
 
 
 def test_non_finite_outputs_are_counted_and_give_no_detections() -> None:
@@ -334,6 +345,7 @@ def test_non_finite_outputs_are_counted_and_give_no_detections() -> None:
     loader = DataLoader(FakeSet(), batch_size=2, shuffle=False, collate_fn=collate)
     stats = evaluate(BlownUp(), loader, fake_loss, TrainConfig(imgsz=S, batch=2), "cpu", 3.0)
     assert stats["val_nonfinite_batches"] == 3.0
-    assert stats["mAP50"] == 0.0 and stats["recall"] == 0.0
+    assert stats["mAP50"] == 0.0
+    assert stats["recall"] == 0.0
     healthy = evaluate(FakeModel(), loader, fake_loss, TrainConfig(imgsz=S, batch=2), "cpu", 3.0)
     assert healthy["val_nonfinite_batches"] == 0.0

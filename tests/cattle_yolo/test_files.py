@@ -23,7 +23,8 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temp(tmp_path):
 def test_the_temp_file_keeps_the_suffix_and_is_hidden(tmp_path):
     seen = []
     atomic_write(tmp_path / "dets.npz", lambda tmp: (seen.append(tmp.name), tmp.write_bytes(b"x")))
-    assert seen[0].startswith(".") and seen[0].endswith(".npz")
+    assert seen[0].startswith(".")
+    assert seen[0].endswith(".npz")
     assert (tmp_path / "dets.npz").read_bytes() == b"x"
 
 

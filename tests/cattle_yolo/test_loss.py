@@ -120,14 +120,16 @@ def test_pad_targets_keeps_each_images_boxes_in_order() -> None:
         [[2, 1, 0, 0, 5, 5], [0, 0, 1, 1, 2, 2], [2, 0, 3, 3, 9, 9], [0, 1, 4, 4, 8, 8]]
     ).float()
     boxes, labels, mask = pad_targets(targets, batch_size=4)
-    assert boxes.shape == (4, 2, 4) and labels.dtype == torch.long
+    assert boxes.shape == (4, 2, 4)
+    assert labels.dtype == torch.long
     assert mask.tolist() == [[True, True], [False, False], [True, True], [False, False]]
     assert boxes[0].tolist() == [[1, 1, 2, 2], [4, 4, 8, 8]]
     assert boxes[2].tolist() == [[0, 0, 5, 5], [3, 3, 9, 9]]
     assert labels[2].tolist() == [1, 0]
     assert (boxes[~mask] == 0).all()
     empty = pad_targets(torch.zeros(0, 6), batch_size=3)
-    assert empty[0].shape == (3, 1, 4) and not empty[2].any()
+    assert empty[0].shape == (3, 1, 4)
+    assert not empty[2].any()
 
 
 def test_batched_box_iou_matches_torchvision() -> None:
@@ -161,13 +163,15 @@ def test_assign_matches_per_image_reference(seed: int) -> None:
         scores, pred, ANCHORS, gt_boxes, gt_labels, gt_mask, **TAL, gate=gate
     )
     assert torch.equal(got.fg, fg)
-    assert torch.equal(got.gt_index[fg], index[fg]) and (got.gt_index[~fg] == 0).all()
+    assert torch.equal(got.gt_index[fg], index[fg])
+    assert (got.gt_index[~fg] == 0).all()
     assert torch.allclose(got.scores, target, atol=1e-6)
     assert torch.equal(got.ignore, ignore)
     if gate < 0.5:
         assert got.fg.sum() > gt_mask.sum()  # several positives per object, not one
     else:  # a high gate leaves about the best candidate of each object
-        assert got.fg.sum() <= gt_mask.sum() and got.ignore.sum() > 0
+        assert got.fg.sum() <= gt_mask.sum()
+        assert got.ignore.sum() > 0
 
 
 def test_iou_gate_at_epoch_0_mid_ramp_and_after() -> None:
@@ -186,7 +190,8 @@ def test_iou_gate_at_epoch_0_mid_ramp_and_after() -> None:
         a = assign(scores, pred, ANCHORS, *gt, **TAL, iou_gate=iou_threshold(epoch, cfg))
         assert a.fg.sum().item() == kept, epoch
         assert a.ignore.sum().item() == 10 - kept, epoch
-        assert a.fg[0, cand[0]] and a.scores[0, cand[0], 0].item() == pytest.approx(0.9)
+        assert a.fg[0, cand[0]]
+        assert a.scores[0, cand[0], 0].item() == pytest.approx(0.9)
     gate_all = assign(scores, pred, ANCHORS, *gt, **TAL, iou_gate=0.99)
     assert gate_all.fg.sum().item() == 1  # the best candidate survives any gate
 
@@ -230,11 +235,13 @@ def test_every_object_gets_positives_at_init_on_its_level() -> None:
     gated, a = positives(iou_threshold(0, cfg))
     assert (gated >= 1).all()
     ungated, _ = positives(0.0)
-    assert (ungated >= 1).all() and ungated.float().mean() >= 5
+    assert (ungated >= 1).all()
+    assert ungated.float().mean() >= 5
     # the tiny object's positive is the stride-8 anchor of the cell holding its centre
     tiny = (gt_boxes[0] == torch.tensor([60.5, 60.5, 62.0, 62.0])).all(-1).nonzero().item()
     (anchor,) = (a.fg[0] & (a.gt_index[0] == tiny)).nonzero()[:, 0].tolist()
-    assert out["strides"][anchor] == 8 and out["anchors"][anchor].tolist() == [60.0, 60.0]
+    assert out["strides"][anchor] == 8
+    assert out["anchors"][anchor].tolist() == [60.0, 60.0]
 
 
 def test_dfl_encode_decode_round_trip() -> None:
@@ -287,11 +294,15 @@ def test_no_objects_gives_finite_loss_and_zero_box_and_dfl(box_loss: str) -> Non
         losses["total"].backward()
         assert all(torch.isfinite(out[k].grad).all() for k in ("boxes", "cls", "dist"))
         if len(targets) == 0:
-            assert losses["box"].item() == 0.0 and losses["dfl"].item() == 0.0
-            assert losses["num_pos"].item() == 0 and losses["cls"].item() > 0  # all negatives
-            assert out["boxes"].grad.abs().sum() == 0 and out["dist"].grad.abs().sum() == 0
+            assert losses["box"].item() == 0.0
+            assert losses["dfl"].item() == 0.0
+            assert losses["num_pos"].item() == 0
+            assert losses["cls"].item() > 0
+            assert out["boxes"].grad.abs().sum() == 0
+            assert out["dist"].grad.abs().sum() == 0
         else:  # image 0 has no objects: no positive there, so no box gradient there
-            assert losses["num_pos"].item() >= 1 and losses["box"].item() > 0
+            assert losses["num_pos"].item() >= 1
+            assert losses["box"].item() > 0
             assert losses["dfl"].item() > 0
             assert out["boxes"].grad[0].abs().sum() == 0
     total = (losses["box"] + losses["cls"] + losses["dfl"]).item()
@@ -316,7 +327,8 @@ def test_ciou_differs_from_giou_for_misshapen_box() -> None:
     wide = torch.tensor([0.0, 16.0, 48.0, 48.0]).expand(1, len(ANCHORS), 4)
     giou = DetectionLoss(TrainConfig(box_loss="giou"), 2)(make_outputs(wide), gt, 0.0)["box"]
     ciou = DetectionLoss(TrainConfig(box_loss="ciou"), 2)(make_outputs(wide), gt, 0.0)["box"]
-    assert math.isfinite(ciou.item()) and ciou.item() > 0
+    assert math.isfinite(ciou.item())
+    assert ciou.item() > 0
     assert not math.isclose(giou.item(), ciou.item(), rel_tol=1e-3)
 
 
@@ -385,7 +397,8 @@ def test_model_loss_backward_finite_and_overfits_one_batch(box_head: str) -> Non
         losses["total"].backward()
         if step == 0:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            assert grads and all(torch.isfinite(g).all() for g in grads)
+            assert grads
+            assert all(torch.isfinite(g).all() for g in grads)
         opt.step()
         assert math.isfinite(losses["total"].item())
     model.eval()
@@ -406,7 +419,8 @@ def test_collapsed_class_scores_mark_the_step_dead() -> None:
     out = make_outputs(preds)
     out["cls"] = torch.full_like(out["cls"], -200.0)
     dead = loss_fn(out, targets, 0.0)
-    assert not alive["dead"] and dead["dead"]
+    assert not alive["dead"]
+    assert dead["dead"]
     assert not loss_fn(out, torch.zeros(0, 6), 0.0)["dead"]  # no objects: nothing to collapse
 
 
@@ -437,14 +451,16 @@ def test_blown_up_outputs_give_a_nan_loss_not_an_error(dist: bool) -> None:
     )
     boxes[~a.fg] = float("nan")
     box = loss_fn(make_outputs(boxes), targets, epoch=0.0)["box"]
-    assert math.isfinite(box.item()) and box.item() > 0
+    assert math.isfinite(box.item())
+    assert box.item() > 0
 
 
 def test_dfl_loss_of_a_non_finite_target_is_nan_not_an_error() -> None:
     dist = torch.zeros(1, 2, 4, 16)
     target = torch.tensor([[[1.5, 2.0, float("nan"), 3.0], [float("inf"), 0, 0, 0]]])
     out = dfl_loss(dist, target)
-    assert out.shape == (1, 2) and out.isnan().all()
+    assert out.shape == (1, 2)
+    assert out.isnan().all()
 
 
 def test_a_zero_size_predicted_box_gives_a_finite_ciou_loss_and_gradient() -> None:
@@ -455,6 +471,7 @@ def test_a_zero_size_predicted_box_gives_a_finite_ciou_loss_and_gradient() -> No
     centre = (boxes[..., :2] + boxes[..., 2:]) / 2
     out = make_outputs(torch.cat([centre, centre], -1))  # every predicted box 0x0
     losses = loss_fn(out, targets, epoch=0.0)
-    assert losses["num_pos"].item() > 0 and math.isfinite(losses["box"].item())
+    assert losses["num_pos"].item() > 0
+    assert math.isfinite(losses["box"].item())
     losses["total"].backward()
     assert torch.isfinite(out["boxes"].grad).all()

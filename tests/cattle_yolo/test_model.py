@@ -76,8 +76,10 @@ def test_decode_clamps_huge_sizes() -> None:
     assert torch.isfinite(boxes).all()
     w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     big, small = torch.exp(torch.tensor(4.0)) * 32, torch.exp(torch.tensor(-4.0)) * 32
-    assert torch.allclose(w[0, 0], big) and torch.allclose(h[0, 0], big)
-    assert torch.allclose(w[0, 1], small) and torch.allclose(h[0, 1], small)
+    assert torch.allclose(w[0, 0], big)
+    assert torch.allclose(h[0, 0], big)
+    assert torch.allclose(w[0, 1], small)
+    assert torch.allclose(h[0, 1], small)
 
 
 def test_model_decode_with_zeroed_head(model: CattleYOLO) -> None:
@@ -105,7 +107,8 @@ def test_channels_last_and_autocast_match(model: CattleYOLO) -> None:
             amp = model(x)
     assert torch.allclose(ref["boxes"], cl["boxes"], atol=1e-3)
     assert torch.allclose(ref["cls"], cl["cls"], atol=1e-4)
-    assert amp["boxes"].dtype == torch.float32 and amp["cls"].dtype == torch.float32
+    assert amp["boxes"].dtype == torch.float32
+    assert amp["cls"].dtype == torch.float32
     assert torch.isfinite(amp["boxes"]).all()
 
 
@@ -127,7 +130,8 @@ def test_pretrained_offline_raises_clear_error(monkeypatch, tmp_path) -> None:
         CattleYOLO(2, CFG.replace(pretrained=True))
     msg = str(info.value)
     assert "pretrained: false" in msg
-    assert "hub/checkpoints" in msg and "resnet18" in msg
+    assert "hub/checkpoints" in msg
+    assert "resnet18" in msg
     assert isinstance(info.value.__cause__, URLError)
 
 
@@ -178,7 +182,8 @@ def test_postprocess_caps_detections_and_batches() -> None:
     dets = postprocess(fake_outputs(boxes, obj, cls), conf_floor=0.001, nms_iou=0.6, max_det=7)
     assert len(dets) == 2
     for det in dets:
-        assert det["boxes"].shape == (7, 4) and det["scores"].shape == (7,)
+        assert det["boxes"].shape == (7, 4)
+        assert det["scores"].shape == (7,)
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
     none = postprocess(fake_outputs(boxes, obj * 0 + 0.01, cls), 0.5, 0.6, 300)
     assert all(d["boxes"].shape == (0, 4) for d in none)

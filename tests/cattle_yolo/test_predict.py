@@ -100,7 +100,8 @@ def test_predicted_boxes_map_back_to_original_pixels(tmp_path: Path, batch: int)
     cfg = TrainConfig(imgsz=IMGSZ, batch=batch)
     results = predict_images(model, [wide, tall], cfg, "cpu", NAMES)
 
-    assert len(model.batches) == 2 // batch and model.batches[0] == (batch, 3, IMGSZ, IMGSZ)
+    assert len(model.batches) == 2 // batch
+    assert model.batches[0] == (batch, 3, IMGSZ, IMGSZ)
     assert [(r["file"], r["width"], r["height"]) for r in results] == [
         (str(wide), 200, 100),
         (str(tall), 90, 160),
@@ -110,7 +111,8 @@ def test_predicted_boxes_map_back_to_original_pixels(tmp_path: Path, batch: int)
         expected = truth[path][np.argsort(truth[path][:, 1])]
         np.testing.assert_allclose(r["boxes"][order], expected, atol=1e-3)
         assert (r["scores"] > 0.99).all()
-    assert results[0]["labels"].tolist() == [0] and results[1]["labels"].tolist() == [1, 1]
+    assert results[0]["labels"].tolist() == [0]
+    assert results[1]["labels"].tolist() == [1, 1]
 
 
 def test_boxes_in_the_padding_are_clipped_and_low_scores_dropped(tmp_path: Path) -> None:
@@ -122,8 +124,10 @@ def test_boxes_in_the_padding_are_clipped_and_low_scores_dropped(tmp_path: Path)
     results = predict_images(model, [wide], TrainConfig(imgsz=IMGSZ), "cpu", NAMES)
     assert len(results[0]["boxes"]) == 1
     x1, y1, x2, y2 = results[0]["boxes"][0].tolist()
-    assert x1 == 0.0 and y1 == 0.0  # clipped to the image, not the letterbox
-    assert 0 < x2 <= 200 and 0 < y2 <= 100
+    assert x1 == 0.0
+    assert y1 == 0.0
+    assert 0 < x2 <= 200
+    assert 0 < y2 <= 100
 
 
 def test_class_count_mismatch_is_an_error(tmp_path: Path) -> None:

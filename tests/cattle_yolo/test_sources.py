@@ -38,8 +38,10 @@ def test_bad_label_skips_the_image_and_names_file_and_line(tmp_path, capsys, tex
     data = load(root)
     expected = f"{root / 'train' / 'b.txt'}:{line}: {reason}"
     assert data.train.report.reasons == [expected]
-    assert data.train.report.skipped == 1 and data.train.report.found == 2
-    assert data.train.files == [str(root / "train" / "a.jpg")] and len(data.val) == 1
+    assert data.train.report.skipped == 1
+    assert data.train.report.found == 2
+    assert data.train.files == [str(root / "train" / "a.jpg")]
+    assert len(data.val) == 1
     assert expected in capsys.readouterr().out
 
     with pytest.raises(DataError) as e:
@@ -55,7 +57,8 @@ def test_one_class_named_message(tmp_path):
 def test_coordinates_within_tolerance_are_clipped(tmp_path):
     root = dataset(tmp_path, {"a": "0 0.995 0.5 0.02 0.2\n"})  # x2 = 1.005
     train = load(root).train
-    assert train.report.skipped == 0 and train.report.clipped == 1
+    assert train.report.skipped == 0
+    assert train.report.clipped == 1
     # 64 x 48 image: ratio 1, pad_y 8; x1 = 0.985 * 64, x2 clipped to 64
     np.testing.assert_allclose(train.boxes[0], [[63.04, 27.2, 64.0, 36.8]], rtol=1e-5)
 
@@ -63,17 +66,22 @@ def test_coordinates_within_tolerance_are_clipped(tmp_path):
 def test_duplicate_boxes_are_dropped(tmp_path):
     root = dataset(tmp_path, {"a": GOOD + "1 0.2 0.2 0.1 0.1\n" + GOOD})
     train = load(root).train
-    assert train.report.duplicates == 1 and train.report.skipped == 0
-    assert train.labels[0].tolist() == [0, 1] and train.boxes[0].shape == (2, 4)
+    assert train.report.duplicates == 1
+    assert train.report.skipped == 0
+    assert train.labels[0].tolist() == [0, 1]
+    assert train.boxes[0].shape == (2, 4)
 
 
 def test_missing_and_empty_labels_are_backgrounds(tmp_path):
     root = dataset(tmp_path, {"a": GOOD, "missing": None, "empty": "\n"})
     train = load(root).train
-    assert len(train) == 3 and train.report.backgrounds == 2 and train.report.skipped == 0
+    assert len(train) == 3
+    assert train.report.backgrounds == 2
+    assert train.report.skipped == 0
     for i, f in enumerate(train.files):
         if "a.jpg" not in f:
-            assert train.boxes[i].shape == (0, 4) and train[i][1].shape == (0, 5)
+            assert train.boxes[i].shape == (0, 4)
+            assert train[i][1].shape == (0, 5)
 
 
 def ultralytics(root: Path, splits=("train", "val")) -> Path:
@@ -99,8 +107,11 @@ def test_data_yaml_names(tmp_path, names_yaml, names):
     (root / "data.yaml").write_text(f"train: images/train\nval: images/val\n{names_yaml}\n")
     for source in (root, root / "data.yaml"):
         data = load(source)
-        assert data.names == names and data.name == "cattle" and data.test is None
-        assert len(data.train) == 2 and data.train.labels[0].tolist() == [2]
+        assert data.names == names
+        assert data.name == "cattle"
+        assert data.test is None
+        assert len(data.train) == 2
+        assert data.train.labels[0].tolist() == [2]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +145,9 @@ def test_data_yaml_path_lists_and_txt_files(tmp_path):
         "names: [a, b, c]\n"
     )
     data = load(tmp_path / "herd.yaml")
-    assert data.name == "herd" and len(data.train) == 4 and len(data.test) == 2
+    assert data.name == "herd"
+    assert len(data.train) == 4
+    assert len(data.test) == 2
     assert data.train.files[:2] == [
         str(root / "images/train/x.png"),
         str(root / "images/extra/y.png"),
@@ -144,7 +157,9 @@ def test_data_yaml_path_lists_and_txt_files(tmp_path):
 def test_folder_layouts_and_class_names(tmp_path):
     root = ultralytics(tmp_path / "plain")  # images/train without a data.yaml: numbered names
     data = load(root)
-    assert data.names == ["0", "1", "2"] and data.name == "plain" and len(data.val) == 2
+    assert data.names == ["0", "1", "2"]
+    assert data.name == "plain"
+    assert len(data.val) == 2
     (root / "images" / "train" / "classes.txt").write_text("a\nb\nc\n")
     assert load(root).names == ["a", "b", "c"]
 
@@ -153,7 +168,9 @@ def test_a_box_running_past_the_border_is_clipped_and_the_image_kept(tmp_path):
     # centre and size inside [0, 1], bottom edge at y2 = 1.05: Ultralytics keeps and clips it
     root = dataset(tmp_path, {"a": GOOD + "1 0.5 0.9 0.2 0.3\n", "b": GOOD})
     train = load(root).train
-    assert train.report.skipped == 0 and train.report.clipped == 1 and len(train) == 2
+    assert train.report.skipped == 0
+    assert train.report.clipped == 1
+    assert len(train) == 2
     assert "1 clipped" in train.report.summary(len(train), 0)  # the load summary says so
     boxes = train.boxes[train.files.index(str(root / "train" / "a.jpg"))]
     # 64 x 48 image letterboxed to 64: ratio 1, pad_y 8; y1 = 0.75 * 48 + 8, y2 = 1.0 * 48 + 8

@@ -31,7 +31,8 @@ def labels(root: Path, split: str = "train") -> list[np.ndarray]:
 def test_same_seed_gives_identical_files(tmp_path):
     a = files(generate(tmp_path / "a", 3, 2, 1, imgsz=128, seed=5))
     b = files(generate(tmp_path / "b", 3, 2, 1, imgsz=128, seed=5))
-    assert a == b and len(a) == 2 * (3 + 2 + 1) + 1
+    assert a == b
+    assert len(a) == 2 * (3 + 2 + 1) + 1
     c = files(generate(tmp_path / "c", 4, 1, 0, imgsz=128, seed=5))  # other split sizes
     assert all(c[k] == a[k] for k in a if k.startswith(("images/train/", "labels/train/")))
     d = files(generate(tmp_path / "d", 3, 2, 1, imgsz=128, seed=6))
@@ -44,8 +45,11 @@ def test_layout_and_data_yaml_load_cleanly(tmp_path):
     assert meta == {"train": "images/train", "val": "images/val", "names": ["cow", "calf"]}
     assert sorted(p.name for p in (root / "images" / "train").iterdir())[0] == "000000.jpg"
     data = load_datasets(TrainConfig(data=str(root), imgsz=128, strict=True), verbose=False)
-    assert data.names == ["cow", "calf"] and data.name == "synth" and data.test is None
-    assert len(data.train) == 4 and len(data.val) == 2
+    assert data.names == ["cow", "calf"]
+    assert data.name == "synth"
+    assert data.test is None
+    assert len(data.train) == 4
+    assert len(data.val) == 2
     assert max(data.train.orig_sizes.max(axis=1)) == 128  # imgsz is the long side
 
 
@@ -59,29 +63,39 @@ def test_bad_arguments_are_errors(tmp_path):
 def test_class_balance_counts_and_box_sizes(tmp_path):
     rows = labels(generate(tmp_path / "stats", 150, 1, 0, imgsz=192, seed=0))
     counts = np.array([len(r) for r in rows])
-    assert counts.min() >= 1 and counts.max() <= 8 and counts.mean() > 3
+    assert counts.min() >= 1
+    assert counts.max() <= 8
+    assert counts.mean() > 3
     table = np.concatenate(rows)
     cls, w, h = table[:, 0], table[:, 3], table[:, 4]
     assert set(np.unique(cls)) == {0, 1}
     assert 0.05 < cls.mean() < 0.14  # about 10 cows to a calf
-    assert 0.10 < w.mean() < 0.15 and 0.18 < h.mean() < 0.25
+    assert 0.10 < w.mean() < 0.15
+    assert 0.18 < h.mean() < 0.25
     assert (w * h)[cls == 1].mean() < 0.6 * (w * h)[cls == 0].mean()  # calves are smaller
     x1, y1 = table[:, 1] - w / 2, table[:, 2] - h / 2
     x2, y2 = table[:, 1] + w / 2, table[:, 2] + h / 2
-    assert (x1 >= -1e-5).all() and (y1 >= -1e-5).all() and (x2 <= 1 + 1e-5).all()
-    assert (y2 <= 1 + 1e-5).all() and (w > 0).all() and (h > 0).all()
+    assert (x1 >= -1e-5).all()
+    assert (y1 >= -1e-5).all()
+    assert (x2 <= 1 + 1e-5).all()
+    assert (y2 <= 1 + 1e-5).all()
+    assert (w > 0).all()
+    assert (h > 0).all()
 
 
 def test_default_dataset_is_cached_and_loads_as_synthetic(tmp_path, monkeypatch):
     monkeypatch.setenv("CATTLE_YOLO_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(synthetic_images=4, imgsz=64)
     root = default_dataset(cfg)
-    assert root.parent == tmp_path / "cache" and root.name.endswith("-seed0-4-1-1")
+    assert root.parent == tmp_path / "cache"
+    assert root.name.endswith("-seed0-4-1-1")
     stamp = (root / "data.yaml").stat().st_mtime_ns
-    assert default_dataset(cfg) == root and (root / "data.yaml").stat().st_mtime_ns == stamp
+    assert default_dataset(cfg) == root
+    assert (root / "data.yaml").stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [root.name]
     data = load_datasets(cfg, verbose=False)
-    assert data.name == "synthetic" and data.names == ["cow", "calf"]
+    assert data.name == "synthetic"
+    assert data.names == ["cow", "calf"]
     assert (len(data.train), len(data.val), len(data.test)) == (4, 1, 1)
 
 
@@ -90,7 +104,8 @@ def test_concurrent_builders_share_one_copy(tmp_path, monkeypatch):
     cfg = TrainConfig(synthetic_images=8)
     with ThreadPoolExecutor(3) as pool:
         roots = list(pool.map(lambda _: default_dataset(cfg), range(3)))
-    assert len(set(roots)) == 1 and (roots[0] / "data.yaml").is_file()
+    assert len(set(roots)) == 1
+    assert (roots[0] / "data.yaml").is_file()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [roots[0].name]
 
 
@@ -107,5 +122,6 @@ def test_losing_the_rename_race_uses_the_winners_copy(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "GENERATOR_VERSION", 1)
     monkeypatch.setattr(synthetic, "generate", generate_then_lose)
     root = default_dataset(cfg)
-    assert root.name == "synthetic-v1-seed0-4-1-1" and (root / "data.yaml").is_file()
+    assert root.name == "synthetic-v1-seed0-4-1-1"
+    assert (root / "data.yaml").is_file()
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [root.name]

@@ -43,7 +43,8 @@ def test_outputs_layout_and_metrics(tmp_path):
         "images_per_sec",
     ):
         assert key in seen[-1], key
-    assert (out / "models" / "last.pt").is_file() and (out / "models" / "best.pt").is_file()
+    assert (out / "models" / "last.pt").is_file()
+    assert (out / "models" / "best.pt").is_file()
     assert TrainConfig.load(out / "config.yaml") == cfg
     rows = list(csv.DictReader((out / "metrics" / "training_metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
@@ -51,13 +52,15 @@ def test_outputs_layout_and_metrics(tmp_path):
     assert json.loads(lines[-1])["epoch"] == 2
     log = (out / "logs" / "train.log").read_text()
     assert log.count("mAP50=") == 2
-    assert result["epochs_run"] == 2 and result["out"] == str(out)
+    assert result["epochs_run"] == 2
+    assert result["out"] == str(out)
 
 
 def test_seeded_cpu_runs_repeat_exactly(tmp_path):
     a = train(tiny_config(tmp_path / "a", epochs=1))["last"]
     b = train(tiny_config(tmp_path / "b", epochs=1))["last"]
-    assert a["train_loss"] == b["train_loss"] and a["mAP50_95"] == b["mAP50_95"]
+    assert a["train_loss"] == b["train_loss"]
+    assert a["mAP50_95"] == b["mAP50_95"]
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
@@ -230,7 +233,8 @@ def test_a_disk_that_fills_mid_checkpoint_keeps_the_last_one_and_resumes(
     # test left on a closed capture stream may print its own)
     assert err.splitlines()[-1].startswith("error: [Errno 28]")
     assert "last.pt: the disk filled while writing it" in err
-    assert "RuntimeError" not in err and "DiskFullError" not in err
+    assert "RuntimeError" not in err
+    assert "DiskFullError" not in err
     assert load_checkpoint(out / "models" / "last.pt")["epoch"] == 1
     assert sorted(p.name for p in (out / "models").iterdir()) == ["best.pt", "last.pt"]
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from run_search import SMOKE_CONFIG
+from tune.plan import SMOKE_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,17 +55,9 @@ def tiny_tuner(
         extra_callbacks,
         threshold_range=space.threshold_range(),
     )
+    experiment = search.Experiment(name, storage, max_failures=max_failures, verbose=0)
     tuner, _ = search.build_tuner(
-        trainable,
-        space,
-        base,
-        space.settings,
-        resources,
-        name,
-        storage,
-        max_failures,
-        verbose=0,
-        journal=journal,
+        trainable, space, base, space.settings, resources, experiment, search.Study(journal=journal)
     )
     return tuner
 

@@ -15,6 +15,7 @@ from cattle_yolo.config import ConfigError
 from tune import audit, audit_report
 from tune import design as doe
 from tune.results import DIVERGED, EPOCH, OBJECTIVE, OBJECTIVE_EPOCH, THRESHOLD_F1, VAL_LOSS
+from tune.search import Experiment
 from tune.space import AUDIT_ROW
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,14 +53,18 @@ def test_the_seeds_example_plans_six_trained_changes_and_the_threshold_after_tra
         "warmup_start_fraction",
         "score_threshold",
     ]
-    assert plan.post_hoc is not None and plan.post_hoc.name == "score_threshold"
+    assert plan.post_hoc is not None
+    assert plan.post_hoc.name == "score_threshold"
     assert plan.x.shape == (16, 6)  # a resolution IV fraction over the six trained changes
-    assert plan.seeds == [0, 1, 2] and plan.settings.epochs == 10
+    assert plan.seeds == [0, 1, 2]
+    assert plan.settings.epochs == 10
     assert plan.base.box_head == "exp"  # both files are on the seed's exp head
     runs = plan.runs()
     assert len(runs) == 48
     before = next(r for r in runs if plan.row_label(r[AUDIT_ROW]) == "BEFORE")
-    assert before["lr"] == 2e-3 and before["wh_clamp"] == 20.0 and before["iou_ramp_epochs"] == 20
+    assert before["lr"] == 2e-3
+    assert before["wh_clamp"] == 20.0
+    assert before["iou_ramp_epochs"] == 20
     assert "score_threshold" not in before  # not a design column: scored after training
 
 
@@ -67,7 +72,8 @@ def test_threshold_is_a_design_column_when_the_metric_reads_it(tmp_path):
     b = _yaml(tmp_path / "b.yaml", {"score_threshold": 0.1, "lr": 1e-3})
     a = _yaml(tmp_path / "a.yaml", {"score_threshold": 0.3, "lr": 2e-3})
     plan = _plan(b, a, metric="f1")
-    assert plan.post_hoc is None and plan.x.shape == (4, 2)
+    assert plan.post_hoc is None
+    assert plan.x.shape == (4, 2)
 
 
 def test_run_keys_are_noted_not_audited(tmp_path):
@@ -80,7 +86,7 @@ def test_run_keys_are_noted_not_audited(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "before, after, kwargs, message",
+    ("before", "after", "kwargs", "message"),
     [
         ({"lr": 1e-3}, {"lr": 1e-3}, {}, "no key differs"),
         ({"lr": 1e-3}, {"lr": 2e-3, "imgsz": 320}, {}, "imgsz differs"),
@@ -131,7 +137,7 @@ def test_one_at_a_time_plan(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "files, extra, message",
+    ("files", "extra", "message"),
     [
         ({"lr": 1e-3}, [], "no key differs"),
         ({"learning_rat": 1e-3}, [], "unknown key 'learning_rat'"),
@@ -150,7 +156,8 @@ def test_cli_errors_exit_2_before_ray_and_write_nothing(tmp_path, capsys, files,
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert message in err and "Traceback" not in err
+    assert message in err
+    assert "Traceback" not in err
     assert not storage.exists()
     assert not ray.is_initialized()  # refused before Ray starts
 
@@ -223,20 +230,19 @@ def test_audit_recovers_known_effects_through_the_real_grid(tmp_path):
         tuner = audit.build_tuner(
             tune.with_resources(synthetic_trial, {"cpu": 0.25}),
             plan,
-            name="known",
-            storage=str(tmp_path / "storage"),
+            Experiment("known", str(tmp_path / "storage"), max_failures=0, verbose=0),
             concurrent=8,
-            max_failures=0,
-            verbose=0,
-            keep_weights=None,
         )
         runs = audit.collect(tuner.fit(), plan, ["cow"])
     finally:
         ray.shutdown()
     assert len(runs) == 24
     diverged = [r for r in runs if r.status == "diverged"]
-    assert len(diverged) == 1 and diverged[0].objective == 0.0 and diverged[0].f1["own"] == 0.0
-    assert plan.row_label(diverged[0].row) == "AFTER" and diverged[0].seed == 2
+    assert len(diverged) == 1
+    assert diverged[0].objective == 0.0
+    assert diverged[0].f1["own"] == 0.0
+    assert plan.row_label(diverged[0].row) == "AFTER"
+    assert diverged[0].seed == 2
 
     folder = tmp_path / "report"
     lines = audit_report.write_report(plan, runs, folder)
@@ -264,7 +270,8 @@ def test_audit_recovers_known_effects_through_the_real_grid(tmp_path):
     assert doc2["metrics"]["val_loss"]["effects"]["lr"]["verdict"] == "helped"
     # every file of the report, with its content
     md = (folder / audit_report.REPORT_MD).read_text()
-    assert "| lr |" in md and "diverged (worst value): AFTER seed 2" in md
+    assert "| lr |" in md
+    assert "diverged (worst value): AFTER seed 2" in md
     assert len((folder / audit_report.RUNS_CSV).read_text().splitlines()) == 25
     assert (folder / audit_report.FOREST_PNG).stat().st_size > 5000
     assert any("report:" in line for line in lines)
@@ -296,7 +303,8 @@ def test_f1_effect_of_the_threshold_is_paired_over_every_run():
     doc = audit_report.analyse(plan, runs)
     thr = doc["metrics"]["F1"]["effects"]["score_threshold"]
     assert thr["effect"] == pytest.approx(0.051)
-    assert thr["verdict"] == "helped" and thr["df"] == 2
+    assert thr["verdict"] == "helped"
+    assert thr["df"] == 2
     assert "cannot change it" in doc["metrics"][OBJECTIVE]["effects"]["score_threshold"]["verdict"]
     # BEFORE's F1 is read at BEFORE's threshold, AFTER's at AFTER's
     assert doc["metrics"]["F1"]["rows"]["BEFORE"]["mean"] == pytest.approx(0.41)
@@ -328,7 +336,8 @@ def test_audit_cli_trains_the_real_trainable_and_resumes(tmp_path):
     assert run_search.main(args) == 0
     folder = tmp_path / "st" / "tiny"
     doc = json.loads((folder / audit_report.REPORT_JSON).read_text())
-    assert len(doc["runs"]) == 8 and all(r["status"] == "completed" for r in doc["runs"])
+    assert len(doc["runs"]) == 8
+    assert all(r["status"] == "completed" for r in doc["runs"])
     assert all(set(r["f1"]) == {"-1", "1"} for r in doc["runs"])  # both thresholds scored
     effects = doc["metrics"]["F1"]["effects"]
     assert set(effects) == {"lr", "focal_gamma", "score_threshold"}

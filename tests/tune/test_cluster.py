@@ -50,7 +50,8 @@ def test_more_gpus_than_ray_sees_is_an_error_naming_the_count():
 )
 def test_plan(cluster, gpus, per_trial, cpus, concurrent, cpus_each):
     r = plan_resources(cluster, gpus, per_trial, cpus, trials=3 if concurrent == 3 else 16)
-    assert r.concurrent == concurrent and r.cpus_per_trial == cpus_each
+    assert r.concurrent == concurrent
+    assert r.cpus_per_trial == cpus_each
     assert r.per_trial()["gpu"] == (0.0 if not r.gpus else per_trial)
 
 
@@ -82,8 +83,10 @@ def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr(ray, "get", lambda refs, timeout: [True, False])
     with pytest.raises(SearchSetupError) as err:
         cluster.check_shared_storage(str(tmp_path))
-    assert "10.0.0.2" in str(err.value) and "10.0.0.1" not in str(err.value)
-    assert "shared" in str(err.value) and "s3://" in str(err.value)
+    assert "10.0.0.2" in str(err.value)
+    assert "10.0.0.1" not in str(err.value)
+    assert "shared" in str(err.value)
+    assert "s3://" in str(err.value)
     assert not list(tmp_path.iterdir())  # the marker is cleaned up
     # a cloud URI is taken as shared without asking the nodes
     assert cluster.check_shared_storage("s3://bucket/searches") == 2
@@ -98,7 +101,8 @@ def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "token auth off" in proc.stderr and "CVE-2023-48022" in proc.stderr
+    assert "token auth off" in proc.stderr
+    assert "CVE-2023-48022" in proc.stderr
     assert "--allow-unauthenticated-dashboard" in proc.stderr
     assert "Started a local Ray" not in proc.stdout + proc.stderr
     assert not any(tmp_path.iterdir())  # nothing written
@@ -195,7 +199,8 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
     assert [r.status for r in rows] == ["completed", "completed"]
     ran_on = {p.read_text() for p in nodes_dir.iterdir()}
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert len(ran_on) == 2 and ran_on == alive
+    assert len(ran_on) == 2
+    assert ran_on == alive
 
 
 @pytest.mark.slow
@@ -211,6 +216,7 @@ def test_driver_attaches_to_the_cluster_with_address(two_nodes, tmp_path):
     ]
     proc = run_search(args, tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 node(s)" in proc.stdout and "2 trial(s) at once" in proc.stdout
+    assert "2 node(s)" in proc.stdout
+    assert "2 trial(s) at once" in proc.stdout
     assert (tmp_path / "runs" / "attached" / "best_config.yaml").is_file()
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2  # the cluster outlives the driver

@@ -16,8 +16,7 @@ from tune.confirm import (
     verdict,
     winner,
 )
-from tune.report import TrialRow
-from tune.results import Status
+from tune.results import Status, TrialRow
 from tune.space import CONFIRM_ID, SearchSettings, load_space
 
 SPACE = "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
@@ -27,7 +26,7 @@ def _row(name, lr, best, status=Status.COMPLETED, seed=None):
     return TrialRow(
         name=name,
         params={"lr": lr},
-        best=best,
+        objective=best,
         best_epoch=1,
         epochs_run=3,
         status=str(status),
@@ -54,7 +53,8 @@ def test_the_default_comes_first_then_completed_trials_then_stopped_ones(space):
     ]
     picked = pick_candidates(rows, space, SearchSettings(), base, k=3)
     assert [c.label for c in picked] == ["default", "t4", "t2", "t3"]
-    assert picked[0].params == {"lr": base.lr} and picked[0].search_value == 0.30
+    assert picked[0].params == {"lr": base.lr}
+    assert picked[0].search_value == 0.30
     assert [c.confirm_id for c in picked] == [0, 1, 2, 3]
     assert [c.label for c in pick_candidates(rows, space, SearchSettings(mode="min"), base, 1)] == [
         "default",
@@ -82,7 +82,8 @@ def test_runs_are_scored_with_diverged_as_worst_and_errors_left_out():
     ]
     assert c.values(worst=0.0) == [0.4, 0.6, 0.0]
     mean, sd = c.mean_sd(0.0)
-    assert mean == pytest.approx(1.0 / 3) and sd == pytest.approx(0.3055, abs=1e-4)
+    assert mean == pytest.approx(1.0 / 3)
+    assert sd == pytest.approx(0.3055, abs=1e-4)
     assert all(math.isnan(v) for v in Candidate(2, "e", {}, None).mean_sd(0.0))
 
 
@@ -113,7 +114,8 @@ def test_unfinished_runs_are_no_data_point_and_an_interrupted_confirmation_expor
     )
     default.runs = [_row("d1", 1e-3, 0.40, seed=1), _row("d2", 1e-3, 0.42, seed=2)]
     found.runs = [_row("f1", 4e-3, 0.60, seed=1), _row("f2", 4e-3, 0.9, Status.UNFINISHED, seed=2)]
-    assert found.values(0.0) == [0.60] and not found.complete(0.0, 2)
+    assert found.values(0.0) == [0.60]
+    assert not found.complete(0.0, 2)
     assert winner([default, found], settings) is default  # t4 lacks a seed: it cannot win yet
     assert "interrupted (1 runs unfinished); no verdict" in verdict([default, found], settings)
     export = tmp_path / "best.yaml"
@@ -141,7 +143,8 @@ def test_one_seed_gives_no_verdict():
     default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
     default.runs, found.runs = [_row("d1", 0, 0.40)], [_row("f1", 0, 0.41)]
     text = verdict([default, found], settings)
-    assert "one seed: no spread, so no verdict" in text and "beats" not in text
+    assert "one seed: no spread, so no verdict" in text
+    assert "beats" not in text
 
 
 def test_the_export_states_the_confirmed_mean_not_the_best_seed(space, tmp_path):
@@ -157,5 +160,6 @@ def test_the_export_states_the_confirmed_mean_not_the_best_seed(space, tmp_path)
     header = text.splitlines()[0]
     assert "confirmed mean 0.6 ± 0.1414 over 2 seeds (checkpoint: seed 2, 0.7" in header, header
     doc = yaml.safe_load(text)
-    assert doc["value"] == pytest.approx(0.6) and doc["checkpoint_value"] == pytest.approx(0.7)
+    assert doc["value"] == pytest.approx(0.6)
+    assert doc["checkpoint_value"] == pytest.approx(0.7)
     assert doc["checkpoint"] == "/x/f2/run/models/best.pt"

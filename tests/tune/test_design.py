@@ -20,15 +20,17 @@ def test_full_factorial_is_every_combination_once(k):
     assert x.shape == (2**k, k)
     assert len({tuple(r) for r in x}) == 2**k
     assert (x.sum(axis=0) == 0).all()  # every column balanced
-    assert _has(x, [-1] * k) and _has(x, [1] * k)
+    assert _has(x, [-1] * k)
+    assert _has(x, [1] * k)
 
 
-@pytest.mark.parametrize("k, rows", [(4, 8), (5, 16), (6, 16), (7, 16), (8, 16)])
+@pytest.mark.parametrize(("k", "rows"), [(4, 8), (5, 16), (6, 16), (7, 16), (8, 16)])
 def test_fraction_is_resolution_iv_and_holds_before_and_after(k, rows):
     x = doe.fractional(k)
     assert x.shape == (rows, k)
     assert len({tuple(r) for r in x}) == rows
-    assert _has(x, [-1] * k) and _has(x, [1] * k)
+    assert _has(x, [-1] * k)
+    assert _has(x, [1] * k)
     # main effects orthogonal to each other and to every two-factor interaction
     xi = x.astype(int)
     for i in range(k):
@@ -47,7 +49,7 @@ def test_resolution_check_rejects_a_resolution_iii_design():
 
 
 @pytest.mark.parametrize(
-    "design, k, message",
+    ("design", "k", "message"),
     [
         ("fractional", 3, "--design factorial"),
         ("fractional", 9, "4 to 8"),
@@ -109,7 +111,8 @@ def test_estimate_known_answer():
     est = doe.estimate(y, np.array([-1.0, 1.0]))
     assert est.value == pytest.approx(0.08)
     s2, df = doe.pure_error(y)
-    assert df == 1 and s2 == pytest.approx(4 * 0.01**2)
+    assert df == 1
+    assert s2 == pytest.approx(4 * 0.01**2)
     assert est.se == pytest.approx(math.sqrt(s2 * 2 / 2))
     half = 12.7062 * est.se  # t(0.975, 1)
     assert (est.low, est.high) == pytest.approx((0.08 - half, 0.08 + half), rel=1e-4)

@@ -62,7 +62,8 @@ def test_the_estimate_matches_the_checkpoints_training_writes(tmp_path):
     resumable, inference = checkpoint_bytes(cfg, num_classes=2)
     last = (tmp_path / "run" / "models" / "last.pt").stat().st_size
     best = (tmp_path / "run" / "models" / "best.pt").stat().st_size
-    assert resumable == pytest.approx(last, rel=0.05) and inference == pytest.approx(best, rel=0.05)
+    assert resumable == pytest.approx(last, rel=0.05)
+    assert inference == pytest.approx(best, rel=0.05)
     # two at once, three kept: 2 x (last + the next being written + best) + 3 best, x 1.1 + 100 MB
     assert peak_bytes(1000, 250, 2, 3) == int((2 * 2250 + 750) * 1.1) + 100 * 2**20
 
@@ -102,9 +103,11 @@ def test_an_ended_trial_keeps_last_pt_until_a_saved_state_records_its_end(tmp_pa
     assert last_pt(a)
     a.status = "TERMINATED"
     keeper.on_trial_complete(1, [a, b], b)
-    assert last_pt(a) and last_pt(b)
+    assert last_pt(a)
+    assert last_pt(b)
     keeper.get_state()  # ... and at the next save that one is on storage
-    assert not last_pt(a) and last_pt(b)
+    assert not last_pt(a)
+    assert last_pt(b)
     keeper.on_experiment_end([a, b])
     assert not last_pt(b)
     assert (Path(b.path) / "run" / "models" / "best.pt").exists()  # best.pt: the top 1 keeps it

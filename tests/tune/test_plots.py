@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 
 from tune.plots import STATUS_COLORS, plot_curves, plot_importance, plot_knobs
-from tune.report import TrialRow
-from tune.results import Status
+from tune.results import Status, TrialRow
 from tune.space import SearchSettings, load_space
 
 RGB = {"tab:green": (44, 160, 44), "tab:red": (214, 39, 40), "tab:orange": (255, 127, 14)}
@@ -23,7 +22,7 @@ def _row(name, status, losses, lr, box):
     return TrialRow(
         name=name,
         params={"lr": lr, "box_loss": box},
-        best=best,
+        objective=best,
         best_epoch=1,
         epochs_run=len(losses),
         status=str(status),
@@ -62,7 +61,8 @@ def test_curves_and_knobs_colour_each_trial_by_status(tmp_path, write_space):
     )
     plot_knobs(rows, space, settings, tmp_path / "knobs.png")
     colours = _colours(tmp_path / "knobs.png")
-    assert _drawn(colours, "tab:green") and _drawn(colours, "tab:orange")
+    assert _drawn(colours, "tab:green")
+    assert _drawn(colours, "tab:orange")
 
 
 def test_importance_is_one_bar_per_knob(tmp_path):

@@ -9,7 +9,8 @@ from helpers import REPO
 from PIL import Image
 
 from cattle_yolo.config import TrainConfig
-from tune.report import TrialRow, importance, pick_best, trial_status, write_report
+from tune.report import importance, pick_best, trial_status, write_report
+from tune.results import TrialRow
 from tune.space import load_space
 
 
@@ -84,7 +85,9 @@ def test_write_report_files(tmp_path, write_space):
     base = TrainConfig(epochs=4, out="/somewhere", device="cpu")
     lines = write_report(_rows(), space, space.settings, base, tmp_path, "exp", tmp_path / "b.yaml")
     text = "\n".join(lines)
-    assert "best trial: trial_003" in text and "3 completed" in text and "1 diverged" in text
+    assert "best trial: trial_003" in text
+    assert "3 completed" in text
+    assert "1 diverged" in text
     # 6 trials x 4 epochs = 24; ran 4+2+4+1+1+4 = 16; ASHA saved 2, divergence 3, errors 3
     assert "epochs trained: 16 of 24 (67%); saved by ASHA 2, by the divergence rules 3" in text
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
@@ -96,12 +99,16 @@ def test_write_report_files(tmp_path, write_space):
     ]
     for path in (tmp_path / "best_config.yaml", tmp_path / "b.yaml"):
         cfg = TrainConfig.load(path)
-        assert cfg.lr == 3e-3 and cfg.box_loss_weight == pytest.approx(8.0)
-        assert cfg.out is None and cfg.device == "auto" and cfg.epochs == 4
+        assert cfg.lr == 3e-3
+        assert cfg.box_loss_weight == pytest.approx(8.0)
+        assert cfg.out is None
+        assert cfg.device == "auto"
+        assert cfg.epochs == 4
     for plot in ("curves.png", "knobs.png", "importance.png"):
         with Image.open(tmp_path / "plots" / plot) as im:
             pixels = np.asarray(im.convert("RGB"))
-        assert pixels.shape[0] > 200 and pixels.shape[1] > 300  # a figure, not a stub
+        assert pixels.shape[0] > 200
+        assert pixels.shape[1] > 300
         # drawn on: more than the background and a few greys (axes, text) in it
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
 
@@ -113,9 +120,11 @@ def test_importance_needs_enough_trials(write_space):
         )
     )
     values, _ = importance(_rows(), space, space.settings)
-    assert set(values) == {"lr", "box_loss_weight"} and math.isclose(sum(values.values()), 1.0)
+    assert set(values) == {"lr", "box_loss_weight"}
+    assert math.isclose(sum(values.values()), 1.0)
     values, why = importance(_rows()[:2], space, space.settings)
-    assert values is None and "at least 4" in why
+    assert values is None
+    assert "at least 4" in why
 
 
 def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_space):
@@ -128,7 +137,8 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     from tune.space import for_metric
 
     space, notes = for_metric(space, "mAP50_95")
-    assert "score_threshold" not in space.knobs and space.threshold_range() == (0.05, 0.5)
+    assert "score_threshold" not in space.knobs
+    assert space.threshold_range() == (0.05, 0.5)
     rows = _rows()
     for r in rows:
         r.params.pop("box_loss_weight")
@@ -146,7 +156,8 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     row = next(
         r for r in csv.DictReader((tmp_path / "results.csv").open()) if r["trial"] == "trial_003"
     )
-    assert float(row["threshold"]) == 0.3712 and float(row["threshold_F1"]) == 0.7467
+    assert float(row["threshold"]) == 0.3712
+    assert float(row["threshold_F1"]) == 0.7467
     values, _ = importance(rows, space, space.settings)
     assert set(values) == {"lr"}  # the post-hoc threshold is not a sampled knob
 
@@ -199,6 +210,8 @@ def test_the_precision_trained_in_and_best_pts_epoch_reach_the_report(tmp_path, 
     assert [r["amp"] for r in csv_rows] == ["bf16"] * 4 + [""] + ["bf16"]
     text = (tmp_path / "best_config.yaml").read_text()
     doc = yaml.safe_load(text)
-    assert doc["trained_in"] == "bf16" and doc["config"]["amp"] == "auto"
-    assert doc["epoch"] == 4 and doc["checkpoint_epoch"] == 3
+    assert doc["trained_in"] == "bf16"
+    assert doc["config"]["amp"] == "auto"
+    assert doc["epoch"] == 4
+    assert doc["checkpoint_epoch"] == 3
     assert "best.pt holds epoch 3, the best by mAP50_95" in text.splitlines()[0]

@@ -15,7 +15,8 @@ def test_key_names_are_distinct_and_match_their_values():
         if name.isupper() and isinstance(value, str)
     }
     assert len(set(keys.values())) == len(keys)
-    assert results.OBJECTIVE == "objective" and results.EPOCH == "epoch"
+    assert results.OBJECTIVE == "objective"
+    assert results.EPOCH == "epoch"
     assert results.THRESHOLD_KEYS == ("threshold", "threshold_P", "threshold_R", "threshold_F1")
 
 
@@ -29,7 +30,8 @@ def test_every_status_trial_status_gives_is_a_plain_string_yaml_can_write():
     ]
     for metrics, error, want in cases:
         status, _ = trial_status(metrics, error, max_t=4)
-        assert status == want and type(status) is str
+        assert status == want
+        assert type(status) is str
         assert yaml.safe_load(yaml.safe_dump({"status": status})) == {"status": str(want)}
     assert set(ENDED) == {Status.COMPLETED, Status.STOPPED, Status.DIVERGED}
     assert [str(s) for s in Status] == [

@@ -111,7 +111,8 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
     assert "resuming the search" in resumed.stdout
 
     rows = list(csv.DictReader((experiment / "results.csv").open()))
-    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    assert len(rows) == 4
+    assert {r["status"] for r in rows} == {"completed"}
     for trial_id, before in progress.items():
         (trial_dir,) = experiment.glob(f"trial_*_{trial_id}")
         assert (trial_dir / "progress.csv").read_text() == before  # kept, not trained again
@@ -144,7 +145,8 @@ def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(t
     assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
     assert "extending the search to 3 trials" in more.stdout
     rows = list(csv.DictReader(results.open()))
-    assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
+    assert len(rows) == 3
+    assert {r["status"] for r in rows} == {"completed"}
 
     for flags, message in (
         (["--epochs", "2"], "--epochs 2 differs from the saved 1"),
@@ -169,7 +171,8 @@ def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(t
     study = optuna.load_study(
         study_name="warm", storage=journal_storage(tmp_path / "warm" / JOURNAL_FILE)
     )
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 4
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
 
 
 def test_file_uri_storage_is_the_path_it_names(tmp_path):
@@ -180,4 +183,5 @@ def test_file_uri_storage_is_the_path_it_names(tmp_path):
         ["--smoke-test", "--storage", f"file://{tmp_path}/store", "--name", "x"]
     )
     plan = run_search.plan_search(args)
-    assert plan.storage == str(tmp_path / "store") and plan.path == str(tmp_path / "store" / "x")
+    assert plan.storage == str(tmp_path / "store")
+    assert plan.path == str(tmp_path / "store" / "x")

@@ -99,7 +99,8 @@ points:
 def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_path):
     space, base, tuner, results, rows = _search(tmp_path, SEARCH, "search")
     by_lr = {r.params["lr"]: r for r in rows}
-    assert len(rows) == 4 and not results.errors
+    assert len(rows) == 4
+    assert not results.errors
     assert {r.status for r in rows} <= {"completed", "stopped by ASHA", "diverged"}
 
     # the hand-fixed default ran first, exactly, and was not cut as diverged
@@ -110,10 +111,11 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
 
     # lr=10 is stopped within 2 epochs and reported diverged with the rule that fired
     wild = by_lr[10.0]
-    assert wild.status == "diverged" and wild.epochs_run <= 2, (wild.status, wild.detail)
+    assert wild.status == "diverged", (wild.status, wild.detail)
+    assert wild.epochs_run <= 2, (wild.epochs_run, wild.detail)
     rules = ("non-finite", "spike", "training loop", "collapsed")  # which fires hangs on rounding
     assert any(rule in wild.detail for rule in rules), wild.detail
-    assert wild.best == 0.0  # the finite worst objective
+    assert wild.objective == 0.0  # the finite worst objective
 
     # every trial reached Optuna finished (none left RUNNING): ASHA's cuts as PRUNED
     assert all(math.isfinite(r.metrics["objective"]) for r in results)
@@ -122,7 +124,7 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     )
     want = {"completed": "COMPLETE", "diverged": "COMPLETE", "stopped by ASHA": "PRUNED"}
     assert sorted(t.state.name for t in study.trials) == sorted(want[r.status] for r in rows)
-    complete = [r.best for r in rows if r.status != "stopped by ASHA"]
+    complete = [r.objective for r in rows if r.status != "stopped by ASHA"]
     assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == sorted(complete)
 
     lines = report.write_report(
@@ -131,8 +133,10 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     assert any(line.startswith("best trial:") for line in lines)
     best = report.pick_best(rows, "max")
     cfg = TrainConfig.load(tmp_path / "best.yaml")
-    assert cfg == report.best_config(best, base) and cfg.epochs == 3
-    assert cfg.lr == best.params["lr"] and cfg.iou_end >= cfg.iou_start
+    assert cfg == report.best_config(best, base)
+    assert cfg.epochs == 3
+    assert cfg.lr == best.params["lr"]
+    assert cfg.iou_end >= cfg.iou_start
     assert (Path(best.path) / "run" / "models" / "best.pt").is_file()
     for plot in ("curves.png", "knobs.png"):
         assert (tmp_path / "report" / "plots" / plot).is_file()
@@ -160,7 +164,7 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "retrain" / "metrics" / "training_metrics.jsonl").read_text().splitlines()
     retrained = max(json.loads(line)["mAP50_95"] for line in log)
-    assert retrained == best.best, (retrained, best.best)
+    assert retrained == best.objective, (retrained, best.objective)
 
 
 class FailOnce:
@@ -184,7 +188,8 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(ray_session, tmp_pat
     _, _, _, results, rows = _search(tmp_path, text, "retry", (FailOnce(str(marker), 2),))
     assert marker.is_file()  # the fault fired
     (row,) = rows
-    assert row.status == "completed" and not results.errors
+    assert row.status == "completed"
+    assert not results.errors
     assert results[0].metrics["resumed_from_epoch"] == 2  # resumed at epoch 2, not from 0
     assert [h["epoch"] for h in row.history] == [1, 2, 3]
 
@@ -249,13 +254,15 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         assert trial.state.name == ("PRUNED" if row.status == "stopped by ASHA" else "COMPLETE")
         # every epoch's objective reached the study, the last one included
         assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
-        assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.best)
-        assert "threshold" in row.threshold and "threshold_F1" in row.threshold
+        assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.objective)
+        assert "threshold" in row.threshold
+        assert "threshold_F1" in row.threshold
 
     # bounded disk: an ended trial keeps its best.pt (keep_weights None here) but no last.pt
     for row in rows:
         models = Path(row.path) / "run" / "models"
-        assert (models / "best.pt").is_file() and not (models / "last.pt").exists()
+        assert (models / "best.pt").is_file()
+        assert not (models / "last.pt").exists()
 
     # TensorBoard: every trial's events hold each epoch's scalars and its hyperparameters
     for row in rows:
@@ -279,10 +286,12 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
 
     settings = space.settings
     candidates = confirm.pick_candidates(rows, space, settings, base, k=1)
-    assert candidates[0].label == "default" and candidates[0].params["lr"] == base.lr
+    assert candidates[0].label == "default"
+    assert candidates[0].params["lr"] == base.lr
     others = [r for r in rows if r.status == "completed" and r.params["lr"] != base.lr]
-    top = max(r.best for r in others)
-    assert len(candidates) == 2 and candidates[1].label in {r.name for r in others if r.best == top}
+    top = max(r.objective for r in others)
+    assert len(candidates) == 2
+    assert candidates[1].label in {r.name for r in others if r.objective == top}
     seeds = confirm.fresh_seeds(settings, 2)
     assert seeds == [2, 3]  # the search trained on seed 1
     datasets = load_datasets(base, verbose=False)
@@ -290,9 +299,8 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     trainable = search.make_trainable(
         base, datasets, settings, resources, threshold_range=space.threshold_range()
     )
-    tuner = confirm.build_confirm_tuner(
-        trainable, candidates, seeds, settings, 2, "asha", str(tmp_path / "runs"), 0, verbose=0
-    )
+    experiment = search.Experiment("asha", str(tmp_path / "runs"), max_failures=0, verbose=0)
+    tuner = confirm.build_confirm_tuner(trainable, candidates, seeds, settings, 2, experiment)
     confirm.attach_runs(candidates, tuner.fit(), settings)
     assert [len(c.runs) for c in candidates] == [2, 2]
     for c in candidates:
@@ -300,7 +308,8 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         assert all(r.status == "completed" and r.epochs_run == 3 for r in c.runs)
         for r in c.runs:  # trained with that seed and the config's knobs
             saved = TrainConfig.load(Path(r.path) / "run" / "config.yaml")
-            assert saved.seed == r.config["seed"] and saved.lr == c.params["lr"]
+            assert saved.seed == r.config["seed"]
+            assert saved.lr == c.params["lr"]
     lines = confirm.report(
         candidates, seeds, space, settings, base, tmp_path / "rep", "asha", tmp_path / "best.yaml"
     )
@@ -316,7 +325,8 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     exported = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert exported["confirmed"]["config"] == win.label
     assert exported["confirmed"]["mean"] == pytest.approx(win.mean_sd(0.0)[0])
-    assert exported["config"]["seed"] in seeds and exported["config"]["lr"] == win.params["lr"]
+    assert exported["config"]["seed"] in seeds
+    assert exported["config"]["lr"] == win.params["lr"]
 
 
 FOCAL = """

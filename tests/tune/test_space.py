@@ -29,9 +29,11 @@ space:
 def test_parses_kinds_fixed_values_and_settings(write_space):
     space = load_space(write_space(GOOD))
     assert space.fixed == {"imgsz": 64}
-    assert space.knobs["lr"].kind == "loguniform" and space.knobs["lr"].high == 3e-3
+    assert space.knobs["lr"].kind == "loguniform"
+    assert space.knobs["lr"].high == 3e-3
     assert space.knobs["box_loss_weight"].low == 2.0
-    assert space.knobs["iou_ramp_epochs"].kind == "int" and space.knobs["iou_ramp_epochs"].low == 10
+    assert space.knobs["iou_ramp_epochs"].kind == "int"
+    assert space.knobs["iou_ramp_epochs"].low == 10
     assert space.knobs["box_loss"].choices == ("giou", "ciou")
     s = space.settings
     assert (s.trials, s.epochs, s.grace_period, s.metric, s.mode) == (5, 4, 2, "mAP50_95", "max")
@@ -52,7 +54,8 @@ def test_shipped_spaces_load(name):
             "focal_gamma",
         }
         points, notes = first_points(space, TrainConfig())
-        assert notes == [] and points[0]["lr"] == 1e-3
+        assert notes == []
+        assert points[0]["lr"] == 1e-3
 
 
 def test_yaml_exponent_without_dot_is_a_number(write_space):
@@ -175,7 +178,8 @@ def test_bad_space_names_file_key_and_problem(write_space, case):
         load_space(path)
     message = str(err.value)
     assert str(path) in message
-    assert where in message and problem in message, message
+    assert where in message, message
+    assert problem in message, message
 
 
 def test_iou_start_above_a_fixed_iou_end_is_refused(write_space):
@@ -222,7 +226,9 @@ def test_cli_bad_space_exits_2_fast_without_ray(write_space, tmp_path, case):
     path = write_space(text)
     proc = _cli(["--space", str(path), "--storage", str(tmp_path / "runs")], tmp_path)
     assert proc.returncode == 2, proc.stderr
-    assert str(path) in proc.stderr and where in proc.stderr and problem in proc.stderr
+    assert str(path) in proc.stderr
+    assert where in proc.stderr
+    assert problem in proc.stderr
     assert "RAY_IMPORTED False" in proc.stdout  # no Ray imported, so no Ray process started
     assert not (tmp_path / "runs").exists()
 
@@ -239,7 +245,8 @@ def test_cli_bad_flag_value_exits_2(tmp_path):
         ],
         tmp_path,
     )
-    assert proc.returncode == 2 and "grace_period 9 is above epochs 4" in proc.stderr
+    assert proc.returncode == 2
+    assert "grace_period 9 is above epochs 4" in proc.stderr
 
 
 def test_help_documents_every_flag():
@@ -284,11 +291,13 @@ def test_iou_end_never_below_iou_start(write_space, kind):
     samples = _sample(space, 300)
     for v in samples:
         assert 0.1 <= v["iou_start"] <= 0.5
-        assert v["iou_start"] <= v["iou_end"] <= 0.6 and v["iou_end"] >= 0.2
+        assert v["iou_start"] <= v["iou_end"] <= 0.6
+        assert v["iou_end"] >= 0.2
         resolve_trial_config(TrainConfig(), v)  # TrainConfig's own check agrees
     # the reparameterization still reaches the whole range of iou_end
     ends = [v["iou_end"] for v in samples]
-    assert min(ends) < 0.3 and max(ends) > 0.55
+    assert min(ends) < 0.3
+    assert max(ends) > 0.55
 
 
 def test_first_point_is_the_exact_default(write_space):
@@ -326,14 +335,19 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
     space = load_space(write_space(text))
     for metric in ("mAP50_95", "mAP50", "F1", "val_loss"):
         run, notes = for_metric(space, metric)
-        assert list(run.knobs) == ["lr"] and run.points == ({},)
-        assert len(notes) == 1 and "chosen after training" in notes[0] and metric in notes[0]
+        assert list(run.knobs) == ["lr"]
+        assert run.points == ({},)
+        assert len(notes) == 1
+        assert "chosen after training" in notes[0]
+        assert metric in notes[0]
         assert run.threshold_range() == (0.05, 0.5)
         points, _ = first_points(run, TrainConfig())
         assert all("score_threshold" not in p for p in points)
     for metric in ("precision", "recall", "f1"):  # read at the threshold: a real knob
         run, notes = for_metric(space, metric)
-        assert "score_threshold" in run.knobs and not notes and run.threshold_range() is None
+        assert "score_threshold" in run.knobs
+        assert not notes
+        assert run.threshold_range() is None
     only = load_space(write_space("space:\n  score_threshold: {uniform: [0.05, 0.5]}\n", "o.yaml"))
     with pytest.raises(SpaceError, match="only score_threshold"):
         for_metric(only, "mAP50_95")
@@ -354,7 +368,8 @@ def test_objective_settings_are_checked(write_space):
             "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
         )
     )
-    assert space.settings.objective == "last_mean" and space.settings.objective_window == 4
+    assert space.settings.objective == "last_mean"
+    assert space.settings.objective_window == 4
     with pytest.raises(SpaceError, match="objective 'mean_last' is not one of best, last_mean"):
         load_space(
             write_space(
@@ -378,7 +393,9 @@ def test_numbers_without_a_dot_are_numbers_everywhere_in_a_space(write_space):
             "  weight_decay: {choice: [1e-4, 5e-4]}\n  box_loss_weight: {uniform: [2, 12]}\n"
         )
     )
-    assert space.fixed["lr"] == 0.003 and space.knobs["weight_decay"].choices == (1e-4, 5e-4)
-    assert space.settings.min_rise == 0.05 and space.settings.spike_ratio == 3.0
+    assert space.fixed["lr"] == 0.003
+    assert space.knobs["weight_decay"].choices == (1e-4, 5e-4)
+    assert space.settings.min_rise == 0.05
+    assert space.settings.spike_ratio == 3.0
     with pytest.raises(SpaceError, match="unknown config key \\(did you mean 'lr'\\?\\)"):
         load_space(write_space("space:\n  learning_rate: {uniform: [0.001, 0.01]}\n", "b.yaml"))

@@ -54,7 +54,8 @@ def test_stopper_marks_the_last_result_with_the_worst_objective():
     assert not any(stopper("a", r) for r in results)
     last = {"epoch": 3, "train_loss": NAN, "objective": 0.31}
     assert stopper("a", last)
-    assert last["objective"] == 0.0 and last["diverged"] is True
+    assert last["objective"] == 0.0
+    assert last["diverged"] is True
     assert last["diverged_rule"].startswith("non-finite")
     # another trial's history is its own
     assert not stopper("b", {"epoch": 1, "train_loss": 50.0, "objective": 0.0})
@@ -80,10 +81,11 @@ def test_stopper_ends_a_trial_that_reported_divergence_itself():
 
 
 @pytest.mark.parametrize(
-    ("patience", "ratio", "rise"), [(0, 3.0, 0.05), (2, 1.0, 0.05), (2, 3.0, -0.1)]
+    ("patience", "ratio", "rise", "message"),
+    [(0, 3.0, 0.05, "patience"), (2, 1.0, 0.05, "spike_ratio"), (2, 3.0, -0.1, "min_rise")],
 )
-def test_stopper_checks_its_arguments(patience, ratio, rise):
-    with pytest.raises(ValueError):
+def test_stopper_checks_its_arguments(patience, ratio, rise, message):
+    with pytest.raises(ValueError, match=message):
         DivergenceStopper(patience, ratio, 0.0, "objective", rise)
 
 
@@ -103,7 +105,8 @@ def test_a_blow_up_inside_the_first_epoch_is_caught_at_epoch_1():
     healthy = {"epoch": 1, "train_loss": 9.8, "first_step_loss": 11.0, "objective": 0.0}
     blown = {"epoch": 1, "train_loss": 133.4, "first_step_loss": 11.2, "objective": 0.0}
     assert not stopper("a", healthy)
-    assert stopper("b", blown) and blown["diverged"] is True
+    assert stopper("b", blown)
+    assert blown["diverged"] is True
     # the first step stays the reference on later epochs
     assert stopper("a", {"epoch": 2, "train_loss": 40.0, "objective": 0.0})
 
@@ -141,4 +144,5 @@ def test_a_collapsed_model_is_stopped_at_once():
     assert divergence_rule([10.29], 3, 3.0) is None  # unknown val loss: no verdict
     stopper = DivergenceStopper(patience=3, spike_ratio=3.0, worst=0.0, objective="objective")
     result = {"epoch": 1, "train_loss": 10.29, "val_loss": 0.0, "objective": 0.0}
-    assert stopper("t", result) and result["diverged_rule"].startswith("collapsed")
+    assert stopper("t", result)
+    assert result["diverged_rule"].startswith("collapsed")

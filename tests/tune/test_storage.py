@@ -23,7 +23,8 @@ def test_paths_and_uris_are_read_as_ray_tune_reads_them(tmp_path):
     assert storage.resolve("s3://bucket/x/") == "s3://bucket/x"
     assert storage.experiment_path("s3://bucket/x", "fixes") == "s3://bucket/x/fixes"
     assert storage.experiment_path(str(tmp_path), "fixes") == str(tmp_path / "fixes")
-    assert not storage.is_uri("file:///x") and storage.is_uri("gs://b/x")
+    assert not storage.is_uri("file:///x")
+    assert storage.is_uri("gs://b/x")
     s3 = pyarrow.fs.S3FileSystem(region="us-east-1", anonymous=True)
     assert storage.uri(s3, "bucket/x/trial_001") == "s3://bucket/x/trial_001"
     assert storage.uri(pyarrow.fs.LocalFileSystem(), "/x/trial_001") == "/x/trial_001"
@@ -190,10 +191,12 @@ def test_a_search_on_s3_writes_there_uploads_weights_once_and_resumes_from_there
         assert f"{trial}/run/config.yaml" in keys
     weights = [k for k in keys if k.endswith(".pt")]
     assert not any(k.endswith("last.pt") for k in weights)  # ended: their checkpoints' weights go
-    assert all(k.endswith("/run/models/best.pt") for k in weights) and weights
+    assert all(k.endswith("/run/models/best.pt") for k in weights)
+    assert weights
 
     uploaded = {k: n for k, n in requests.uploads.items() if k.endswith(".pt")}
-    assert uploaded and all(n == 1 for n in uploaded.values()), uploaded  # each weight file once
+    assert uploaded
+    assert all(n == 1 for n in uploaded.values()), uploaded  # each weight file once
     assert not any("/run/models/last.pt" in k for k in uploaded)  # last.pt: checkpoints only
     assert any("/checkpoint_" in k and k.endswith("last.pt") for k in uploaded)
 
@@ -214,7 +217,8 @@ def test_a_search_on_s3_writes_there_uploads_weights_once_and_resumes_from_there
     assert "resuming the search at s3://cattle/exp/s3" in more.stdout
     assert "extending the search to 3 trials" in more.stdout
     rows = list(csv.DictReader((local / "results.csv").open()))
-    assert len(rows) == 3 and {r["status"] for r in rows} <= {"completed", "stopped by ASHA"}
+    assert len(rows) == 3
+    assert {r["status"] for r in rows} <= {"completed", "stopped by ASHA"}
     assert {r["trial"] for r in rows} >= set(trials)  # the finished trials were kept, not rerun
     remote_rows = fs.open_input_stream("cattle/exp/s3/results.csv").read().decode()
     assert len(remote_rows.strip().splitlines()) == 4  # header + 3 trials, uploaded again

@@ -61,7 +61,8 @@ def test_warm_started_study_begins_with_the_old_trials(tmp_path, write_space):
     assert sorted(t.value or 0 for t in done) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in done) == 1
     first = searcher.suggest("a")  # the hand-fixed default is still the first trial
-    assert first["lr"] == 1e-3 and first["iou_start"] == 0.25
+    assert first["lr"] == 1e-3
+    assert first["iou_start"] == 0.25
 
 
 def test_warm_start_refuses_another_space(tmp_path, write_space):
@@ -94,11 +95,14 @@ def test_the_study_hears_every_epoch_and_asha_stops_as_pruned(tmp_path, write_sp
     by_state = {t.number: t for t in study.trials}
     done, cut, blew, err = (by_state[i] for i in range(4))
     S = optuna.trial.TrialState
-    assert done.state == S.COMPLETE and done.value == 0.4
+    assert done.state == S.COMPLETE
+    assert done.value == 0.4
     assert done.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
-    assert cut.state == S.PRUNED and cut.intermediate_values == pytest.approx({1: 0.05, 2: 0.07})
+    assert cut.state == S.PRUNED
+    assert cut.intermediate_values == pytest.approx({1: 0.05, 2: 0.07})
     assert cut.value == pytest.approx(0.07)  # Optuna gives a pruned trial its last value
-    assert blew.state == S.COMPLETE and blew.value == 0.0  # diverged: the worst value
+    assert blew.state == S.COMPLETE
+    assert blew.value == 0.0
     assert err.state == S.FAIL
 
 
@@ -128,20 +132,22 @@ def test_a_torn_last_journal_record_is_cut_off_so_the_study_lives_on(tmp_path):
     journal = tmp_path / JOURNAL_FILE
     _study_with_trials(journal)
     whole = journal.read_bytes()
-    assert repair_journal(journal) is None and journal.read_bytes() == whole  # nothing to cut
+    assert repair_journal(journal) is None
+    assert journal.read_bytes() == whole
 
     broken = tmp_path / "broken.log"  # unrepaired: the next trial breaks the study
     broken.write_bytes(whole + b'{"op_code":5,"worker_id":"a","trial_id":1,"valu')
     study = optuna.load_study(study_name="s", storage=journal_storage(broken))
     with pytest.raises(AttributeError):  # its own new trial lands on the torn line: unread
         study.enqueue_trial({"x": 5.0})
-    with pytest.raises(ValueError):  # and once more is written after it, nothing reads
+    with pytest.raises(ValueError, match="Expecting"):  # once more written after it: unreadable
         _study_with_trials(broken, 1)
 
     for torn in (b'{"op_code":5,"worker_id":"a","trial_id":1,"valu', b"not json\n"):
         journal.write_bytes(whole + torn)
         note = repair_journal(journal)
-        assert note and f"its last record ({len(torn)} bytes) was torn" in note
+        assert note
+        assert f"its last record ({len(torn)} bytes) was torn" in note
         assert journal.read_bytes() == whole
         study = optuna.load_study(study_name="s", storage=journal_storage(journal))
         study.enqueue_trial({"x": 5.0})
@@ -150,7 +156,8 @@ def test_a_torn_last_journal_record_is_cut_off_so_the_study_lives_on(tmp_path):
         again = optuna.load_study(study_name="s", storage=journal_storage(journal))
         assert [t.value for t in again.trials] == [0.0, 1.0, 5.0]
     kept = (tmp_path / (JOURNAL_FILE + ".torn")).read_bytes()
-    assert b"valu\n" in kept and b"not json\n" in kept  # the torn bytes are kept aside
+    assert b"valu\n" in kept
+    assert b"not json\n" in kept
 
 
 def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_space):
@@ -175,7 +182,8 @@ def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_s
     restored.suggest("kept")  # Tune resumes it: the same study trial
     restored.suggest("next")
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
-    assert len(study.trials) == 3 and study.trials[2].user_attrs == {"tune_trial_id": "next"}
+    assert len(study.trials) == 3
+    assert study.trials[2].user_attrs == {"tune_trial_id": "next"}
     restored.on_trial_complete("kept", {"objective": 0.3, "epoch": 4})
     assert (
         optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
@@ -236,12 +244,15 @@ def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, w
     ]
     retry_flaky, retry_cut = study.trials[3], study.trials[4]
     assert len(study.trials) == 5
-    assert retry_flaky.state.name == "COMPLETE" and retry_flaky.value == 0.35
+    assert retry_flaky.state.name == "COMPLETE"
+    assert retry_flaky.value == 0.35
     assert retry_flaky.params == flaky.params
     assert retry_flaky.user_attrs == {"tune_trial_id": "flaky", "retry_of": 1}
     assert retry_flaky.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.35})
-    assert retry_cut.state.name == "PRUNED" and retry_cut.value == pytest.approx(0.07)
-    assert retry_cut.params == cut.params and retry_cut.user_attrs["retry_of"] == 2
+    assert retry_cut.state.name == "PRUNED"
+    assert retry_cut.value == pytest.approx(0.07)
+    assert retry_cut.params == cut.params
+    assert retry_cut.user_attrs["retry_of"] == 2
 
 
 def test_the_limiter_passes_on_the_end_of_a_retried_trial(tmp_path, write_space):

@@ -7,14 +7,19 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from cattle_yolo.config import TrainConfig
 from tune.results import OBJECTIVE, RUNG_SCORE
+from tune.space import SearchSettings
 from tune.trainable import EpochReporter
 
 
+def _settings(metric="mAP50_95", mode="max", objective="best", window=3):
+    return SearchSettings(metric=metric, mode=mode, objective=objective, objective_window=window)
+
+
 def _reporter(objective="best", window=3, mode="max", threshold_range=None):
-    return EpochReporter(
-        "mAP50_95", mode, 0.0, objective=objective, window=window, threshold_range=threshold_range
-    )
+    settings = _settings(mode=mode, objective=objective, window=window)
+    return EpochReporter(settings, threshold_range=threshold_range)
 
 
 def _feed(reporter, curve, val_loss=1.0):
@@ -32,7 +37,8 @@ STEADY = [0.15, 0.18, 0.20, 0.21, 0.21, 0.22]
 
 def test_best_epoch_objective_rewards_the_lucky_epoch():
     lucky, steady = _feed(_reporter(), LUCKY)[-1], _feed(_reporter(), STEADY)[-1]
-    assert lucky[OBJECTIVE] == 0.30 and lucky["objective_epoch"] == 2
+    assert lucky[OBJECTIVE] == 0.30
+    assert lucky["objective_epoch"] == 2
     assert steady[OBJECTIVE] == 0.22
     assert lucky[OBJECTIVE] > steady[OBJECTIVE]
 
@@ -98,7 +104,7 @@ def test_f1_over_thresholds_is_an_objective(write_space):
         write_space("search: {metric: F1}\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     )
     assert space.settings.mode == "max"
-    reporter = EpochReporter("F1", "max", 0.0)
+    reporter = EpochReporter(_settings("F1"))
     out = [
         reporter.metrics({"epoch": e, "F1": v, "mAP50_95": 0.1})
         for e, v in enumerate([0.4, 0.6, 0.5], 1)
@@ -108,7 +114,7 @@ def test_f1_over_thresholds_is_an_objective(write_space):
 
 def test_the_threshold_of_best_pt_is_reported_and_kept():
     """The threshold follows best.pt's epoch (the training loop's best_epoch), not the last."""
-    reporter = EpochReporter("mAP50_95", "max", 0.0)
+    reporter = EpochReporter(_settings())
     epochs = [(0.2, 1, 0.31), (0.3, 2, 0.42), (0.25, 2, 0.55)]  # mAP, best_epoch, F1_threshold
     for e, (m, best, thr) in enumerate(epochs, 1):
         out = reporter.metrics(
@@ -122,8 +128,9 @@ def test_the_threshold_of_best_pt_is_reported_and_kept():
                 "F1_recall": 0.4,
             }
         )
-    assert out["threshold"] == 0.42 and out["threshold_F1"] == 0.5
-    blind = EpochReporter("mAP50_95", "max", 0.0, own_threshold=0.25)
+    assert out["threshold"] == 0.42
+    assert out["threshold_F1"] == 0.5
+    blind = EpochReporter(_settings(), TrainConfig(score_threshold=0.25))
     out = blind.metrics(
         {
             "epoch": 1,
@@ -151,14 +158,17 @@ def test_reporter_state_restores_from_new_and_older_checkpoints(tmp_path):
     )
     r = _reporter()
     assert r.resume_point(tmp_path / "new", tmp_path / "run") is None  # no weights to load
-    assert r.epoch == 3 and r.objective_value() == (0.3, 2) and r.threshold == {"threshold": 0.4}
+    assert r.epoch == 3
+    assert r.objective_value() == (0.3, 2)
+    assert r.threshold == {"threshold": 0.4}
     (tmp_path / "old").mkdir()  # written before per-epoch values were kept: best only
     (tmp_path / "old" / STATE_FILE).write_text(
         json.dumps({"best": 0.3, "best_epoch": 2, "epoch": 3})
     )
     r = _reporter()
     r.resume_point(tmp_path / "old", tmp_path / "run")
-    assert r.epoch == 3 and r.objective_value() == (0.3, 2)
+    assert r.epoch == 3
+    assert r.objective_value() == (0.3, 2)
 
 
 def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
@@ -177,13 +187,12 @@ def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
     (models / "last.pt").write_bytes(b"PK\x03\x04 torn")
     r = _reporter()
     assert r.resume_point(tmp_path / "ckpt", tmp_path / "run") is None
-    assert r.epoch == 0 and r.values == {}
+    assert r.epoch == 0
+    assert r.values == {}
     assert sorted(p.name for p in models.iterdir()) == ["last.pt.corrupt"]
     log = (tmp_path / "run" / "logs" / "train.log").read_text()
-    assert (
-        "last.pt: not a readable cattle_yolo checkpoint" in log
-        and "moved to last.pt.corrupt" in log
-    )
+    assert "last.pt: not a readable cattle_yolo checkpoint" in log
+    assert "moved to last.pt.corrupt" in log
 
 
 def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, monkeypatch):
@@ -204,8 +213,9 @@ def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, mo
     (run / "metrics" / "training_metrics.jsonl").unlink()  # the kill came before the log line
     reported = []
     monkeypatch.setattr(trainable.tune, "report", lambda m, checkpoint=None: reported.append(m))
-    r = EpochReporter("mAP50_95", "max", 0.0, threshold_range=(0.05, 0.5), names=["cow", "calf"])
+    r = EpochReporter(_settings(), names=["cow", "calf"], threshold_range=(0.05, 0.5))
     assert r.resume_point(None, run) == run / "models" / "last.pt"
     (epoch1,) = reported
-    assert epoch1["epoch"] == 1 and epoch1["resumed_from_epoch"] == 1
+    assert epoch1["epoch"] == 1
+    assert epoch1["resumed_from_epoch"] == 1
     assert 0.05 <= epoch1["threshold"] <= 0.5

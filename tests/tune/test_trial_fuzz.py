@@ -80,9 +80,14 @@ def test_every_trial_ends_completed_or_diverged_and_blow_ups_are_cheap(tmp_path,
         )
         datasets = load_datasets(base, verbose=False)
         trainable = search.make_trainable(base, datasets, settings, resources, threshold_range=None)
-        run_config = search.make_run_config(
-            f"fuzz-{kind}-{imgsz}", str(tmp_path / "runs"), settings, 0, True, None, 0, 0
+        experiment = search.Experiment(
+            f"fuzz-{kind}-{imgsz}",
+            str(tmp_path / "runs"),
+            max_failures=0,
+            keep_weights=0,
+            verbose=0,
         )
+        run_config = search.make_run_config(experiment, settings, None)
         results = search.grid_tuner(trainable, runs, run_config, resources.concurrent).fit()
         for row in trial_rows(results, settings):
             where = (imgsz, kind, row.params.get("lr"), row.params.get("box_head"), row.detail)
@@ -93,5 +98,6 @@ def test_every_trial_ends_completed_or_diverged_and_blow_ups_are_cheap(tmp_path,
         shutil.rmtree(tmp_path / "runs")  # weights of ended trials: none needed
     assert len(seen) == 16
     # both outcomes occurred: lr 10 blows up, lr 1e-7 trains on
-    assert dict(seen)[10.0] == "diverged" and dict(seen)[1e-7] == "completed"
+    assert dict(seen)[10.0] == "diverged"
+    assert dict(seen)[1e-7] == "completed"
     assert all(math.isfinite(lr) for lr, _ in seen)
