@@ -332,6 +332,8 @@ def evaluate(
     device: torch.device | str,
     epoch: float,
     detections_out: dict[str, list[dict[str, np.ndarray]]] | None = None,
+    *,
+    threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, float]:
     """Validation loss and COCO metrics of ``model`` over ``loader``.
 
@@ -347,7 +349,8 @@ def evaluate(
     ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``, ``recall``,
     ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``, ``AP50/<name>``). The
     model's train/eval mode is restored afterwards. ``detections_out``, if given, receives the
-    per-image ``"detections"`` and ``"targets"`` that were scored.
+    per-image ``"detections"`` and ``"targets"`` that were scored. ``threshold_range`` bounds the
+    F1-best threshold (``F1``, ``F1_threshold``...; a search's post-hoc range).
     """
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)
@@ -399,7 +402,14 @@ def evaluate(
     }
     stats["val_nonfinite_batches"] = float(nonfinite)
     stats.update(
-        coco_metrics(detections, ground_truth, names, cfg.score_threshold, max_dets=cfg.max_det)
+        coco_metrics(
+            detections,
+            ground_truth,
+            names,
+            cfg.score_threshold,
+            max_dets=cfg.max_det,
+            threshold_range=threshold_range,
+        )
     )
     if detections_out is not None:
         detections_out.update(detections=detections, targets=ground_truth)

@@ -145,6 +145,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume_from: str | Path | None = None,
     best_by: tuple[str, str] = ("mAP50_95", "max"),
+    threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Any]:
     """Train a detector as ``cfg`` says; returns the best and last epoch's figures.
 
@@ -152,7 +153,9 @@ def train(
     ``last.pt`` to continue from, with the same result as an uninterrupted run. ``best_by``
     is the per-epoch stat and direction that pick ``best.pt`` (the search passes its metric, so
     its export's epoch and checkpoint agree); a non-finite value never improves.
-    Raises ``DivergedError`` when training diverges.
+    ``threshold_range`` bounds the F1-best score threshold each epoch's evaluation reports (a
+    search's post-hoc range, ``tune.threshold``). Raises ``DivergedError`` when training
+    diverges.
     """
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -165,7 +168,9 @@ def train(
     for tmp in remove_stale_temps(out):
         log.info(f"removed {tmp.relative_to(out)}, left by a process killed mid-write")
     try:
-        return _train(cfg, datasets, callbacks, resume_from, device, out, best_by)
+        return _train(
+            cfg, datasets, callbacks, resume_from, device, out, (best_by, threshold_range)
+        )
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -178,7 +183,7 @@ def _train(
     resume_from: str | Path | None,
     device: torch.device,
     out: Path,
-    best_by: tuple[str, str],
+    select: tuple[tuple[str, str], tuple[float, float]],
 ) -> dict[str, Any]:
     # The precision auto resolves to on this device is what config.yaml and the checkpoints
     # record: the run repeats with it, and results name it.
@@ -192,7 +197,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
     start_epoch, best, best_epoch, best_map = 0, -math.inf, 0, 0.0
-    metric, mode = best_by
+    (metric, mode), threshold_range = select
 
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
@@ -239,7 +244,16 @@ def _train(
             )
         eval_model = ema.module if ema is not None else model
         scored: dict[str, list[dict[str, np.ndarray]]] = {}
-        val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1, scored)
+        val_stats = evaluate(
+            eval_model,
+            val_loader,
+            loss_fn,
+            cfg,
+            device,
+            epoch + 1,
+            scored,
+            threshold_range=threshold_range,
+        )
         if val_stats["val_nonfinite_batches"] or not math.isfinite(val_stats["val_loss"]):
             raise DivergedError(
                 f"non-finite model outputs on validation ({val_stats['val_nonfinite_batches']} "

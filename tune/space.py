@@ -149,14 +149,13 @@ class SearchSpace:
     def threshold_range(self) -> tuple[float, float] | None:
         """The range the F1-best threshold is chosen in; None when score_threshold is a
         sampled knob or fixed by the space (then the trial keeps its own value)."""
-        if "score_threshold" in self.knobs or "score_threshold" in self.fixed:
-            return None
-        dist = self.post_hoc.get("score_threshold")
-        if dist is None:
-            return (0.0, 1.0)
-        if dist.kind == "choice":
-            return (float(min(dist.choices)), float(max(dist.choices)))
-        return (float(dist.low), float(dist.high))
+        from tune.threshold import post_hoc_range
+
+        return post_hoc_range(
+            "score_threshold" in self.knobs,
+            "score_threshold" in self.fixed,
+            self.post_hoc.get("score_threshold"),
+        )
 
 
 def for_metric(space: SearchSpace, metric: str) -> tuple[SearchSpace, list[str]]:

@@ -50,6 +50,7 @@ from typing import Any
 from ray import tune
 
 from cattle_yolo.config import TrainConfig
+from tune import threshold
 from tune.results import (
     AMP,
     DIVERGED,
@@ -60,16 +61,13 @@ from tune.results import (
     RESUMED_FROM_EPOCH,
     RUNG_SCORE,
     THREADS,
-    THRESHOLD,
-    THRESHOLD_F1,
-    THRESHOLD_P,
-    THRESHOLD_R,
     TRAIN_LOSS,
     VAL_LOSS,
     WARMUP_EPOCHS,
 )
 from tune.space import SearchSettings, resolve_trial_config
 from tune.storage import FolderUploader
+from tune.threshold import FULL_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -158,38 +156,6 @@ class EpochReporter:
         tie = 1.0 if math.isinf(v) else v / (1.0 + v)
         return objective - 1e-6 * tie if self.mode == "max" else objective + 1e-6 * tie
 
-    def _choose_threshold(self, stats: dict[str, Any]) -> dict[str, float]:
-        """The score threshold of the weights in best.pt (this epoch's), with P, R and F1."""
-        if self.threshold_range is None:
-            return {
-                THRESHOLD: self.own_threshold,
-                THRESHOLD_P: stats.get("precision", 0.0),
-                THRESHOLD_R: stats.get("recall", 0.0),
-                THRESHOLD_F1: stats.get("f1", 0.0),
-            }
-        found = stats
-        if tuple(self.threshold_range) != (0.0, 1.0):
-            from cattle_yolo.evaluate import coco_metrics, load_detections
-            from cattle_yolo.train import BEST_DETECTIONS
-
-            saved = Path(stats["out"]) / "metrics" / BEST_DETECTIONS
-            dets, targets = load_detections(saved)
-            found = coco_metrics(
-                dets,
-                targets,
-                self.names,
-                max_dets=self.max_det,
-                threshold_range=self.threshold_range,
-            )
-        # No threshold gives a true positive: nothing to choose from, keep the config's own.
-        threshold = found["F1_threshold"] if found["F1"] > 0 else self.own_threshold
-        return {
-            THRESHOLD: threshold,
-            THRESHOLD_P: found["F1_precision"],
-            THRESHOLD_R: found["F1_recall"],
-            THRESHOLD_F1: found["F1"],
-        }
-
     def metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The numbers of an epoch's stats plus the search's own keys."""
         out: dict[str, Any] = {}
@@ -204,7 +170,7 @@ class EpochReporter:
         value = float(out.get(self.metric, math.nan))
         self.values[epoch] = value
         if "F1_threshold" in stats and stats.get("best_epoch") == epoch:
-            self.threshold = self._choose_threshold(stats)
+            self.threshold = threshold.chosen(stats, self.threshold_range, self.own_threshold)
         objective, objective_epoch = self.objective_value()
         out[OBJECTIVE] = objective
         out[RUNG_SCORE] = self.rung_score(objective, float(out.get(VAL_LOSS, math.nan)))
@@ -461,6 +427,7 @@ def train_trial(
                 callbacks=[reporter, *extra_callbacks],
                 resume_from=resume,
                 best_by=(settings.metric, settings.mode),  # best.pt: the export's checkpoint
+                threshold_range=threshold_range or FULL_RANGE,  # the F1 sweep stays inside
             )
         except DivergedError as e:
             reporter.report_diverged(e.reason, e.epoch)

@@ -242,3 +242,15 @@ def test_a_disk_that_fills_mid_checkpoint_keeps_the_last_one_and_resumes(
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage)
     assert cli.main([*argv, "--resume"]) == 0
     assert load_checkpoint(out / "models" / "last.pt")["epoch"] == TINY["epochs"]
+
+
+def test_the_f1_sweep_stays_in_the_range_it_is_told(tmp_path):
+    """A search's post-hoc threshold range reaches the evaluation: every epoch's F1-best
+    threshold lies inside it (and the trial reads it from there, re-scoring nothing)."""
+    train(tiny_config(tmp_path, epochs=2, lr=0.01), threshold_range=(0.3, 0.4))
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics" / "training_metrics.jsonl").open()
+    ]
+    assert len(rows) == 2
+    assert all(0.3 <= r["F1_threshold"] <= 0.4 for r in rows), [r["F1_threshold"] for r in rows]

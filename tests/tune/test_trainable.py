@@ -197,8 +197,8 @@ def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
 
 def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, monkeypatch):
     """Killed after last.pt was saved but before the epoch was logged, a trial replays that
-    epoch from the checkpoint's numbers; choosing best.pt's threshold then needs the run folder,
-    which the checkpoint does not hold (the fault campaign hit a KeyError here)."""
+    epoch from the checkpoint's numbers, threshold included (the fault campaign hit a KeyError
+    here when the threshold was re-scored from the run folder's detections)."""
     import sys
     from pathlib import Path
 
@@ -208,9 +208,10 @@ def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, mo
     from cattle_yolo.train import train
     from tune import trainable
 
-    train(tiny_config(tmp_path, epochs=1))
+    train(tiny_config(tmp_path, epochs=1), threshold_range=(0.05, 0.5))
     run = tmp_path / "run"
     (run / "metrics" / "training_metrics.jsonl").unlink()  # the kill came before the log line
+    (run / "metrics" / "best_val_detections.npz").unlink()  # not needed: nothing is re-scored
     reported = []
     monkeypatch.setattr(trainable.tune, "report", lambda m, checkpoint=None: reported.append(m))
     r = EpochReporter(_settings(), names=["cow", "calf"], threshold_range=(0.05, 0.5))
