@@ -399,7 +399,7 @@ def replay_search(
     from ray.tune.stopper import CombinedStopper
 
     from cattle_yolo.config import TrainConfig
-    from tune.search import make_searcher
+    from tune.search import Study, make_searcher
     from tune.stoppers import DivergenceStopper
 
     sampler, scheduler_name = STRATEGIES[strategy]
@@ -417,7 +417,7 @@ def replay_search(
         {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
     )
     budget = args.budget or args.trials * args.epochs
-    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, sampler)
+    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, Study(sampler))
     if scheduler_name == "asha":
         scheduler: Any = ASHAScheduler(
             metric=RUNG_SCORE,
