@@ -25,6 +25,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cattle_yolo import stats as S
 from cattle_yolo.boxes import xyxy_to_xywh
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.device import autocast, autocast_dtype, model_input
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from cattle_yolo.data import Item
 
 COCO_MAX_DETS = 300  # detections per image coco_metrics counts by default (COCO itself: 100)
-LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches as val_<key>
+LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches, reported as:
+VAL_KEYS = (S.VAL_LOSS, S.VAL_BOX, S.VAL_CLS, S.VAL_DFL)
 
 
 class _Named(Protocol):
@@ -94,8 +96,9 @@ def _flatten(
 
 def _empty_metrics(names: Sequence[str], gt_labels: np.ndarray, low: float) -> dict[str, float]:
     """Zeros for every metric; AP50 is 0.0 for classes with ground truth and nan for the rest."""
-    out = {"mAP50_95": 0.0, "mAP50": 0.0, "mAP75": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
-    out.update(F1=0.0, F1_threshold=low, F1_precision=0.0, F1_recall=0.0)
+    out = {k: 0.0 for k in (S.MAP50_95, S.MAP50, S.MAP75, S.PRECISION, S.RECALL, S.F1_AT_THRESHOLD)}
+    out.update({S.BEST_F1: 0.0, S.BEST_F1_THRESHOLD: low})
+    out.update({S.BEST_F1_PRECISION: 0.0, S.BEST_F1_RECALL: 0.0})
     present = np.bincount(gt_labels, minlength=len(names)) > 0
     for k, name in enumerate(names):
         out[f"AP50/{name}"] = 0.0 if present[k] else math.nan
@@ -203,9 +206,9 @@ def coco_metrics(
     precision = ev.eval["precision"][:, :, :, p.areaRngLbl.index("all"), -1]
     iou50, iou75 = (int(np.argmin(np.abs(p.iouThrs - t))) for t in (0.5, 0.75))
     out = {
-        "mAP50_95": _mean_valid(precision),
-        "mAP50": _mean_valid(precision[iou50]),
-        "mAP75": _mean_valid(precision[iou75]),
+        S.MAP50_95: _mean_valid(precision),
+        S.MAP50: _mean_valid(precision[iou50]),
+        S.MAP75: _mean_valid(precision[iou75]),
     }
     out.update(_threshold_metrics(ev, score_threshold, threshold_range))
     for k, name in enumerate(names):
@@ -250,7 +253,7 @@ def _threshold_metrics(
     precision = tp / max(int(kept.sum()), 1)
     recall = tp / max(n_gt, 1)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    out = {"precision": precision, "recall": recall, "f1": f1}
+    out = {S.PRECISION: precision, S.RECALL: recall, S.F1_AT_THRESHOLD: f1}
     out.update(f1_sweep(s, m, n_gt, *threshold_range))
     return out
 
@@ -282,10 +285,10 @@ def f1_sweep(
     f1 = np.where(total > 0, 2 * precision * recall / np.maximum(total, 1e-12), 0.0)
     best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the highest threshold among equal F1s
     return {
-        "F1": float(f1[best]),
-        "F1_threshold": float(candidates[best]),
-        "F1_precision": float(precision[best]),
-        "F1_recall": float(recall[best]),
+        S.BEST_F1: float(f1[best]),
+        S.BEST_F1_THRESHOLD: float(candidates[best]),
+        S.BEST_F1_PRECISION: float(precision[best]),
+        S.BEST_F1_RECALL: float(recall[best]),
     }
 
 
@@ -396,11 +399,8 @@ def evaluate(
         raise ValueError("evaluate: the validation loader yielded no batches")
 
     means = (loss_sums / n_batches).tolist()
-    stats = {
-        f"val_{'loss' if k == 'total' else k}": float(v)
-        for k, v in zip(LOSS_KEYS, means, strict=True)
-    }
-    stats["val_nonfinite_batches"] = float(nonfinite)
+    stats = {key: float(v) for key, v in zip(VAL_KEYS, means, strict=True)}
+    stats[S.VAL_NONFINITE_BATCHES] = float(nonfinite)
     stats.update(
         coco_metrics(
             detections,

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.device import precision_name
 from cattle_yolo.files import atomic_write_text
@@ -114,7 +115,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
                 history=history,
                 threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
                 config=dict(result.config or {}),
-                checkpoint_epoch=int(metrics.get("best_epoch") or 0),
+                checkpoint_epoch=int(metrics.get(S.BEST_EPOCH) or 0),
                 amp=str(metrics.get(AMP) or ""),
             )
         )

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.stats import EpochStats
 from tune import storage
 from tune.cluster import Resources, SearchSetupError
 from tune.disk import DiskKeeper
@@ -48,7 +49,7 @@ def make_trainable(
     datasets: Any,
     settings: SearchSettings,
     resources: Resources,
-    extra_callbacks: tuple[Callable[[dict[str, Any]], None], ...] = (),
+    extra_callbacks: tuple[Callable[[EpochStats], None], ...] = (),
     threshold_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Any:
     """The trial function with the shared data in the object store and its resources.

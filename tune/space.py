@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cattle_yolo import stats
 from cattle_yolo.config import (
     ALIASES,
     FIELD_NAMES,
@@ -39,18 +40,18 @@ SECTIONS = ("search", "space", "points")
 
 # Per-epoch stats a search may optimise, with their natural direction.
 METRICS = {
-    "mAP50_95": "max",
-    "mAP50": "max",
-    "mAP75": "max",
-    "precision": "max",
-    "recall": "max",
-    "f1": "max",
-    "F1": "max",
-    "val_loss": "min",
-    "train_loss": "min",
+    stats.MAP50_95: "max",
+    stats.MAP50: "max",
+    stats.MAP75: "max",
+    stats.PRECISION: "max",
+    stats.RECALL: "max",
+    stats.F1_AT_THRESHOLD: "max",
+    stats.BEST_F1: "max",
+    stats.VAL_LOSS: "min",
+    stats.TRAIN_LOSS: "min",
 }
 # Metrics read at cfg.score_threshold: only under these is score_threshold a training knob.
-THRESHOLD_METRICS = ("precision", "recall", "f1")
+THRESHOLD_METRICS = (stats.PRECISION, stats.RECALL, stats.F1_AT_THRESHOLD)
 # A trial's objective, from its per-epoch metric (the value ASHA's rungs, Optuna and the export
 # all see): ``best`` is the best single epoch so far; ``last_mean`` is the mean of the last
 # ``objective_window`` epochs (fewer at the start), which one lucky epoch cannot win.
@@ -108,7 +109,7 @@ class Distribution:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    metric: str = "mAP50_95"  # per-epoch stat to optimise
+    metric: str = stats.MAP50_95  # per-epoch stat to optimise
     mode: str = "max"  # max or min
     trials: int = 16  # trials to run
     epochs: int = 30  # epochs per trial, ASHA's max_t

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cattle_yolo import stats as S
 from tune.results import THRESHOLD, THRESHOLD_F1, THRESHOLD_P, THRESHOLD_R
 
 if TYPE_CHECKING:
@@ -45,15 +46,15 @@ def chosen(
     if threshold_range is None:
         return {
             THRESHOLD: own,
-            THRESHOLD_P: stats.get("precision", 0.0),
-            THRESHOLD_R: stats.get("recall", 0.0),
-            THRESHOLD_F1: stats.get("f1", 0.0),
+            THRESHOLD_P: stats.get(S.PRECISION, 0.0),
+            THRESHOLD_R: stats.get(S.RECALL, 0.0),
+            THRESHOLD_F1: stats.get(S.F1_AT_THRESHOLD, 0.0),
         }
     return {
-        THRESHOLD: stats["F1_threshold"] if stats["F1"] > 0 else own,
-        THRESHOLD_P: stats["F1_precision"],
-        THRESHOLD_R: stats["F1_recall"],
-        THRESHOLD_F1: stats["F1"],
+        THRESHOLD: stats[S.BEST_F1_THRESHOLD] if stats[S.BEST_F1] > 0 else own,
+        THRESHOLD_P: stats[S.BEST_F1_PRECISION],
+        THRESHOLD_R: stats[S.BEST_F1_RECALL],
+        THRESHOLD_F1: stats[S.BEST_F1],
     }
 
 

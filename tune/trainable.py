@@ -45,11 +45,13 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ray import tune
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.stats import EpochStats
 from tune import threshold
 from tune.results import (
     AMP,
@@ -169,7 +171,7 @@ class EpochReporter:
         epoch = int(stats[EPOCH])
         value = float(out.get(self.metric, math.nan))
         self.values[epoch] = value
-        if "F1_threshold" in stats and stats.get("best_epoch") == epoch:
+        if S.BEST_F1_THRESHOLD in stats and stats.get(S.BEST_EPOCH) == epoch:
             self.threshold = threshold.chosen(stats, self.threshold_range, self.own_threshold)
         objective, objective_epoch = self.objective_value()
         out[OBJECTIVE] = objective
@@ -183,13 +185,13 @@ class EpochReporter:
         out[THREADS] = _torch_threads()
         return out
 
-    def __call__(self, stats: dict[str, Any]) -> None:
-        self.report(stats, replay=False)
+    def __call__(self, stats: EpochStats) -> None:
+        self.report(cast(dict[str, Any], stats))
 
-    def report(self, stats: dict[str, Any], replay: bool) -> None:
+    def report(self, stats: dict[str, Any], replay_from: Path | None = None) -> None:
         """One ``tune.report`` of an epoch's stats with a checkpoint. With cloud storage the
-        checkpoint takes the run's ``last.pt`` (a ``replay`` of an epoch on resume copies it:
-        the training loop is about to continue from it)."""
+        checkpoint takes the run's ``last.pt`` (moved: no local copy stays), or on a resume's
+        replay of an epoch a copy of the weights it continues from (``replay_from``)."""
         metrics = self.metrics(stats)
         self.epoch = int(stats[EPOCH])
         if self.gauges is not None:
@@ -198,8 +200,10 @@ class EpochReporter:
             self.uploader.upload()
         with tempfile.TemporaryDirectory(prefix="cattle-ckpt-") as tmp:
             if self.uploader is not None:  # the checkpoint takes last.pt: no local copy stays
-                move = shutil.copy2 if replay else shutil.move
-                move(stats["checkpoint"], Path(tmp) / CHECKPOINT_FILE)
+                if replay_from is not None:
+                    shutil.copy2(replay_from, Path(tmp) / CHECKPOINT_FILE)
+                else:
+                    shutil.move(self.uploader.folder / LAST_IN_RUN, Path(tmp) / CHECKPOINT_FILE)
             state = {"epoch": self.epoch, "values": self.values, "threshold": self.threshold}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -242,8 +246,7 @@ class EpochReporter:
             self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
         )
         for epoch in sorted(e for e in missed if e >= first):
-            # the checkpoint holds numbers only: the run's paths are added back
-            self.report({**missed[epoch], "checkpoint": str(weights), "out": str(run)}, replay=True)
+            self.report(missed[epoch], replay_from=weights)
         return weights
 
     def report_diverged(self, reason: str, epoch: int) -> None:
@@ -273,10 +276,10 @@ class TrialGauges:
         "epoch": (EPOCH, "epochs the trial has trained"),
         "train_loss": (TRAIN_LOSS, "mean training loss of the last epoch"),
         "val_loss": (VAL_LOSS, "validation loss of the last epoch"),
-        "map50_95": ("mAP50_95", "val mAP50-95 of the last epoch"),
+        "map50_95": (S.MAP50_95, "val mAP50-95 of the last epoch"),
         "objective": (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
         "best_map50_95": (
-            "best_mAP50_95",
+            S.BEST_MAP50_95,
             "val mAP50-95 of best.pt (its best epoch by the search metric)",
         ),
     }
@@ -396,7 +399,7 @@ def train_trial(
     settings: SearchSettings,
     datasets: Any,
     threshold_range: tuple[float, float] | None = (0.0, 1.0),
-    extra_callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    extra_callbacks: Sequence[Callable[[EpochStats], None]] = (),
 ) -> None:
     """Ray Tune function trainable: ``config`` holds the sampled knob values.
 
