@@ -155,7 +155,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         parsed: dict[str, Any] = {}
-        for key, value in row.items():
+        for key, value in S.current(row).items():  # a table of an earlier version too
             if key == "rule":
                 parsed[key] = value
             elif key in ("config_id", "seed", "epoch", "diverged"):

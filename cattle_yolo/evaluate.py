@@ -130,12 +130,12 @@ def coco_metrics(
     Returns:
         ``mAP50_95``, ``mAP50``, ``mAP75`` (as COCOeval.summarize computes them: area "all",
         101-point interpolated precision averaged over classes with ground truth, at most
-        ``max_dets`` detections per image); ``precision``, ``recall``, ``f1`` at
+        ``max_dets`` detections per image); ``precision``, ``recall``, ``f1_at_threshold`` at
         ``score_threshold``, where a detection is a true positive if COCOeval's greedy
         matching (highest score first, same class, IoU >= 0.5) paired it with a ground-truth
         box; ``AP50/<name>`` per class, **nan** for a class with no ground-truth box (COCO
         leaves such a class out of the mean);
-        ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``: the score threshold chosen
+        ``best_f1``, ``best_f1_threshold``, ``best_f1_precision``, ``best_f1_recall``: the threshold chosen
         after training, the one with the best F1 over all classes (see ``f1_sweep``).
         Edge cases: no ground truth at all gives mAP 0 (COCO itself would give -1) and
         precision 0; no detections at all gives zeros (and nan AP50 for classes without boxes).
@@ -269,7 +269,7 @@ def f1_sweep(
     threshold (keeping the detections scoring at least it), and so are ``low`` and ``high``;
     ties go to the higher threshold (fewer detections for the same F1).
 
-    Returns ``F1`` (the best F1), ``F1_threshold`` and the ``F1_precision`` and ``F1_recall``
+    Returns ``best_f1``, ``best_f1_threshold`` and the ``best_f1_precision`` and ``best_f1_recall``
     there. With no detection or no ground truth, F1 is 0 everywhere and the tie rule gives
     ``high`` (``coco_metrics`` reports ``low`` when it has nothing to score at all).
     """
@@ -350,10 +350,11 @@ def evaluate(
     batches), ``val_nonfinite_batches`` (batches whose boxes or scores held NaN or inf: they
     give no detections, and the training loop counts such a model as diverged) and the
     ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``, ``recall``,
-    ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``, ``AP50/<name>``). The
+    ``f1_at_threshold``, ``best_f1``, ``best_f1_threshold``..., ``AP50/<name>``: see
+    ``cattle_yolo.stats``). The
     model's train/eval mode is restored afterwards. ``detections_out``, if given, receives the
     per-image ``"detections"`` and ``"targets"`` that were scored. ``threshold_range`` bounds the
-    F1-best threshold (``F1``, ``F1_threshold``...; a search's post-hoc range).
+    F1-best threshold (``best_f1``, ``best_f1_threshold``...; a search's post-hoc range).
     """
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)

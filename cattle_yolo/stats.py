@@ -8,7 +8,8 @@ names below. ``AP50/<class name>`` keys (per class) come on top.
 
 from __future__ import annotations
 
-from typing import Final, TypedDict
+from collections.abc import Mapping
+from typing import Any, Final, TypedDict
 
 EPOCH: Final = "epoch"  # epochs trained, 1-based
 
@@ -36,12 +37,12 @@ MAP75: Final = "mAP75"
 # at the config's score_threshold
 PRECISION: Final = "precision"
 RECALL: Final = "recall"
-F1_AT_THRESHOLD: Final = "f1"
+F1_AT_THRESHOLD: Final = "f1_at_threshold"
 # at the F1-best score threshold of the epoch (within the range the run was told)
-BEST_F1: Final = "F1"
-BEST_F1_THRESHOLD: Final = "F1_threshold"
-BEST_F1_PRECISION: Final = "F1_precision"
-BEST_F1_RECALL: Final = "F1_recall"
+BEST_F1: Final = "best_f1"
+BEST_F1_THRESHOLD: Final = "best_f1_threshold"
+BEST_F1_PRECISION: Final = "best_f1_precision"
+BEST_F1_RECALL: Final = "best_f1_recall"
 
 # the training loop (cattle_yolo/train.py)
 EPOCH_TIME: Final = "epoch_time"  # seconds for the epoch, evaluation included
@@ -75,13 +76,34 @@ class EpochStats(TypedDict, total=False):
     mAP75: float
     precision: float
     recall: float
-    f1: float
-    F1: float
-    F1_threshold: float
-    F1_precision: float
-    F1_recall: float
+    f1_at_threshold: float
+    best_f1: float
+    best_f1_threshold: float
+    best_f1_precision: float
+    best_f1_recall: float
     epoch_time: float
     peak_cuda_mb: float
     best_mAP50_95: float
     best_epoch: int
     amp: str
+
+
+# Names of earlier versions (results, checkpoints, space files and curve tables written before
+# the F1 keys were renamed: "f1" and "F1" differed only by case).
+LEGACY: dict[str, str] = {
+    "f1": F1_AT_THRESHOLD,
+    "F1": BEST_F1,
+    "F1_threshold": BEST_F1_THRESHOLD,
+    "F1_precision": BEST_F1_PRECISION,
+    "F1_recall": BEST_F1_RECALL,
+}
+
+
+def current_name(key: str) -> str:
+    """A stat's name today (an earlier version's name is translated)."""
+    return LEGACY.get(key, key)
+
+
+def current(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Stats read back from a file of any version, under today's names."""
+    return {current_name(k): v for k, v in stats.items()}

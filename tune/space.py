@@ -133,7 +133,7 @@ class SearchSettings:
         """Apply changes (``None`` values ignored), checked; errors are prefixed with ``source``."""
         values = {**dataclasses.asdict(self), **{k: v for k, v in changes.items() if v is not None}}
         if "metric" in changes and changes["metric"] and "mode" not in changes:
-            values["mode"] = METRICS.get(changes["metric"], self.mode)
+            values["mode"] = METRICS.get(_metric_name(changes["metric"]), self.mode)
         return settings_from_dict(values, source)
 
 
@@ -189,12 +189,18 @@ def _suggest_name(key: str, options: tuple[str, ...] | list[str]) -> str:
     return closest_key(key, tuple(options), ALIASES if options is FIELD_NAMES else {})
 
 
+def _metric_name(name: Any) -> Any:
+    return stats.current_name(name) if isinstance(name, str) else name
+
+
 def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
     """Build checked settings; ``source`` names where they came from (file section or flags)."""
     names = [f.name for f in dataclasses.fields(SearchSettings)]
     for key in values:
         if key not in names:
             raise SpaceError(f"{source}: unknown setting {key!r}{_suggest_name(key, names)}")
+    if "metric" in values:  # an earlier version's name (F1, f1) is read as today's
+        values = {**values, "metric": _metric_name(values["metric"])}
     if "metric" in values and "mode" not in values:
         values = {**values, "mode": METRICS.get(values["metric"], "max")}
     for key in ("reduction_factor", "min_rise", "spike_ratio"):  # 5e-2 is a string to YAML 1.1

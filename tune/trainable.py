@@ -243,7 +243,7 @@ class EpochReporter:
             e: s for e, s in _logged_epochs(run).items() if first <= e <= self.resumed_from_epoch
         }
         missed.setdefault(
-            self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
+            self.resumed_from_epoch, {**S.current(saved["metrics"]), EPOCH: self.resumed_from_epoch}
         )
         for epoch in sorted(e for e in missed if e >= first):
             self.report(missed[epoch], replay_from=weights)
@@ -342,7 +342,7 @@ def _logged_epochs(run: Path) -> dict[int, dict[str, Any]]:
             stats = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a kill
             continue
-        epochs[int(stats[EPOCH])] = stats
+        epochs[int(stats[EPOCH])] = S.current(stats)  # a log of an earlier version too
     return epochs
 
 

@@ -38,7 +38,8 @@ def test_outputs_layout_and_metrics(tmp_path):
         "mAP50_95",
         "precision",
         "recall",
-        "f1",
+        "f1_at_threshold",
+        "best_f1",
         "epoch_time",
         "images_per_sec",
     ):
@@ -253,4 +254,5 @@ def test_the_f1_sweep_stays_in_the_range_it_is_told(tmp_path):
         for line in (tmp_path / "run" / "metrics" / "training_metrics.jsonl").open()
     ]
     assert len(rows) == 2
-    assert all(0.3 <= r["F1_threshold"] <= 0.4 for r in rows), [r["F1_threshold"] for r in rows]
+    thresholds = [r["best_f1_threshold"] for r in rows]
+    assert all(0.3 <= t <= 0.4 for t in thresholds), thresholds
