@@ -135,8 +135,9 @@ def coco_metrics(
         matching (highest score first, same class, IoU >= 0.5) paired it with a ground-truth
         box; ``AP50/<name>`` per class, **nan** for a class with no ground-truth box (COCO
         leaves such a class out of the mean);
-        ``best_f1``, ``best_f1_threshold``, ``best_f1_precision``, ``best_f1_recall``: the threshold chosen
-        after training, the one with the best F1 over all classes (see ``f1_sweep``).
+        ``best_f1``, ``best_f1_threshold``, ``best_f1_precision``, ``best_f1_recall``: the
+        threshold chosen after training, the one with the best F1 over all classes (see
+        ``f1_sweep``).
         Edge cases: no ground truth at all gives mAP 0 (COCO itself would give -1) and
         precision 0; no detections at all gives zeros (and nan AP50 for classes without boxes).
         Precision with no detection above the threshold is 0, as Ultralytics reports it.
