@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cattle_yolo import stats as S
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
 
@@ -78,7 +80,7 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
         return {"name": name, "seed": seed, "error": proc.stderr[-2000:]}
     rows = [json.loads(line) for line in (out / "metrics" / "training_metrics.jsonl").open()]
     shutil.rmtree(out / "models", ignore_errors=True)
-    curve = [r["mAP50_95"] for r in rows]
+    curve = [r[S.MAP50_95] for r in rows]
     print(
         f"{name:24s} seed {seed}: last {curve[-1]:.4f} ({time.perf_counter() - t0:.0f} s)",
         flush=True,
@@ -88,14 +90,14 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
         "seed": seed,
         "overrides": overrides,
         "mAP50_95": curve,
-        "mAP50": [r["mAP50"] for r in rows],
-        "train_loss": [r["train_loss"] for r in rows],
-        "val_loss": [r["val_loss"] for r in rows],
-        "first_step_loss": rows[0]["first_step_loss"],
-        "skipped_steps": [r["skipped_steps"] for r in rows],
-        "train_batches": rows[0]["train_batches"],
+        "mAP50": [r[S.MAP50] for r in rows],
+        "train_loss": [r[S.TRAIN_LOSS] for r in rows],
+        "val_loss": [r[S.VAL_LOSS] for r in rows],
+        "first_step_loss": rows[0][S.FIRST_STEP_LOSS],
+        "skipped_steps": [r[S.SKIPPED_STEPS] for r in rows],
+        "train_batches": rows[0][S.TRAIN_BATCHES],
         "amp": rows[0].get("amp"),
-        "epoch_time": [r["epoch_time"] for r in rows],
+        "epoch_time": [r[S.EPOCH_TIME] for r in rows],
         "wall_s": time.perf_counter() - t0,
     }
     (out / "result.json").write_text(json.dumps(result))  # kept if the whole set is cut off
@@ -181,7 +183,7 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     value, and the difference to the baseline."""
     by_name: dict[str, list[float]] = {}
     for r in runs:
-        tail = r["mAP50_95"][-LAST:]
+        tail = r[S.MAP50_95][-LAST:]
         by_name.setdefault(r["name"], []).append(sum(tail) / len(tail))
     base = by_name.get("baseline", [float("nan")])
     base_score = sum(base) / len(base)

@@ -54,6 +54,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
+from cattle_yolo import stats as S  # noqa: E402
 from tune.results import (  # noqa: E402
     DIVERGED,
     DIVERGED_RULE,
@@ -68,7 +69,7 @@ from tune.results import (  # noqa: E402
 from tune.space import CURVE_ID, Distribution, SearchSpace, load_space  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
-METRICS = ("mAP50_95", "mAP50", "val_loss", "train_loss", "F1", "epoch_time")
+METRICS = (S.MAP50_95, S.MAP50, S.VAL_LOSS, S.TRAIN_LOSS, S.BEST_F1, S.EPOCH_TIME)  # columns
 BASE_COLUMNS = ("config_id", "seed", "epoch")
 TAIL_COLUMNS = (*METRICS, "diverged", "rule")
 
@@ -154,7 +155,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         parsed: dict[str, Any] = {}
-        for key, value in row.items():
+        for key, value in S.current(row).items():  # a table of an earlier version too
             if key == "rule":
                 parsed[key] = value
             elif key in ("config_id", "seed", "epoch", "diverged"):
@@ -339,7 +340,7 @@ def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale
     reporter = EpochReporter(settings)
     history: dict[int, float] = {}
     for row in curves.curve(cid, draw):
-        time.sleep(max(0.0, row["epoch_time"] * scale) if math.isfinite(row["epoch_time"]) else 0)
+        time.sleep(max(0.0, row[S.EPOCH_TIME] * scale) if math.isfinite(row[S.EPOCH_TIME]) else 0)
         epoch = int(row["epoch"])
         if row["diverged"] and not math.isfinite(row[settings.metric]):
             tune.report(
@@ -363,11 +364,11 @@ def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale
             {
                 EPOCH: epoch,
                 settings.metric: row[settings.metric],
-                TRAIN_LOSS: row["train_loss"],
-                VAL_LOSS: row["val_loss"],
+                TRAIN_LOSS: row[S.TRAIN_LOSS],
+                VAL_LOSS: row[S.VAL_LOSS],
                 OBJECTIVE: objective,
                 OBJECTIVE_EPOCH: at,
-                RUNG_SCORE: reporter.rung_score(objective, row["val_loss"]),
+                RUNG_SCORE: reporter.rung_score(objective, row[S.VAL_LOSS]),
                 WARMUP_EPOCHS: 0.0,
                 DIVERGED: False,
                 "curve_id": cid,
@@ -399,7 +400,7 @@ def replay_search(
     from ray.tune.stopper import CombinedStopper
 
     from cattle_yolo.config import TrainConfig
-    from tune.search import make_searcher
+    from tune.search import Study, make_searcher
     from tune.stoppers import DivergenceStopper
 
     sampler, scheduler_name = STRATEGIES[strategy]
@@ -417,7 +418,7 @@ def replay_search(
         {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
     )
     budget = args.budget or args.trials * args.epochs
-    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, sampler)
+    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, Study(sampler))
     if scheduler_name == "asha":
         scheduler: Any = ASHAScheduler(
             metric=RUNG_SCORE,

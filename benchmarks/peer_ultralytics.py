@@ -91,8 +91,10 @@ def side_ours(args, baton: Baton) -> dict:
     sys.path.insert(0, str(HERE))
     from train_throughput import training_flops
 
+    from cattle_yolo import stats as S
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.model import CattleYOLO
+    from cattle_yolo.stats import EpochStats
     from cattle_yolo.train import train
 
     cfg = TrainConfig(
@@ -109,20 +111,20 @@ def side_ours(args, baton: Baton) -> dict:
     flops = training_flops(CattleYOLO(1, cfg), args.imgsz)
     epochs = []
 
-    def callback(stats: dict) -> None:
+    def callback(stats: EpochStats) -> None:
         epochs.append(
             {
-                "epoch": stats["epoch"],
-                "mAP50": stats["mAP50"],
-                "mAP50_95": stats["mAP50_95"],
-                "train_loss": stats["train_loss"],
-                "val_loss": stats["val_loss"],
-                "train_s": stats["train_time"],
-                "epoch_s": stats["epoch_time"],
-                "images": round(stats["train_time"] * stats["images_per_sec"]),
+                "epoch": stats[S.EPOCH],
+                "mAP50": stats[S.MAP50],
+                "mAP50_95": stats[S.MAP50_95],
+                "train_loss": stats[S.TRAIN_LOSS],
+                "val_loss": stats[S.VAL_LOSS],
+                "train_s": stats[S.TRAIN_TIME],
+                "epoch_s": stats[S.EPOCH_TIME],
+                "images": round(stats[S.TRAIN_TIME] * stats[S.IMAGES_PER_SEC]),
             }
         )
-        if stats["epoch"] < args.epochs:
+        if stats[S.EPOCH] < args.epochs:
             baton.give()
             baton.wait()
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from ablations import add_run_arguments, run_one  # noqa: E402
 
+from cattle_yolo import stats as S  # noqa: E402
 from cattle_yolo.config import TrainConfig  # noqa: E402
 from tune.stoppers import divergence_rule  # noqa: E402
 
@@ -42,21 +43,21 @@ MAX_SKIPPED = TrainConfig().max_skipped_fraction  # the training loop's dead-ste
 
 def stopped_by(run: dict[str, Any], settings: dict[str, Any]) -> str | None:
     """The first divergence rule that would have stopped ``run`` in a search, or None."""
-    losses = run["train_loss"]
+    losses = run[S.TRAIN_LOSS]
     for epoch in range(1, len(losses) + 1):
         rule = divergence_rule(
             losses[:epoch],
             settings["patience"],
             settings["spike_ratio"],
-            run["val_loss"][epoch - 1],
+            run[S.VAL_LOSS][epoch - 1],
             settings["min_rise"],
-            run["first_step_loss"],
+            run[S.FIRST_STEP_LOSS],
             float(WARMUP),
         )
         if rule:
             return f"epoch {epoch}: {rule}"
-        skipped = run["skipped_steps"][epoch - 1]
-        if skipped > MAX_SKIPPED * run["train_batches"]:
+        skipped = run[S.SKIPPED_STEPS][epoch - 1]
+        if skipped > MAX_SKIPPED * run[S.TRAIN_BATCHES]:
             return f"epoch {epoch}: {skipped} steps skipped (the dead-step rule)"
     return None
 
@@ -67,7 +68,7 @@ def summarize(runs: list[dict[str, Any]], at: list[int]) -> dict[str, Any]:
         mine = [r for r in runs if r["name"] == name]
         row: dict[str, Any] = {"seeds": [r["seed"] for r in mine]}
         for epoch in at:
-            values = [r["mAP50_95"][epoch - 1] for r in mine if len(r["mAP50_95"]) >= epoch]
+            values = [r[S.MAP50_95][epoch - 1] for r in mine if len(r[S.MAP50_95]) >= epoch]
             if values:
                 sd = statistics.stdev(values) if len(values) > 1 else 0.0
                 row[f"epoch_{epoch}"] = {
@@ -76,7 +77,7 @@ def summarize(runs: list[dict[str, Any]], at: list[int]) -> dict[str, Any]:
                     "values": values,
                 }
         row["epoch_s"] = (
-            statistics.fmean(t for r in mine for t in r["epoch_time"]) if mine else None
+            statistics.fmean(t for r in mine for t in r[S.EPOCH_TIME]) if mine else None
         )
         table[name] = row
     return table

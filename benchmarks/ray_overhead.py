@@ -27,6 +27,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
+from cattle_yolo import stats as S  # noqa: E402
 from cattle_yolo.config import TrainConfig  # noqa: E402
 from cattle_yolo.data import load_datasets  # noqa: E402
 from cattle_yolo.train import train  # noqa: E402
@@ -94,7 +95,7 @@ def standalone_vs_trial(cfg: TrainConfig, storage: Path, cpus: int) -> dict:
         "one_trial_search_s": trial_s,
         "ratio_to_cli": trial_s / cli_s,
         "ratio_to_in_process": trial_s / in_process_s,
-        "same_metric": result.metrics["mAP50_95"] == alone["last"]["mAP50_95"],
+        "same_metric": result.metrics[S.MAP50_95] == alone["last"][S.MAP50_95],
         "fit_to_first_step_s": (_stamp(log[0]) - start).total_seconds(),
         "trial_training_s": (_stamp(log[-1]) - _stamp(log[0])).total_seconds(),
         "last_epoch_to_fit_end_s": (end - _stamp(log[-1])).total_seconds(),

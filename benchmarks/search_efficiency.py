@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
+from cattle_yolo import stats as S  # noqa: E402
 from tune.results import DIVERGED, EPOCH, OBJECTIVE, Status  # noqa: E402 (after the path)
 
 STRATEGIES = {
@@ -156,9 +157,9 @@ def holdout(cfg, datasets, out: Path) -> dict:
     loader = make_loader(datasets.test, cfg2, train=False)
     test = evaluate(model, loader, DetectionLoss(cfg2, len(names)), cfg2, torch.device("cpu"), 0)
     return {
-        "val_best": result["best_mAP50_95"],
-        "test_mAP50_95": test["mAP50_95"],
-        "test_mAP50": test["mAP50"],
+        "val_best": result[S.BEST_MAP50_95],
+        "test_mAP50_95": test[S.MAP50_95],
+        "test_mAP50": test[S.MAP50],
     }
 
 

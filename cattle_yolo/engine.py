@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.device import autocast, autocast_dtype, model_input
 
@@ -217,16 +218,16 @@ def train_one_epoch(
     elapsed = time.perf_counter() - start
     mean = {k: (v / finite_batches if finite_batches else float("nan")) for k, v in sums.items()}
     stats = {
-        "train_loss": mean["loss"],
-        "train_box": mean["box"],
-        "train_cls": mean["cls"],
-        "train_dfl": mean["dfl"],
-        "first_step_loss": first_loss,
-        "lr": optimizer.param_groups[0]["lr"],
-        "skipped_steps": skipped,
-        "train_batches": num_batches,
-        "train_time": elapsed,
-        "images_per_sec": images / max(elapsed, 1e-9),
+        S.TRAIN_LOSS: mean["loss"],
+        S.TRAIN_BOX: mean["box"],
+        S.TRAIN_CLS: mean["cls"],
+        S.TRAIN_DFL: mean["dfl"],
+        S.FIRST_STEP_LOSS: first_loss,
+        S.LR: optimizer.param_groups[0]["lr"],
+        S.SKIPPED_STEPS: skipped,
+        S.TRAIN_BATCHES: num_batches,
+        S.TRAIN_TIME: elapsed,
+        S.IMAGES_PER_SEC: images / max(elapsed, 1e-9),
     }
     if profile:
         total_time = sum(phase.values())

@@ -25,6 +25,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cattle_yolo import stats as S
 from cattle_yolo.boxes import xyxy_to_xywh
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.device import autocast, autocast_dtype, model_input
@@ -37,7 +38,8 @@ if TYPE_CHECKING:
     from cattle_yolo.data import Item
 
 COCO_MAX_DETS = 300  # detections per image coco_metrics counts by default (COCO itself: 100)
-LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches as val_<key>
+LOSS_KEYS = ("total", "box", "cls", "dfl")  # loss terms averaged over batches, reported as:
+VAL_KEYS = (S.VAL_LOSS, S.VAL_BOX, S.VAL_CLS, S.VAL_DFL)
 
 
 class _Named(Protocol):
@@ -94,8 +96,9 @@ def _flatten(
 
 def _empty_metrics(names: Sequence[str], gt_labels: np.ndarray, low: float) -> dict[str, float]:
     """Zeros for every metric; AP50 is 0.0 for classes with ground truth and nan for the rest."""
-    out = {"mAP50_95": 0.0, "mAP50": 0.0, "mAP75": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
-    out.update(F1=0.0, F1_threshold=low, F1_precision=0.0, F1_recall=0.0)
+    out = {k: 0.0 for k in (S.MAP50_95, S.MAP50, S.MAP75, S.PRECISION, S.RECALL, S.F1_AT_THRESHOLD)}
+    out.update({S.BEST_F1: 0.0, S.BEST_F1_THRESHOLD: low})
+    out.update({S.BEST_F1_PRECISION: 0.0, S.BEST_F1_RECALL: 0.0})
     present = np.bincount(gt_labels, minlength=len(names)) > 0
     for k, name in enumerate(names):
         out[f"AP50/{name}"] = 0.0 if present[k] else math.nan
@@ -127,13 +130,14 @@ def coco_metrics(
     Returns:
         ``mAP50_95``, ``mAP50``, ``mAP75`` (as COCOeval.summarize computes them: area "all",
         101-point interpolated precision averaged over classes with ground truth, at most
-        ``max_dets`` detections per image); ``precision``, ``recall``, ``f1`` at
+        ``max_dets`` detections per image); ``precision``, ``recall``, ``f1_at_threshold`` at
         ``score_threshold``, where a detection is a true positive if COCOeval's greedy
         matching (highest score first, same class, IoU >= 0.5) paired it with a ground-truth
         box; ``AP50/<name>`` per class, **nan** for a class with no ground-truth box (COCO
         leaves such a class out of the mean);
-        ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``: the score threshold chosen
-        after training, the one with the best F1 over all classes (see ``f1_sweep``).
+        ``best_f1``, ``best_f1_threshold``, ``best_f1_precision``, ``best_f1_recall``: the
+        threshold chosen after training, the one with the best F1 over all classes (see
+        ``f1_sweep``).
         Edge cases: no ground truth at all gives mAP 0 (COCO itself would give -1) and
         precision 0; no detections at all gives zeros (and nan AP50 for classes without boxes).
         Precision with no detection above the threshold is 0, as Ultralytics reports it.
@@ -203,9 +207,9 @@ def coco_metrics(
     precision = ev.eval["precision"][:, :, :, p.areaRngLbl.index("all"), -1]
     iou50, iou75 = (int(np.argmin(np.abs(p.iouThrs - t))) for t in (0.5, 0.75))
     out = {
-        "mAP50_95": _mean_valid(precision),
-        "mAP50": _mean_valid(precision[iou50]),
-        "mAP75": _mean_valid(precision[iou75]),
+        S.MAP50_95: _mean_valid(precision),
+        S.MAP50: _mean_valid(precision[iou50]),
+        S.MAP75: _mean_valid(precision[iou75]),
     }
     out.update(_threshold_metrics(ev, score_threshold, threshold_range))
     for k, name in enumerate(names):
@@ -250,7 +254,7 @@ def _threshold_metrics(
     precision = tp / max(int(kept.sum()), 1)
     recall = tp / max(n_gt, 1)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    out = {"precision": precision, "recall": recall, "f1": f1}
+    out = {S.PRECISION: precision, S.RECALL: recall, S.F1_AT_THRESHOLD: f1}
     out.update(f1_sweep(s, m, n_gt, *threshold_range))
     return out
 
@@ -266,7 +270,7 @@ def f1_sweep(
     threshold (keeping the detections scoring at least it), and so are ``low`` and ``high``;
     ties go to the higher threshold (fewer detections for the same F1).
 
-    Returns ``F1`` (the best F1), ``F1_threshold`` and the ``F1_precision`` and ``F1_recall``
+    Returns ``best_f1``, ``best_f1_threshold`` and the ``best_f1_precision`` and ``best_f1_recall``
     there. With no detection or no ground truth, F1 is 0 everywhere and the tie rule gives
     ``high`` (``coco_metrics`` reports ``low`` when it has nothing to score at all).
     """
@@ -282,10 +286,10 @@ def f1_sweep(
     f1 = np.where(total > 0, 2 * precision * recall / np.maximum(total, 1e-12), 0.0)
     best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the highest threshold among equal F1s
     return {
-        "F1": float(f1[best]),
-        "F1_threshold": float(candidates[best]),
-        "F1_precision": float(precision[best]),
-        "F1_recall": float(recall[best]),
+        S.BEST_F1: float(f1[best]),
+        S.BEST_F1_THRESHOLD: float(candidates[best]),
+        S.BEST_F1_PRECISION: float(precision[best]),
+        S.BEST_F1_RECALL: float(recall[best]),
     }
 
 
@@ -332,6 +336,8 @@ def evaluate(
     device: torch.device | str,
     epoch: float,
     detections_out: dict[str, list[dict[str, np.ndarray]]] | None = None,
+    *,
+    threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, float]:
     """Validation loss and COCO metrics of ``model`` over ``loader``.
 
@@ -345,9 +351,11 @@ def evaluate(
     batches), ``val_nonfinite_batches`` (batches whose boxes or scores held NaN or inf: they
     give no detections, and the training loop counts such a model as diverged) and the
     ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``, ``recall``,
-    ``f1``, ``F1``, ``F1_threshold``, ``F1_precision``, ``F1_recall``, ``AP50/<name>``). The
+    ``f1_at_threshold``, ``best_f1``, ``best_f1_threshold``..., ``AP50/<name>``: see
+    ``cattle_yolo.stats``). The
     model's train/eval mode is restored afterwards. ``detections_out``, if given, receives the
-    per-image ``"detections"`` and ``"targets"`` that were scored.
+    per-image ``"detections"`` and ``"targets"`` that were scored. ``threshold_range`` bounds the
+    F1-best threshold (``best_f1``, ``best_f1_threshold``...; a search's post-hoc range).
     """
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)
@@ -393,13 +401,17 @@ def evaluate(
         raise ValueError("evaluate: the validation loader yielded no batches")
 
     means = (loss_sums / n_batches).tolist()
-    stats = {
-        f"val_{'loss' if k == 'total' else k}": float(v)
-        for k, v in zip(LOSS_KEYS, means, strict=True)
-    }
-    stats["val_nonfinite_batches"] = float(nonfinite)
+    stats = {key: float(v) for key, v in zip(VAL_KEYS, means, strict=True)}
+    stats[S.VAL_NONFINITE_BATCHES] = float(nonfinite)
     stats.update(
-        coco_metrics(detections, ground_truth, names, cfg.score_threshold, max_dets=cfg.max_det)
+        coco_metrics(
+            detections,
+            ground_truth,
+            names,
+            cfg.score_threshold,
+            max_dets=cfg.max_det,
+            threshold_range=threshold_range,
+        )
     )
     if detections_out is not None:
         detections_out.update(detections=detections, targets=ground_truth)

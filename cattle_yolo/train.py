@@ -38,8 +38,33 @@ from cattle_yolo.evaluate import evaluate, save_detections
 from cattle_yolo.files import remove_stale_temps
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
+from cattle_yolo.stats import (
+    AMP,
+    BEST_EPOCH,
+    BEST_F1,
+    BEST_F1_THRESHOLD,
+    BEST_MAP50_95,
+    EPOCH,
+    EPOCH_TIME,
+    IMAGES_PER_SEC,
+    LR,
+    MAP50,
+    MAP50_95,
+    PEAK_CUDA_MB,
+    PRECISION,
+    RECALL,
+    SKIPPED_STEPS,
+    TRAIN_BATCHES,
+    TRAIN_BOX,
+    TRAIN_CLS,
+    TRAIN_DFL,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    VAL_NONFINITE_BATCHES,
+    EpochStats,
+)
 
-Callback = Callable[[dict[str, Any]], None]
+Callback = Callable[[EpochStats], None]  # called after every epoch
 log = logging.getLogger("cattle_yolo")
 
 # Keys of a checkpoint's config that may differ on resume: they do not change the result.
@@ -96,7 +121,7 @@ def _attach_file_log(out: Path) -> logging.Handler:
     return handler
 
 
-def _append_metrics(out: Path, stats: dict[str, Any]) -> None:
+def _append_metrics(out: Path, stats: EpochStats | dict[str, Any]) -> None:
     row = {k: v for k, v in stats.items() if not isinstance(v, str)}
     csv_path = out / "metrics" / "training_metrics.csv"
     new = not csv_path.exists() or csv_path.stat().st_size == 0
@@ -113,15 +138,15 @@ def _append_metrics(out: Path, stats: dict[str, Any]) -> None:
         f.write(json.dumps(stats, allow_nan=True) + "\n")
 
 
-def _summary_line(stats: dict[str, Any], epochs: int) -> str:
+def _summary_line(s: EpochStats, epochs: int) -> str:
     return (
-        f"epoch {stats['epoch']}/{epochs} loss={stats['train_loss']:.4f} "
-        f"(box={stats['train_box']:.4f} cls={stats['train_cls']:.4f} dfl={stats['train_dfl']:.4f}) "
-        f"val_loss={stats['val_loss']:.4f} mAP50={stats['mAP50']:.4f} "
-        f"mAP50-95={stats['mAP50_95']:.4f} P={stats['precision']:.3f} R={stats['recall']:.3f} "
-        f"F1={stats['F1']:.3f}@{stats['F1_threshold']:.3f} "
-        f"lr={stats['lr']:.2e} {stats['epoch_time']:.1f}s {stats['images_per_sec']:.1f} img/s"
-        + (f" skipped={stats['skipped_steps']}" if stats["skipped_steps"] else "")
+        f"epoch {s[EPOCH]}/{epochs} loss={s[TRAIN_LOSS]:.4f} "
+        f"(box={s[TRAIN_BOX]:.4f} cls={s[TRAIN_CLS]:.4f} dfl={s[TRAIN_DFL]:.4f}) "
+        f"val_loss={s[VAL_LOSS]:.4f} mAP50={s[MAP50]:.4f} "
+        f"mAP50-95={s[MAP50_95]:.4f} P={s[PRECISION]:.3f} R={s[RECALL]:.3f} "
+        f"F1={s[BEST_F1]:.3f}@{s[BEST_F1_THRESHOLD]:.3f} "
+        f"lr={s[LR]:.2e} {s[EPOCH_TIME]:.1f}s {s[IMAGES_PER_SEC]:.1f} img/s"
+        + (f" skipped={s[SKIPPED_STEPS]}" if s[SKIPPED_STEPS] else "")
     )
 
 
@@ -145,6 +170,7 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume_from: str | Path | None = None,
     best_by: tuple[str, str] = ("mAP50_95", "max"),
+    threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Any]:
     """Train a detector as ``cfg`` says; returns the best and last epoch's figures.
 
@@ -152,7 +178,9 @@ def train(
     ``last.pt`` to continue from, with the same result as an uninterrupted run. ``best_by``
     is the per-epoch stat and direction that pick ``best.pt`` (the search passes its metric, so
     its export's epoch and checkpoint agree); a non-finite value never improves.
-    Raises ``DivergedError`` when training diverges.
+    ``threshold_range`` bounds the F1-best score threshold each epoch's evaluation reports (a
+    search's post-hoc range, ``tune.threshold``). Raises ``DivergedError`` when training
+    diverges.
     """
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -165,7 +193,9 @@ def train(
     for tmp in remove_stale_temps(out):
         log.info(f"removed {tmp.relative_to(out)}, left by a process killed mid-write")
     try:
-        return _train(cfg, datasets, callbacks, resume_from, device, out, best_by)
+        return _train(
+            cfg, datasets, callbacks, resume_from, device, out, (best_by, threshold_range)
+        )
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -178,7 +208,7 @@ def _train(
     resume_from: str | Path | None,
     device: torch.device,
     out: Path,
-    best_by: tuple[str, str],
+    select: tuple[tuple[str, str], tuple[float, float]],
 ) -> dict[str, Any]:
     # The precision auto resolves to on this device is what config.yaml and the checkpoints
     # record: the run repeats with it, and results name it.
@@ -192,7 +222,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
     start_epoch, best, best_epoch, best_map = 0, -math.inf, 0, 0.0
-    metric, mode = best_by
+    (metric, mode), threshold_range = select
 
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)
@@ -222,41 +252,52 @@ def _train(
     coverage = datasets.val_coverage()
     if coverage:
         log.warning(f"warning: {coverage}")
-    stats: dict[str, Any] = {}
+    stats = EpochStats()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         loader = make_loader(train_set, cfg, train=True, epoch=epoch)
         train_stats = train_one_epoch(trainer, loader, epoch)
-        steps = train_stats["train_batches"]
-        if not math.isfinite(train_stats["train_loss"]):
+        steps = train_stats[TRAIN_BATCHES]
+        if not math.isfinite(train_stats[TRAIN_LOSS]):
             raise DivergedError("mean training loss is not finite", epoch + 1)
-        if train_stats["skipped_steps"] > cfg.max_skipped_fraction * steps:
+        if train_stats[SKIPPED_STEPS] > cfg.max_skipped_fraction * steps:
             raise DivergedError(
-                f"{train_stats['skipped_steps']} of {steps} steps skipped for non-finite "
+                f"{train_stats[SKIPPED_STEPS]} of {steps} steps skipped for non-finite "
                 "loss or gradients, or class scores collapsed to 0 "
                 f"(limit {cfg.max_skipped_fraction:.0%})",
                 epoch + 1,
             )
         eval_model = ema.module if ema is not None else model
         scored: dict[str, list[dict[str, np.ndarray]]] = {}
-        val_stats = evaluate(eval_model, val_loader, loss_fn, cfg, device, epoch + 1, scored)
-        if val_stats["val_nonfinite_batches"] or not math.isfinite(val_stats["val_loss"]):
+        val_stats = evaluate(
+            eval_model,
+            val_loader,
+            loss_fn,
+            cfg,
+            device,
+            epoch + 1,
+            scored,
+            threshold_range=threshold_range,
+        )
+        nonfinite, val_loss = val_stats[VAL_NONFINITE_BATCHES], val_stats[VAL_LOSS]
+        if nonfinite or not math.isfinite(val_loss):
             raise DivergedError(
-                f"non-finite model outputs on validation ({val_stats['val_nonfinite_batches']} "
-                f"of {len(val_loader)} batches; val loss {val_stats['val_loss']:.4g})",
+                f"non-finite model outputs on validation ({nonfinite} "
+                f"of {len(val_loader)} batches; val loss {val_loss:.4g})",
                 epoch + 1,
             )
-        stats = {"epoch": epoch + 1, **train_stats, **val_stats, "amp": amp}
-        stats["epoch_time"] = time.perf_counter() - t0
+        # the epoch's stats: numbers (and the precision's name), no paths; AP50/<class> on top
+        stats = cast(EpochStats, {EPOCH: epoch + 1, **train_stats, **val_stats, AMP: amp})
+        stats[EPOCH_TIME] = time.perf_counter() - t0
         if device.type == "cuda":  # what packing several trials on one GPU has to fit
-            stats["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            stats[PEAK_CUDA_MB] = torch.cuda.max_memory_allocated(device) / 2**20
         # best: the best fitness so far, fitness = the best_by stat signed so that higher wins
-        fitness = float(stats[metric]) * (1.0 if mode == "max" else -1.0)
+        fitness = float(cast(dict[str, Any], stats)[metric]) * (1.0 if mode == "max" else -1.0)
         improved = math.isfinite(fitness) and fitness > best
         if improved:
-            best, best_epoch, best_map = fitness, epoch + 1, stats["mAP50_95"]
+            best, best_epoch, best_map = fitness, epoch + 1, stats[MAP50_95]
         # best.pt's epoch and its mAP50-95 (by mAP50-95 itself unless best_by says otherwise)
-        stats["best_mAP50_95"], stats["best_epoch"] = best_map, best_epoch
+        stats[BEST_MAP50_95], stats[BEST_EPOCH] = best_map, best_epoch
 
         state = training_state(
             trainer,
@@ -264,7 +305,7 @@ def _train(
             best=best,
             best_epoch=best_epoch,
             names=list(names),
-            stats=stats,
+            stats=dict(stats),
         )
         last = out / "models" / "last.pt"
         save_checkpoint(state, last)
@@ -274,7 +315,6 @@ def _train(
             save_detections(
                 out / "metrics" / BEST_DETECTIONS, scored["detections"], scored["targets"]
             )
-        stats["checkpoint"], stats["out"] = str(last), str(out)
         _append_metrics(out, stats)
         log.info(_summary_line(stats, cfg.epochs))
         for callback in callbacks:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import FIELD_NAMES, ConfigError, TrainConfig, check_key
 from cattle_yolo.files import atomic_write_text
 from tune import design as doe
@@ -386,7 +387,7 @@ def collect(results: Any, plan: AuditPlan, names: list[str]) -> list[Run]:
             epochs=max(epochs, default=0),
             objective=float(metrics.get(OBJECTIVE, worst)) if not diverged else worst,
             objective_epoch=at,
-            mAP50=0.0 if diverged else float(epochs.get(at, {}).get("mAP50", math.nan)),
+            mAP50=0.0 if diverged else float(epochs.get(at, {}).get(S.MAP50, math.nan)),
             val_loss=math.nan if diverged else float(last.get(VAL_LOSS, math.nan)),
         )
         if diverged:
@@ -422,5 +423,5 @@ def f1_at_thresholds(
         for level in (-1, 1):
             threshold = float(factor.values(level)[POST_HOC_KEY])
             scored = coco_metrics(dets, targets, names, threshold, max_dets=max_det)
-            out[str(level)] = float(scored["f1"])
+            out[str(level)] = float(scored[S.F1_AT_THRESHOLD])
         return out

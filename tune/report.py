@@ -22,10 +22,11 @@ from typing import Any
 
 import yaml
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.device import precision_name
 from cattle_yolo.files import atomic_write_text
-from tune import storage
+from tune import storage, threshold
 from tune.plots import plot_curves, plot_importance, plot_knobs
 from tune.results import (
     AMP,
@@ -36,8 +37,6 @@ from tune.results import (
     OBJECTIVE,
     OBJECTIVE_EPOCH,
     THREADS,
-    THRESHOLD,
-    THRESHOLD_F1,
     THRESHOLD_KEYS,
     TRAIN_LOSS,
     Status,
@@ -116,7 +115,7 @@ def trial_rows(results: Any, settings: SearchSettings) -> list[TrialRow]:
                 history=history,
                 threshold={k: float(metrics[k]) for k in THRESHOLD_KEYS if k in metrics},
                 config=dict(result.config or {}),
-                checkpoint_epoch=int(metrics.get("best_epoch") or 0),
+                checkpoint_epoch=int(metrics.get(S.BEST_EPOCH) or 0),
                 amp=str(metrics.get(AMP) or ""),
             )
         )
@@ -223,8 +222,7 @@ def best_config(row: TrialRow, base: TrainConfig) -> TrainConfig:
     folder and device are cleared so a new run neither overwrites the trial nor pins a device,
     and ``score_threshold`` is the one the trial chose after training (its F1-best on val)."""
     cfg = resolve_trial_config(base, row.params, out=None, device="auto")
-    if THRESHOLD in row.threshold:  # chosen after training on best.pt's val detections
-        cfg = cfg.replace(score_threshold=row.threshold[THRESHOLD])
+    cfg = threshold.apply(cfg, row.threshold)  # chosen after training, if it was
     # On CPU a trial repeats exactly only with its own thread count: record it in the config.
     return cfg.replace(threads=row.threads) if row.threads and not cfg.threads else cfg
 
@@ -371,18 +369,9 @@ def write_report(
             f"epoch {best.best_epoch}: "
             + ", ".join(f"{k}={_fmt(best.params.get(k))}" for k in space.knobs)
         )
-        t = best.threshold
-        if t and t.get(THRESHOLD_F1, 0) > 0:
-            lines.append(
-                f"  score threshold {_fmt(t.get('threshold'))} (P {_fmt(t.get('threshold_P'))}, "
-                f"R {_fmt(t.get('threshold_R'))}, F1 {_fmt(t.get('threshold_F1'))} on val), "
-                "chosen after training on best.pt's val detections"
-            )
-        elif t:
-            lines.append(
-                f"  score threshold {_fmt(t.get('threshold'))}: the config's own, as no "
-                "threshold gives a true positive on val"
-            )
+        said = threshold.describe(best.threshold, _fmt)
+        if said:
+            lines.append(said)
         for target in [folder / "best_config.yaml", *([export] if export else [])]:
             export_best(best, base, settings, target, experiment)
             lines.append(f"best config: {target}")

@@ -2,7 +2,7 @@
 trial statuses and ``TrialRow`` (a trial as the summary reads it), named once.
 
 A trial reports, every epoch, the training loop's numeric epoch stats (``EPOCH``,
-``TRAIN_LOSS``, ``VAL_LOSS``, the metrics such as ``mAP50_95``: see ``cattle_yolo.train``) plus
+``TRAIN_LOSS``, ``VAL_LOSS``, the metrics such as ``mAP50_95``: see ``cattle_yolo.stats``) plus
 the search's own keys below. The stoppers, the Optuna study, the disk keeper, the report, the
 confirmation and the benchmarks read them by these names.
 """
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-# --- the training loop's epoch stats the search reads ---
-EPOCH = "epoch"
-TRAIN_LOSS = "train_loss"
-VAL_LOSS = "val_loss"
+# the training loop's epoch stats the search reads, declared in cattle_yolo.stats
+from cattle_yolo.stats import EPOCH, TRAIN_LOSS, VAL_LOSS
+
+__all__ = ["EPOCH", "TRAIN_LOSS", "VAL_LOSS"]  # and the names below
 
 # --- the search's own keys, added by tune.trainable.EpochReporter ---
 OBJECTIVE = "objective"  # what Optuna optimises and the export ranks by (always finite)

@@ -19,6 +19,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.stats import EpochStats
 from tune import storage
 from tune.cluster import Resources, SearchSetupError
 from tune.disk import DiskKeeper
@@ -48,7 +49,7 @@ def make_trainable(
     datasets: Any,
     settings: SearchSettings,
     resources: Resources,
-    extra_callbacks: tuple[Callable[[dict[str, Any]], None], ...] = (),
+    extra_callbacks: tuple[Callable[[EpochStats], None], ...] = (),
     threshold_range: tuple[float, float] | None = (0.0, 1.0),
 ) -> Any:
     """The trial function with the shared data in the object store and its resources.
@@ -78,29 +79,52 @@ def named_trainable(function: Any) -> type:
     return type("TrialActor", (base,), {"__repr__": __repr__})
 
 
+@dataclass(frozen=True)
+class Experiment:
+    """One Tune experiment (the search, its confirmation, an audit, a benchmark's run): where it
+    is written and how it runs."""
+
+    name: str
+    storage: str  # a path or URI (``tune.storage``)
+    max_failures: int = 2  # retries of a trial that raises, each from its last checkpoint
+    keep_weights: int | None = None  # ended trials that keep best.pt (``tune.disk``; None: all)
+    verbose: int = 1
+    asha: bool = True  # False: FIFO, every trial runs to the end (benchmarks' plain strategies)
+    divergence: bool = True  # False: no divergence stopper (the same)
+    callbacks: tuple[tune.Callback, ...] = ()  # more Tune callbacks
+
+
+@dataclass(frozen=True)
+class Study:
+    """The Optuna side of a search: the sampler, where the study lives and what it starts with."""
+
+    sampler: str = "tpe"  # tpe; random and gp for comparisons (``study.make_sampler``)
+    journal: Path | None = None  # the study's journal file (None: in memory)
+    warm_trials: list[Any] | None = None  # an earlier study's finished trials
+
+
 def make_searcher(
     space: SearchSpace,
     base: TrainConfig,
     settings: SearchSettings,
     concurrent: int,
-    sampler: str = "tpe",
-    journal: Path | None = None,
+    study: Study = Study(),  # noqa: B008 (frozen: shared safely)
     study_name: str = "search",
-    warm_trials: list[Any] | None = None,
 ) -> tuple[RetryingLimiter, list[str]]:
     """Optuna over the define-by-run space, the default config first, the study persisted in
-    ``journal`` (in memory when None) and seeded with ``warm_trials``; returns notes too."""
+    ``study.journal`` (in memory when None) and seeded with ``study.warm_trials``; returns
+    notes too."""
     points, notes = first_points(space, base)
     searcher = StudySearch(
         space=DefineByRun(space.knobs),
         metric=OBJECTIVE,
         mode=settings.mode,
         points_to_evaluate=points,
-        sampler=make_sampler(settings, concurrent, sampler),
-        storage=journal_storage(journal) if journal is not None else None,
+        sampler=make_sampler(settings, concurrent, study.sampler),
+        storage=journal_storage(study.journal) if study.journal is not None else None,
         study_name=study_name,
         max_epochs=settings.epochs,
-        warm_trials=warm_trials,
+        warm_trials=study.warm_trials,
     )
     return RetryingLimiter(searcher, max_concurrent=concurrent), notes
 
@@ -139,30 +163,6 @@ def progress_reporter(space: SearchSpace, settings: SearchSettings) -> tune.CLIR
     )
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """One Tune experiment (the search, its confirmation, an audit, a benchmark's run): where it
-    is written and how it runs."""
-
-    name: str
-    storage: str  # a path or URI (``tune.storage``)
-    max_failures: int = 2  # retries of a trial that raises, each from its last checkpoint
-    keep_weights: int | None = None  # ended trials that keep best.pt (``tune.disk``; None: all)
-    verbose: int = 1
-    asha: bool = True  # False: FIFO, every trial runs to the end (benchmarks' plain strategies)
-    divergence: bool = True  # False: no divergence stopper (the same)
-    callbacks: tuple[tune.Callback, ...] = ()  # more Tune callbacks
-
-
-@dataclass(frozen=True)
-class Study:
-    """The Optuna side of a search: the sampler, where the study lives and what it starts with."""
-
-    sampler: str = "tpe"  # tpe; random and gp for comparisons (``study.make_sampler``)
-    journal: Path | None = None  # the study's journal file (None: in memory)
-    warm_trials: list[Any] | None = None  # an earlier study's finished trials
-
-
 def build_tuner(
     trainable: Any,
     space: SearchSpace,
@@ -178,14 +178,7 @@ def build_tuner(
     broken by val loss), so the Tuner itself has no metric.
     """
     searcher, notes = make_searcher(
-        space,
-        base,
-        settings,
-        resources.concurrent,
-        study.sampler,
-        study.journal,
-        experiment.name,
-        study.warm_trials,
+        space, base, settings, resources.concurrent, study, experiment.name
     )
     scheduler = (
         ASHAScheduler(

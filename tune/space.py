@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cattle_yolo import stats
 from cattle_yolo.config import (
     ALIASES,
     FIELD_NAMES,
@@ -39,18 +40,18 @@ SECTIONS = ("search", "space", "points")
 
 # Per-epoch stats a search may optimise, with their natural direction.
 METRICS = {
-    "mAP50_95": "max",
-    "mAP50": "max",
-    "mAP75": "max",
-    "precision": "max",
-    "recall": "max",
-    "f1": "max",
-    "F1": "max",
-    "val_loss": "min",
-    "train_loss": "min",
+    stats.MAP50_95: "max",
+    stats.MAP50: "max",
+    stats.MAP75: "max",
+    stats.PRECISION: "max",
+    stats.RECALL: "max",
+    stats.F1_AT_THRESHOLD: "max",
+    stats.BEST_F1: "max",
+    stats.VAL_LOSS: "min",
+    stats.TRAIN_LOSS: "min",
 }
 # Metrics read at cfg.score_threshold: only under these is score_threshold a training knob.
-THRESHOLD_METRICS = ("precision", "recall", "f1")
+THRESHOLD_METRICS = (stats.PRECISION, stats.RECALL, stats.F1_AT_THRESHOLD)
 # A trial's objective, from its per-epoch metric (the value ASHA's rungs, Optuna and the export
 # all see): ``best`` is the best single epoch so far; ``last_mean`` is the mean of the last
 # ``objective_window`` epochs (fewer at the start), which one lucky epoch cannot win.
@@ -108,7 +109,7 @@ class Distribution:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    metric: str = "mAP50_95"  # per-epoch stat to optimise
+    metric: str = stats.MAP50_95  # per-epoch stat to optimise
     mode: str = "max"  # max or min
     trials: int = 16  # trials to run
     epochs: int = 30  # epochs per trial, ASHA's max_t
@@ -132,7 +133,7 @@ class SearchSettings:
         """Apply changes (``None`` values ignored), checked; errors are prefixed with ``source``."""
         values = {**dataclasses.asdict(self), **{k: v for k, v in changes.items() if v is not None}}
         if "metric" in changes and changes["metric"] and "mode" not in changes:
-            values["mode"] = METRICS.get(changes["metric"], self.mode)
+            values["mode"] = METRICS.get(_metric_name(changes["metric"]), self.mode)
         return settings_from_dict(values, source)
 
 
@@ -149,14 +150,13 @@ class SearchSpace:
     def threshold_range(self) -> tuple[float, float] | None:
         """The range the F1-best threshold is chosen in; None when score_threshold is a
         sampled knob or fixed by the space (then the trial keeps its own value)."""
-        if "score_threshold" in self.knobs or "score_threshold" in self.fixed:
-            return None
-        dist = self.post_hoc.get("score_threshold")
-        if dist is None:
-            return (0.0, 1.0)
-        if dist.kind == "choice":
-            return (float(min(dist.choices)), float(max(dist.choices)))
-        return (float(dist.low), float(dist.high))
+        from tune.threshold import post_hoc_range
+
+        return post_hoc_range(
+            "score_threshold" in self.knobs,
+            "score_threshold" in self.fixed,
+            self.post_hoc.get("score_threshold"),
+        )
 
 
 def for_metric(space: SearchSpace, metric: str) -> tuple[SearchSpace, list[str]]:
@@ -189,12 +189,18 @@ def _suggest_name(key: str, options: tuple[str, ...] | list[str]) -> str:
     return closest_key(key, tuple(options), ALIASES if options is FIELD_NAMES else {})
 
 
+def _metric_name(name: Any) -> Any:
+    return stats.current_name(name) if isinstance(name, str) else name
+
+
 def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
     """Build checked settings; ``source`` names where they came from (file section or flags)."""
     names = [f.name for f in dataclasses.fields(SearchSettings)]
     for key in values:
         if key not in names:
             raise SpaceError(f"{source}: unknown setting {key!r}{_suggest_name(key, names)}")
+    if "metric" in values:  # an earlier version's name (F1, f1) is read as today's
+        values = {**values, "metric": _metric_name(values["metric"])}
     if "metric" in values and "mode" not in values:
         values = {**values, "mode": METRICS.get(values["metric"], "max")}
     for key in ("reduction_factor", "min_rise", "spike_ratio"):  # 5e-2 is a string to YAML 1.1

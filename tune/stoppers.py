@@ -29,9 +29,10 @@ from typing import Any
 
 from ray.tune import Stopper
 
+from cattle_yolo.stats import FIRST_STEP_LOSS, TRAIN_LOSS, VAL_LOSS
 from tune.results import DIVERGED, DIVERGED_RULE, EPOCH
 
-LOSS_KEY, VAL_LOSS_KEY, START_KEY = "train_loss", "val_loss", "first_step_loss"
+LOSS_KEY, VAL_LOSS_KEY, START_KEY = TRAIN_LOSS, VAL_LOSS, FIRST_STEP_LOSS
 WARMUP_KEY = "warmup_epochs"  # the trial's warmup length, reported with every result
 
 

@@ -45,11 +45,14 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ray import tune
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.stats import EpochStats
+from tune import threshold
 from tune.results import (
     AMP,
     DIVERGED,
@@ -60,16 +63,13 @@ from tune.results import (
     RESUMED_FROM_EPOCH,
     RUNG_SCORE,
     THREADS,
-    THRESHOLD,
-    THRESHOLD_F1,
-    THRESHOLD_P,
-    THRESHOLD_R,
     TRAIN_LOSS,
     VAL_LOSS,
     WARMUP_EPOCHS,
 )
 from tune.space import SearchSettings, resolve_trial_config
 from tune.storage import FolderUploader
+from tune.threshold import FULL_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -158,38 +158,6 @@ class EpochReporter:
         tie = 1.0 if math.isinf(v) else v / (1.0 + v)
         return objective - 1e-6 * tie if self.mode == "max" else objective + 1e-6 * tie
 
-    def _choose_threshold(self, stats: dict[str, Any]) -> dict[str, float]:
-        """The score threshold of the weights in best.pt (this epoch's), with P, R and F1."""
-        if self.threshold_range is None:
-            return {
-                THRESHOLD: self.own_threshold,
-                THRESHOLD_P: stats.get("precision", 0.0),
-                THRESHOLD_R: stats.get("recall", 0.0),
-                THRESHOLD_F1: stats.get("f1", 0.0),
-            }
-        found = stats
-        if tuple(self.threshold_range) != (0.0, 1.0):
-            from cattle_yolo.evaluate import coco_metrics, load_detections
-            from cattle_yolo.train import BEST_DETECTIONS
-
-            saved = Path(stats["out"]) / "metrics" / BEST_DETECTIONS
-            dets, targets = load_detections(saved)
-            found = coco_metrics(
-                dets,
-                targets,
-                self.names,
-                max_dets=self.max_det,
-                threshold_range=self.threshold_range,
-            )
-        # No threshold gives a true positive: nothing to choose from, keep the config's own.
-        threshold = found["F1_threshold"] if found["F1"] > 0 else self.own_threshold
-        return {
-            THRESHOLD: threshold,
-            THRESHOLD_P: found["F1_precision"],
-            THRESHOLD_R: found["F1_recall"],
-            THRESHOLD_F1: found["F1"],
-        }
-
     def metrics(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The numbers of an epoch's stats plus the search's own keys."""
         out: dict[str, Any] = {}
@@ -203,8 +171,8 @@ class EpochReporter:
         epoch = int(stats[EPOCH])
         value = float(out.get(self.metric, math.nan))
         self.values[epoch] = value
-        if "F1_threshold" in stats and stats.get("best_epoch") == epoch:
-            self.threshold = self._choose_threshold(stats)
+        if S.BEST_F1_THRESHOLD in stats and stats.get(S.BEST_EPOCH) == epoch:
+            self.threshold = threshold.chosen(stats, self.threshold_range, self.own_threshold)
         objective, objective_epoch = self.objective_value()
         out[OBJECTIVE] = objective
         out[RUNG_SCORE] = self.rung_score(objective, float(out.get(VAL_LOSS, math.nan)))
@@ -217,13 +185,13 @@ class EpochReporter:
         out[THREADS] = _torch_threads()
         return out
 
-    def __call__(self, stats: dict[str, Any]) -> None:
-        self.report(stats, replay=False)
+    def __call__(self, stats: EpochStats) -> None:
+        self.report(cast(dict[str, Any], stats))
 
-    def report(self, stats: dict[str, Any], replay: bool) -> None:
+    def report(self, stats: dict[str, Any], replay_from: Path | None = None) -> None:
         """One ``tune.report`` of an epoch's stats with a checkpoint. With cloud storage the
-        checkpoint takes the run's ``last.pt`` (a ``replay`` of an epoch on resume copies it:
-        the training loop is about to continue from it)."""
+        checkpoint takes the run's ``last.pt`` (moved: no local copy stays), or on a resume's
+        replay of an epoch a copy of the weights it continues from (``replay_from``)."""
         metrics = self.metrics(stats)
         self.epoch = int(stats[EPOCH])
         if self.gauges is not None:
@@ -232,8 +200,10 @@ class EpochReporter:
             self.uploader.upload()
         with tempfile.TemporaryDirectory(prefix="cattle-ckpt-") as tmp:
             if self.uploader is not None:  # the checkpoint takes last.pt: no local copy stays
-                move = shutil.copy2 if replay else shutil.move
-                move(stats["checkpoint"], Path(tmp) / CHECKPOINT_FILE)
+                if replay_from is not None:
+                    shutil.copy2(replay_from, Path(tmp) / CHECKPOINT_FILE)
+                else:
+                    shutil.move(self.uploader.folder / LAST_IN_RUN, Path(tmp) / CHECKPOINT_FILE)
             state = {"epoch": self.epoch, "values": self.values, "threshold": self.threshold}
             (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -273,11 +243,10 @@ class EpochReporter:
             e: s for e, s in _logged_epochs(run).items() if first <= e <= self.resumed_from_epoch
         }
         missed.setdefault(
-            self.resumed_from_epoch, {**saved["metrics"], EPOCH: self.resumed_from_epoch}
+            self.resumed_from_epoch, {**S.current(saved["metrics"]), EPOCH: self.resumed_from_epoch}
         )
         for epoch in sorted(e for e in missed if e >= first):
-            # the checkpoint holds numbers only: the run's paths are added back
-            self.report({**missed[epoch], "checkpoint": str(weights), "out": str(run)}, replay=True)
+            self.report(missed[epoch], replay_from=weights)
         return weights
 
     def report_diverged(self, reason: str, epoch: int) -> None:
@@ -307,10 +276,10 @@ class TrialGauges:
         "epoch": (EPOCH, "epochs the trial has trained"),
         "train_loss": (TRAIN_LOSS, "mean training loss of the last epoch"),
         "val_loss": (VAL_LOSS, "validation loss of the last epoch"),
-        "map50_95": ("mAP50_95", "val mAP50-95 of the last epoch"),
+        "map50_95": (S.MAP50_95, "val mAP50-95 of the last epoch"),
         "objective": (OBJECTIVE, "the trial's objective so far (what Optuna and ASHA rank)"),
         "best_map50_95": (
-            "best_mAP50_95",
+            S.BEST_MAP50_95,
             "val mAP50-95 of best.pt (its best epoch by the search metric)",
         ),
     }
@@ -373,7 +342,7 @@ def _logged_epochs(run: Path) -> dict[int, dict[str, Any]]:
             stats = json.loads(line)
         except json.JSONDecodeError:  # a line torn by a kill
             continue
-        epochs[int(stats[EPOCH])] = stats
+        epochs[int(stats[EPOCH])] = S.current(stats)  # a log of an earlier version too
     return epochs
 
 
@@ -430,7 +399,7 @@ def train_trial(
     settings: SearchSettings,
     datasets: Any,
     threshold_range: tuple[float, float] | None = (0.0, 1.0),
-    extra_callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    extra_callbacks: Sequence[Callable[[EpochStats], None]] = (),
 ) -> None:
     """Ray Tune function trainable: ``config`` holds the sampled knob values.
 
@@ -461,6 +430,7 @@ def train_trial(
                 callbacks=[reporter, *extra_callbacks],
                 resume_from=resume,
                 best_by=(settings.metric, settings.mode),  # best.pt: the export's checkpoint
+                threshold_range=threshold_range or FULL_RANGE,  # the F1 sweep stays inside
             )
         except DivergedError as e:
             reporter.report_diverged(e.reason, e.epoch)

@@ -40,7 +40,16 @@ def test_perfect_detections_score_one() -> None:
     ]
     dets = [det(t["boxes"], np.full(len(t["labels"]), 0.9), t["labels"]) for t in targets]
     m = coco_metrics(dets, targets, NAMES)
-    for key in ("mAP50", "mAP75", "mAP50_95", "precision", "recall", "f1", "AP50/cow", "AP50/calf"):
+    for key in (
+        "mAP50",
+        "mAP75",
+        "mAP50_95",
+        "precision",
+        "recall",
+        "f1_at_threshold",
+        "AP50/cow",
+        "AP50/calf",
+    ):
         assert m[key] == pytest.approx(1.0), key
 
 
@@ -98,8 +107,8 @@ def test_score_threshold_changes_precision_recall_but_never_map() -> None:
     assert len({m["mAP50"] for m in by_thr.values()}) == 1
     assert (by_thr[0.1]["precision"], by_thr[0.1]["recall"]) == pytest.approx((2 / 3, 1.0))
     assert (by_thr[0.25]["precision"], by_thr[0.25]["recall"]) == pytest.approx((0.5, 0.5))
-    assert by_thr[0.25]["f1"] == pytest.approx(0.5)
-    assert (by_thr[0.95]["precision"], by_thr[0.95]["recall"], by_thr[0.95]["f1"]) == (
+    assert by_thr[0.25]["f1_at_threshold"] == pytest.approx(0.5)
+    assert (by_thr[0.95]["precision"], by_thr[0.95]["recall"], by_thr[0.95]["f1_at_threshold"]) == (
         0.0,
         0.0,
         0.0,
@@ -150,7 +159,7 @@ def test_more_than_100_detections_per_image_are_counted() -> None:
 def test_no_detections_gives_zeros() -> None:
     targets = [gt([[0, 0, 10, 10]], [0]), gt([], [])]
     m = coco_metrics([det([], [], []), det([], [], [])], targets, NAMES)
-    for key in ("mAP50", "mAP75", "mAP50_95", "precision", "recall", "f1", "AP50/cow"):
+    for key in ("mAP50", "mAP75", "mAP50_95", "precision", "recall", "f1_at_threshold", "AP50/cow"):
         assert m[key] == 0.0, key
     assert math.isnan(m["AP50/calf"])
 
@@ -261,7 +270,7 @@ def test_evaluate_with_fake_model() -> None:
     assert stats["val_dfl"] == pytest.approx(3.0)
     assert stats["val_loss"] == pytest.approx(5 / 3 + 5.0)
     assert all(type(v) is float for v in stats.values())
-    assert {"val_loss", "val_box", "val_cls", "val_dfl", "mAP75", "f1"} <= stats.keys()
+    assert {"val_loss", "val_box", "val_cls", "val_dfl", "mAP75", "f1_at_threshold"} <= stats.keys()
 
 
 def test_evaluate_scores_a_blind_model_zero() -> None:
@@ -307,29 +316,42 @@ def test_f1_threshold_is_the_brute_force_argmax_on_saved_detections(seed, tmp_pa
     dets, targets = load_detections(tmp_path / "d.npz")  # the round trip loses nothing needed
     got = coco_metrics(dets, targets, NAMES)
     scores = sorted({float(s) for d in dets for s in d["scores"]})
-    f1 = {t: coco_metrics(dets, targets, NAMES, score_threshold=t)["f1"] for t in scores}
+    f1 = {
+        t: coco_metrics(dets, targets, NAMES, score_threshold=t)["f1_at_threshold"] for t in scores
+    }
     best = max(f1.values())
-    assert got["F1"] == pytest.approx(best)
-    assert got["F1_threshold"] == max(t for t, v in f1.items() if v == best)  # ties: the higher
-    at = coco_metrics(dets, targets, NAMES, score_threshold=got["F1_threshold"])
-    assert (got["F1_precision"], got["F1_recall"]) == pytest.approx((at["precision"], at["recall"]))
+    assert got["best_f1"] == pytest.approx(best)
+    assert got["best_f1_threshold"] == max(
+        t for t, v in f1.items() if v == best
+    )  # ties: the higher
+    at = coco_metrics(dets, targets, NAMES, score_threshold=got["best_f1_threshold"])
+    assert (got["best_f1_precision"], got["best_f1_recall"]) == pytest.approx(
+        (at["precision"], at["recall"])
+    )
     # Within a range: the brute force over the scores inside it (and the range's ends).
     low, high = 0.3, 0.6
     ranged = coco_metrics(dets, targets, NAMES, threshold_range=(low, high))
     inside = [t for t in scores if low <= t <= high] + [low, high]
-    f1_in = {t: coco_metrics(dets, targets, NAMES, score_threshold=t)["f1"] for t in inside}
-    assert low <= ranged["F1_threshold"] <= high
-    assert ranged["F1"] == pytest.approx(max(f1_in.values()))
+    f1_in = {
+        t: coco_metrics(dets, targets, NAMES, score_threshold=t)["f1_at_threshold"] for t in inside
+    }
+    assert low <= ranged["best_f1_threshold"] <= high
+    assert ranged["best_f1"] == pytest.approx(max(f1_in.values()))
 
 
 def test_f1_sweep_edge_cases() -> None:
     from cattle_yolo.evaluate import f1_sweep
 
     none = f1_sweep(np.zeros(0), np.zeros(0, bool), n_gt=3)
-    assert none == {"F1": 0.0, "F1_threshold": 1.0, "F1_precision": 0.0, "F1_recall": 0.0}
+    assert none == {
+        "best_f1": 0.0,
+        "best_f1_threshold": 1.0,
+        "best_f1_precision": 0.0,
+        "best_f1_recall": 0.0,
+    }
     perfect = f1_sweep(np.array([0.9, 0.8, 0.2]), np.array([True, True, False]), n_gt=2)
-    assert perfect["F1"] == 1.0
-    assert perfect["F1_threshold"] == pytest.approx(0.8)
+    assert perfect["best_f1"] == 1.0
+    assert perfect["best_f1_threshold"] == pytest.approx(0.8)
 
 
 def test_non_finite_outputs_are_counted_and_give_no_detections() -> None:

@@ -38,7 +38,8 @@ def test_outputs_layout_and_metrics(tmp_path):
         "mAP50_95",
         "precision",
         "recall",
-        "f1",
+        "f1_at_threshold",
+        "best_f1",
         "epoch_time",
         "images_per_sec",
     ):
@@ -242,3 +243,16 @@ def test_a_disk_that_fills_mid_checkpoint_keeps_the_last_one_and_resumes(
     monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage)
     assert cli.main([*argv, "--resume"]) == 0
     assert load_checkpoint(out / "models" / "last.pt")["epoch"] == TINY["epochs"]
+
+
+def test_the_f1_sweep_stays_in_the_range_it_is_told(tmp_path):
+    """A search's post-hoc threshold range reaches the evaluation: every epoch's F1-best
+    threshold lies inside it (and the trial reads it from there, re-scoring nothing)."""
+    train(tiny_config(tmp_path, epochs=2, lr=0.01), threshold_range=(0.3, 0.4))
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "metrics" / "training_metrics.jsonl").open()
+    ]
+    assert len(rows) == 2
+    thresholds = [r["best_f1_threshold"] for r in rows]
+    assert all(0.3 <= t <= 0.4 for t in thresholds), thresholds

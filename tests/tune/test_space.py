@@ -333,7 +333,7 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
         "  score_threshold: {uniform: [0.05, 0.5]}\npoints:\n  - {score_threshold: 0.3}\n"
     )
     space = load_space(write_space(text))
-    for metric in ("mAP50_95", "mAP50", "F1", "val_loss"):
+    for metric in ("mAP50_95", "mAP50", "best_f1", "val_loss"):
         run, notes = for_metric(space, metric)
         assert list(run.knobs) == ["lr"]
         assert run.points == ({},)
@@ -343,7 +343,7 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
         assert run.threshold_range() == (0.05, 0.5)
         points, _ = first_points(run, TrainConfig())
         assert all("score_threshold" not in p for p in points)
-    for metric in ("precision", "recall", "f1"):  # read at the threshold: a real knob
+    for metric in ("precision", "recall", "f1_at_threshold"):  # read at the threshold: a knob
         run, notes = for_metric(space, metric)
         assert "score_threshold" in run.knobs
         assert not notes

@@ -35,18 +35,11 @@ def _old_study(path, space, n=5):
 
 
 def _searcher(space, tmp_path, warm=None, max_epochs=4):
-    from tune.search import make_searcher
+    from tune.search import Study, make_searcher
 
     settings = space.settings.replace({"epochs": max_epochs, "trials": 8}, "test")
-    limiter, _ = make_searcher(
-        space,
-        TrainConfig(),
-        settings,
-        2,
-        journal=tmp_path / JOURNAL_FILE,
-        study_name="new",
-        warm_trials=warm,
-    )
+    study = Study(journal=tmp_path / JOURNAL_FILE, warm_trials=warm)
+    limiter, _ = make_searcher(space, TrainConfig(), settings, 2, study, study_name="new")
     return limiter.searcher
 
 
@@ -258,13 +251,12 @@ def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, w
 def test_the_limiter_passes_on_the_end_of_a_retried_trial(tmp_path, write_space):
     """The ConcurrencyLimiter lets an errored trial go; when a resume retries it, its end must
     still reach the study (Ray's own limiter drops it: the study kept FAIL for ever)."""
-    from tune.search import make_searcher
+    from tune.search import Study, make_searcher
 
     space = load_space(write_space(SPACE))
     settings = space.settings.replace({"epochs": 4, "trials": 8}, "test")
-    limiter, _ = make_searcher(
-        space, TrainConfig(), settings, 2, journal=tmp_path / JOURNAL_FILE, study_name="new"
-    )
+    study = Study(journal=tmp_path / JOURNAL_FILE)
+    limiter, _ = make_searcher(space, TrainConfig(), settings, 2, study, study_name="new")
     limiter.suggest("flaky")
     limiter.on_trial_complete("flaky", None, error=True)  # past its retries: FAIL
     limiter.on_trial_result("flaky", {"objective": 0.2, "epoch": 4})  # retried on resume

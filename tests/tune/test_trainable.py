@@ -101,12 +101,12 @@ def test_f1_over_thresholds_is_an_objective(write_space):
     from tune.space import load_space
 
     space = load_space(
-        write_space("search: {metric: F1}\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+        write_space("search: {metric: best_f1}\nspace:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     )
     assert space.settings.mode == "max"
-    reporter = EpochReporter(_settings("F1"))
+    reporter = EpochReporter(space.settings)
     out = [
-        reporter.metrics({"epoch": e, "F1": v, "mAP50_95": 0.1})
+        reporter.metrics({"epoch": e, "best_f1": v, "mAP50_95": 0.1})
         for e, v in enumerate([0.4, 0.6, 0.5], 1)
     ]
     assert [o[OBJECTIVE] for o in out] == [0.4, 0.6, 0.6]
@@ -122,10 +122,10 @@ def test_the_threshold_of_best_pt_is_reported_and_kept():
                 "epoch": e,
                 "mAP50_95": m,
                 "best_epoch": best,
-                "F1": 0.5,
-                "F1_threshold": thr,
-                "F1_precision": 0.6,
-                "F1_recall": 0.4,
+                "best_f1": 0.5,
+                "best_f1_threshold": thr,
+                "best_f1_precision": 0.6,
+                "best_f1_recall": 0.4,
             }
         )
     assert out["threshold"] == 0.42
@@ -136,10 +136,10 @@ def test_the_threshold_of_best_pt_is_reported_and_kept():
             "epoch": 1,
             "mAP50_95": 0.0,
             "best_epoch": 1,
-            "F1": 0.0,
-            "F1_threshold": 1.0,
-            "F1_precision": 0.0,
-            "F1_recall": 0.0,
+            "best_f1": 0.0,
+            "best_f1_threshold": 1.0,
+            "best_f1_precision": 0.0,
+            "best_f1_recall": 0.0,
         }
     )
     assert out["threshold"] == 0.25  # no true positive at any threshold: the config's own
@@ -197,8 +197,8 @@ def test_a_corrupt_last_pt_is_set_aside_and_the_trial_starts_again(tmp_path):
 
 def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, monkeypatch):
     """Killed after last.pt was saved but before the epoch was logged, a trial replays that
-    epoch from the checkpoint's numbers; choosing best.pt's threshold then needs the run folder,
-    which the checkpoint does not hold (the fault campaign hit a KeyError here)."""
+    epoch from the checkpoint's numbers, threshold included (the fault campaign hit a KeyError
+    here when the threshold was re-scored from the run folder's detections)."""
     import sys
     from pathlib import Path
 
@@ -208,9 +208,10 @@ def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, mo
     from cattle_yolo.train import train
     from tune import trainable
 
-    train(tiny_config(tmp_path, epochs=1))
+    train(tiny_config(tmp_path, epochs=1), threshold_range=(0.05, 0.5))
     run = tmp_path / "run"
     (run / "metrics" / "training_metrics.jsonl").unlink()  # the kill came before the log line
+    (run / "metrics" / "best_val_detections.npz").unlink()  # not needed: nothing is re-scored
     reported = []
     monkeypatch.setattr(trainable.tune, "report", lambda m, checkpoint=None: reported.append(m))
     r = EpochReporter(_settings(), names=["cow", "calf"], threshold_range=(0.05, 0.5))
@@ -219,3 +220,26 @@ def test_a_resume_replays_the_checkpoints_epoch_with_the_run_folder(tmp_path, mo
     assert epoch1["epoch"] == 1
     assert epoch1["resumed_from_epoch"] == 1
     assert 0.05 <= epoch1["threshold"] <= 0.5
+
+
+def test_names_of_earlier_versions_are_read_as_todays(write_space, tmp_path):
+    """ "f1" and "F1" differed only by case; they are f1_at_threshold and best_f1 now. A space
+    file, a saved search, a run's log or a checkpoint written with the old names still reads."""
+    import json
+
+    from cattle_yolo import stats
+    from tune.space import load_space, settings_from_dict
+    from tune.trainable import _logged_epochs
+
+    old = load_space(write_space("search: {metric: F1}\nspace:\n  lr: {uniform: [0.1, 0.2]}\n"))
+    assert old.settings.metric == stats.BEST_F1
+    assert old.settings.mode == "max"
+    saved = settings_from_dict({"metric": "f1", "mode": "max"}, "search_settings.yaml")
+    assert saved.metric == stats.F1_AT_THRESHOLD
+    assert old.settings.replace({"metric": "F1"}, "--metric").metric == stats.BEST_F1
+    log = tmp_path / "metrics" / "training_metrics.jsonl"
+    log.parent.mkdir()
+    log.write_text(json.dumps({"epoch": 1, "F1": 0.5, "F1_threshold": 0.3, "f1": 0.4}) + "\n")
+    assert _logged_epochs(tmp_path) == {
+        1: {"epoch": 1, "best_f1": 0.5, "best_f1_threshold": 0.3, "f1_at_threshold": 0.4}
+    }
