@@ -21,6 +21,7 @@ from cattle_yolo.config import ConfigError, parse_overrides
 from tune.design import DESIGNS
 from tune.driver import EXIT_BAD_INPUT, DriverOptions
 from tune.plan import SETTING_FLAGS, Plan, SearchRequest
+from tune.plan import plan_search as plan_request
 
 if TYPE_CHECKING:  # Ray is imported only after the space and config are checked
     from tune.audit import AuditPlan
@@ -256,9 +257,7 @@ def driver_options(args: argparse.Namespace) -> DriverOptions:
 
 def plan_search(args: argparse.Namespace) -> Plan:
     """Check the space, settings and base config; decide fresh start or resume."""
-    from tune.plan import plan_search as make_plan
-
-    return make_plan(search_request(args))
+    return plan_request(search_request(args))
 
 
 # Flags of a search that an audit has no use for: refused rather than ignored.

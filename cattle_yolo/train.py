@@ -194,7 +194,14 @@ def train(
         log.info(f"removed {tmp.relative_to(out)}, left by a process killed mid-write")
     try:
         return _train(
-            cfg, datasets, callbacks, resume_from, device, out, (best_by, threshold_range)
+            cfg,
+            datasets,
+            callbacks,
+            resume_from,
+            device,
+            out,
+            best_by=best_by,
+            threshold_range=threshold_range,
         )
     finally:
         log.removeHandler(handler)
@@ -208,7 +215,9 @@ def _train(
     resume_from: str | Path | None,
     device: torch.device,
     out: Path,
-    select: tuple[tuple[str, str], tuple[float, float]],
+    *,
+    best_by: tuple[str, str],
+    threshold_range: tuple[float, float],
 ) -> dict[str, Any]:
     # The precision auto resolves to on this device is what config.yaml and the checkpoints
     # record: the run repeats with it, and results name it.
@@ -222,7 +231,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
     start_epoch, best, best_epoch, best_map = 0, -math.inf, 0, 0.0
-    (metric, mode), threshold_range = select
+    metric, mode = best_by
 
     if resume_from is not None:
         ckpt = load_checkpoint(resume_from, map_location=device)

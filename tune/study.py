@@ -269,6 +269,9 @@ class StudySearch(OptunaSearch):
         # trial id -> (its FAILed study trial, the retry's values by epoch): see _finish_retry
         self._revived: dict[str, tuple[optuna.trial.FrozenTrial, dict[int, float]]] = {}
         self._retried: set[str] = set()  # their retry is in the study
+        # not FAIL in the study when this driver last looked: the study is read once per trial
+        # per driver, not at every result
+        self._running: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode: Any) -> None:
@@ -288,6 +291,7 @@ class StudySearch(OptunaSearch):
         super().restore(checkpoint_path)
         self.__dict__.setdefault("_revived", {})  # saved before retries were tracked
         self.__dict__.setdefault("_retried", set())
+        self._running = set()  # a killed driver's view of the study is not this one's
         self.fail_orphans()
 
     def fail_orphans(self) -> list[int]:
@@ -316,10 +320,13 @@ class StudySearch(OptunaSearch):
             return self._revived[trial_id][0]
         if trial_id not in self._ot_trials or trial_id in self._retried:
             return None
+        if trial_id in self._running and trial_id not in self._completed_trials:
+            return None  # seen running in the study since this driver started, not told since
         assert self._ot_study is not None
         number = self._ot_trials[trial_id].number
         frozen = self._ot_study.get_trials(deepcopy=False)[number]
         if frozen.state != optuna.trial.TrialState.FAIL:
+            self._running.add(trial_id)
             return None
         self._revived[trial_id] = (frozen, dict(frozen.intermediate_values))
         self._completed_trials.discard(trial_id)
