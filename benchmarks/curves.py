@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ray.tune.stopper import Stopper
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -66,7 +67,7 @@ from tune.results import (  # noqa: E402
     VAL_LOSS,
     WARMUP_EPOCHS,
 )
-from tune.space import CURVE_ID, Distribution, SearchSpace, load_space  # noqa: E402
+from tune.space import CURVE_ID, Distribution, SearchSpace, for_metric, load_space  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
 METRICS = (S.MAP50_95, S.MAP50, S.VAL_LOSS, S.TRAIN_LOSS, S.BEST_F1, S.EPOCH_TIME)  # columns
@@ -90,7 +91,7 @@ def init_ray(num_cpus: float) -> None:
 
     paths = [str(HERE), str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(":"))]
     os.environ["PYTHONPATH"] = ":".join(dict.fromkeys(paths))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=int(num_cpus), include_dashboard=False, log_to_driver=False)
 
 
 # --- the space's normalised coordinates --------------------------------------------------------
@@ -131,7 +132,7 @@ def sobol_configs(space: SearchSpace, count: int, seed: int = 0) -> list[dict[st
     from tune.study import _place
 
     knobs = space.knobs
-    engine = torch.quasirandom.SobolEngine(len(knobs), scramble=True, seed=seed)
+    engine = torch.quasirandom.SobolEngine(len(knobs), scramble=True, seed=seed)  # type: ignore[no-untyped-call]  # torch leaves its __init__ unannotated
     points = engine.draw(count, dtype=torch.float64).numpy()
     configs = []
     for u in points:
@@ -181,6 +182,26 @@ def append_rows(path: Path, knobs: Sequence[str], rows: list[dict[str, Any]]) ->
         f.write(text.getvalue())
 
 
+def changed_configs(rows: list[dict[str, Any]], configs: list[dict[str, Any]]) -> list[str]:
+    """How the table's configs differ from ``configs`` (the ones the space and base give now):
+    one line per config id whose recorded knob values are not those; empty when they agree."""
+    lines, seen = [], set()
+    for r in rows:
+        cid = r["config_id"]
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if cid >= len(configs):
+            lines.append(f"config {cid} is recorded but the space now gives {len(configs)}")
+            continue
+        for key, value in configs[cid].items():
+            old = r.get(key, math.nan)
+            numeric = isinstance(value, (int, float)) and isinstance(old, (int, float))
+            if not (math.isclose(old, value, rel_tol=1e-9) if numeric else old == value):
+                lines.append(f"config {cid}: {key} was {old!r}, now {value!r}")
+    return lines
+
+
 def recorded_pairs(rows: list[dict[str, Any]], epochs: int) -> set[tuple[int, int]]:
     """(config, seed) pairs whose curve is complete: every epoch, or up to a divergence."""
     by_pair: dict[tuple[int, int], list[dict[str, Any]]] = {}
@@ -227,7 +248,9 @@ class Curves:
 # --- record ------------------------------------------------------------------------------------
 
 
-def run_rows(log: Path, config_id: int, seed: int, values: dict[str, Any], result: dict) -> list:
+def run_rows(
+    log: Path, config_id: int, seed: int, values: dict[str, Any], result: dict[str, Any]
+) -> list[dict[str, Any]]:
     """A finished run's rows from its metrics log, the last one marked if it diverged."""
     epochs = [json.loads(x) for x in log.read_text().splitlines() if x] if log.is_file() else []
     rows = [
@@ -285,7 +308,14 @@ def record(args: argparse.Namespace) -> None:
     configs = [{k: getattr(base, k) for k in space.knobs}, *sobol_configs(space, args.configs)]
     seeds = list(range(args.seeds))
     table = Path(args.table)
-    done = recorded_pairs(read_table(table), args.epochs)
+    recorded = read_table(table)
+    changed = changed_configs(recorded, configs)
+    if changed:  # the same ids would name other configs: the table would mix two designs
+        sys.exit(
+            f"error: {table}: its configs are not the ones {args.space} gives now (a range, the "
+            f"default or --set changed?); record into a new table. {'; '.join(changed[:3])}"
+        )
+    done = recorded_pairs(recorded, args.epochs)
     # seed-major: every config's first seed before any second one, so a partial table covers
     # the space (a replay and the importance need configs more than repeats)
     todo = [(c, s) for s in seeds for c in range(len(configs)) if (c, s) not in done]
@@ -295,7 +325,9 @@ def record(args: argparse.Namespace) -> None:
     knobs = list(space.knobs)
 
     class AppendOnEnd(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
             cid, seed = int(trial.config[CURVE_ID]), int(trial.config["seed"])
             log = Path(trial.path) / "run" / "metrics" / "training_metrics.jsonl"
             rows = run_rows(log, cid, seed, configs[cid], trial.last_result or {})
@@ -377,7 +409,7 @@ def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale
         )
 
 
-class BudgetStopper:
+class BudgetStopper(Stopper):
     """Stops the whole search once its trials have reported ``budget`` epochs in all."""
 
     def __init__(self, budget: int) -> None:
@@ -418,7 +450,8 @@ def replay_search(
         {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
     )
     budget = args.budget or args.trials * args.epochs
-    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, Study(sampler))
+    study = Study(sampler, start_points=not args.from_scratch)
+    searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, study)
     if scheduler_name == "asha":
         scheduler: Any = ASHAScheduler(
             metric=RUNG_SCORE,
@@ -466,7 +499,7 @@ def replay_search(
     grid = tuner.fit()
     wall = time.perf_counter() - t0
     events, per_trial = [], []
-    for result in grid:
+    for result in (grid[i] for i in range(len(grid))):
         df = result.metrics_dataframe
         if df is None or EPOCH not in df:
             continue
@@ -513,7 +546,10 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 def replay(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    space = load_space(args.space)
+    # the space as the real search runs it: score_threshold, which cannot change mAP, is neither
+    # sampled nor a coordinate of the nearest-neighbour lookup
+    full = load_space(args.space)
+    space, _ = for_metric(full, full.settings.metric)
     curves = Curves(read_table(Path(args.table)), space)
     storage = Path(args.storage).resolve()
     init_ray(max(2, args.concurrent))
@@ -544,6 +580,9 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         summary[strategy] = row
     doc = {
         "table": str(args.table),
+        "metric": space.settings.metric,
+        "configs": len(curves.ids),
+        "curves": sum(len(seeds) for seeds in curves.curves.values()),
         "target": target,
         "summary": summary,
         "runs": runs,
@@ -557,23 +596,77 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                 "concurrent",
                 "budget",
                 "time_scale",
+                "from_scratch",
             )
         },
     }
-    for strategy, row in summary.items():
-        line = (
-            f"{strategy:14s} best {row['best'][1]:.4f} [{row['best'][0]:.4f}, {row['best'][2]:.4f}]"
-        )
-        if "epochs_to_target" in row:
-            q = row["epochs_to_target"]
-            line += (
-                f"; epochs to {target:.4f}: {q[1]:.0f} [{q[0]:.0f}, {q[2]:.0f}] "
-                f"({row['reached']}/{args.seeds} reached)"
-            )
-        print(line)
+    print("\n".join(markdown_table(doc)))
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1))
+    if args.plot:
+        plot_replay(doc, Path(args.plot))
     return doc
+
+
+def markdown_table(doc: dict[str, Any]) -> list[str]:
+    """The replay's summary as a Markdown table: median [IQR] over the search seeds."""
+    budget = doc["settings"]["budget"] or doc["settings"]["trials"] * doc["settings"]["epochs"]
+    target = doc["target"]
+    lines = [
+        f"| strategy | best {doc['metric']} | epochs to {target:.4f} | share of the budget "
+        "| reached | trials |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy, row in doc["summary"].items():
+        lo, mid, hi = row["best"]
+        mine = [r for r in doc["runs"] if r["strategy"] == strategy]
+        trials = statistics.median(r["trials"] for r in mine)
+        cells = [strategy, f"{mid:.4f} [{lo:.4f}, {hi:.4f}]"]
+        if "epochs_to_target" in row:
+            q = row["epochs_to_target"]
+            cells += [
+                f"{q[1]:.0f} [{q[0]:.0f}, {q[2]:.0f}]",
+                f"{q[1] / budget:.2f}",
+                f"{row['reached']}/{len(mine)}",
+            ]
+        else:
+            cells += ["", "", ""]
+        lines.append("| " + " | ".join([*cells, f"{trials:.0f}"]) + " |")
+    return lines
+
+
+def plot_replay(doc: dict[str, Any], path: Path) -> None:
+    """Best-so-far against epochs spent: each strategy's median over the search seeds, its
+    interquartile band, and the target (random FIFO's median full-budget best) as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy in doc["summary"]:
+        mine = [r["curve"] for r in doc["runs"] if r["strategy"] == strategy and r["curve"]]
+        if not mine:
+            continue
+        width = max(len(c) for c in mine)
+        grid = np.array([c + [c[-1]] * (width - len(c)) for c in mine])  # a stopped search holds
+        x = np.arange(1, width + 1)
+        lo, mid, hi = np.percentile(grid, [25, 50, 75], axis=0)
+        (line,) = ax.plot(x, mid, label=f"{strategy} ({len(mine)} seeds)")
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+    if doc["target"] is not None:
+        ax.axhline(doc["target"], color="grey", ls="--", lw=1, label="random FIFO's median best")
+    ax.set_xlabel("epochs spent by the search")
+    ax.set_ylabel(f"best {doc['metric']} so far")
+    ax.set_title("Replayed searches: median and interquartile band")
+    lows = [r["curve"][len(r["curve"]) // 10] for r in doc["runs"] if r["curve"]]
+    if lows:
+        ax.set_ylim(bottom=float(np.percentile(lows, 10)))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 # --- the space, measured on the table ---------------------------------------------------------
@@ -707,7 +800,13 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--concurrent", type=int, default=2, help="trials at once, as the real search")
     q.add_argument("--time-scale", type=float, default=1e-3, help="recorded wall time factor")
     q.add_argument("--storage", default=str(REPO / "outputs" / "replay"), help="Tune's folder")
+    q.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="no default config as the first trial (each strategy on its own merit)",
+    )
     q.add_argument("--json", help="write the results here")
+    q.add_argument("--plot", help="write best-so-far against epochs spent, with bands, here")
     m = sub.add_parser("importance", help="each knob's importance and good range, measured")
     m.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")
     m.add_argument("--table", required=True, help="a table written by record")

@@ -5,10 +5,15 @@ a recording that resumes without duplicates."""
 import argparse
 import gzip
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from benchmark_modules import load_benchmark
+
+from cattle_yolo import stats as S
+from tune.space import SearchSpace, load_space
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "data" / "curves_tiny.csv.gz"
@@ -19,7 +24,7 @@ curves = load_benchmark("curves")
 
 
 @pytest.fixture
-def ray_local():
+def ray_local() -> Iterator[None]:
     import ray
 
     curves.init_ray(2)
@@ -28,20 +33,20 @@ def ray_local():
 
 
 @pytest.fixture
-def space(tmp_path):
+def space(tmp_path: Path) -> SearchSpace:
     path = tmp_path / "space.yaml"
     path.write_text(SPACE)
-    return curves.load_space(path)
+    return load_space(path)
 
 
-def test_unit_coordinates_round_trip_and_log_scale(space):
+def test_unit_coordinates_round_trip_and_log_scale(space: SearchSpace) -> None:
     lr = space.knobs["lr"]
     assert curves.to_unit(lr, 1e-3) == pytest.approx(0.5)  # the log-midpoint of [1e-4, 1e-2]
     for u in (0.0, 0.25, 0.9):
         assert curves.to_unit(lr, curves.from_unit(lr, u)) == pytest.approx(u)
 
 
-def test_sobol_configs_are_a_fixed_sequence_inside_the_space():
+def test_sobol_configs_are_a_fixed_sequence_inside_the_space() -> None:
     space = curves.load_space(REPO / "search_spaces" / "fixes.yaml")
     first = curves.sobol_configs(space, 8)
     assert curves.sobol_configs(space, 12)[:8] == first  # more configs extend, never reshuffle
@@ -50,34 +55,49 @@ def test_sobol_configs_are_a_fixed_sequence_inside_the_space():
         assert values["iou_end"] >= values["iou_start"]
 
 
-def test_nearest_recorded_config_on_the_known_table(space):
+def test_nearest_recorded_config_on_the_known_table(space: SearchSpace) -> None:
     table = curves.Curves(curves.read_table(TINY), space)
     assert table.ids == [0, 1, 2, 3]
     assert table.nearest({"lr": 1e-3}) == 0
     assert table.nearest({"lr": 2.5e-3}) == 2  # log distance: 3e-3 is nearer than 1e-3
     assert table.nearest({"lr": 1.5e-4}) == 1
     assert table.nearest({"lr": 6e-3}) == 3
-    assert [r["mAP50_95"] for r in table.curve(2, 0)] == [0.15, 0.30, 0.45, 0.60]
-    assert table.curve(2, 1)[0]["mAP50_95"] == pytest.approx(0.151)  # the second seed
+    assert [r[S.MAP50_95] for r in table.curve(2, 0)] == [0.15, 0.30, 0.45, 0.60]
+    assert table.curve(2, 1)[0][S.MAP50_95] == pytest.approx(0.151)  # the second seed
 
 
-def test_appended_rows_are_one_table_and_complete_pairs_are_known(tmp_path):
+def test_appended_rows_are_one_table_and_complete_pairs_are_known(tmp_path: Path) -> None:
     path = tmp_path / "t.csv.gz"
-    row = {"config_id": 0, "seed": 0, "epoch": 1, "lr": 1e-3, "mAP50_95": 0.1, "diverged": 0}
+    row = {"config_id": 0, "seed": 0, "epoch": 1, "lr": 1e-3, S.MAP50_95: 0.1, "diverged": 0}
     curves.append_rows(path, ["lr"], [row])
     curves.append_rows(path, ["lr"], [{**row, "epoch": 2}, {**row, "seed": 1, "diverged": 1}])
     rows = curves.read_table(path)
     assert [(r["seed"], r["epoch"]) for r in rows] == [(0, 1), (0, 2), (1, 1)]
     with gzip.open(path, "rt") as f:
         assert f.read().count("config_id") == 1  # one header
-    assert math.isnan(rows[0]["val_loss"])
+    assert math.isnan(rows[0][S.VAL_LOSS])
     # seed 0 reached 2 epochs; seed 1 diverged at epoch 1: both complete for 2 epochs
     assert curves.recorded_pairs(rows, 2) == {(0, 0), (0, 1)}
     assert curves.recorded_pairs(rows, 3) == {(0, 1)}
 
 
-def replay_args(tmp_path, **changes):
-    values = dict(
+def test_a_table_of_other_configs_is_named_not_mixed() -> None:
+    rows = [
+        {"config_id": 0, "seed": 0, "epoch": 1, "lr": 1e-3},
+        {"config_id": 0, "seed": 1, "epoch": 1, "lr": 1e-3},
+        {"config_id": 1, "seed": 0, "epoch": 1, "lr": 2e-3},
+    ]
+    assert curves.changed_configs(rows, [{"lr": 1e-3}, {"lr": 2e-3}]) == []
+    assert curves.changed_configs(rows, [{"lr": 1e-3}, {"lr": 5e-3}]) == [
+        "config 1: lr was 0.002, now 0.005"
+    ]
+    assert curves.changed_configs(rows, [{"lr": 1e-3}]) == [
+        "config 1 is recorded but the space now gives 1"
+    ]
+
+
+def replay_args(**changes: Any) -> argparse.Namespace:
+    values: dict[str, Any] = dict(
         trials=4,
         epochs=4,
         grace_period=1,
@@ -87,15 +107,18 @@ def replay_args(tmp_path, **changes):
         time_scale=1e-3,
         seeds=1,
         strategies=["tpe_asha"],
+        from_scratch=False,
     )
     values.update(changes)
     return argparse.Namespace(**values)
 
 
 @pytest.mark.slow
-def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(space, tmp_path, ray_local):
+def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(
+    space: SearchSpace, tmp_path: Path, ray_local: None
+) -> None:
     table = curves.Curves(curves.read_table(TINY), space)
-    args = replay_args(tmp_path)
+    args = replay_args()
     runs = [curves.replay_search(table, "tpe_asha", 0, args, tmp_path / f"r{i}") for i in (0, 1)]
     assert runs[0]["curve"] == runs[1]["curve"]
     assert runs[0]["trials"] == runs[1]["trials"]
@@ -116,9 +139,46 @@ def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(space, tmp_p
         seen.append(value)
     assert any(t["epochs"] == 1 for t in trials)
 
+    # from scratch, the first trial is the sampler's (seeded random start), not the default
+    scratch = curves.replay_search(
+        table, "tpe_asha", 0, replay_args(from_scratch=True), tmp_path / "s"
+    )
+    assert len(scratch["curve"]) == 16
+    assert scratch["per_trial"][0]["curve_id"] != 0 or scratch["per_trial"][1]["curve_id"] != 0
+
+
+def test_replay_summary_table_and_plot_on_known_runs(tmp_path: Path) -> None:
+    runs = [
+        {"strategy": "random_fifo", "curve": [0.1, 0.3, 0.5, 0.5], "trials": 2, "best": 0.5},
+        {"strategy": "random_fifo", "curve": [0.2, 0.2, 0.4, 0.6], "trials": 2, "best": 0.6},
+        {"strategy": "tpe_asha", "curve": [0.55, 0.55, 0.55, 0.7], "trials": 4, "best": 0.7},
+        {"strategy": "tpe_asha", "curve": [0.1, 0.6], "trials": 3, "best": 0.6},
+    ]
+    doc = {
+        "metric": S.MAP50_95,
+        "target": 0.55,  # the median of random FIFO's bests
+        "settings": {"budget": 0, "trials": 2, "epochs": 2},
+        "summary": {
+            "random_fifo": {
+                "best": (0.5, 0.55, 0.6),
+                "epochs_to_target": (4, 4.5, 5),
+                "reached": 1,
+            },
+            "tpe_asha": {"best": (0.6, 0.65, 0.7), "epochs_to_target": (1, 1.5, 2), "reached": 2},
+        },
+        "runs": runs,
+    }
+    table = curves.markdown_table(doc)
+    assert table[0].startswith("| strategy | best mAP50_95 | epochs to 0.5500 |")
+    assert table[2] == "| random_fifo | 0.5500 [0.5000, 0.6000] | 4 [4, 5] | 1.12 | 1/2 | 2 |"
+    assert table[3] == "| tpe_asha | 0.6500 [0.6000, 0.7000] | 2 [1, 2] | 0.38 | 2/2 | 4 |"
+    png = tmp_path / "replay.png"
+    curves.plot_replay(doc, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
 
 @pytest.mark.slow
-def test_record_resumes_without_duplicates(tmp_path):
+def test_record_resumes_without_duplicates(tmp_path: Path) -> None:
     table = tmp_path / "curves.csv.gz"
     args = [
         "record",
@@ -154,7 +214,7 @@ def test_record_resumes_without_duplicates(tmp_path):
     lr = {r["config_id"]: r["lr"] for r in rows}
     sobol = curves.sobol_configs(curves.load_space(tmp_path / "space.yaml"), 1)[0]["lr"]
     assert lr == {0: 1e-3, 1: pytest.approx(sobol)}  # the default, then the first Sobol point
-    assert all(0 <= r["mAP50_95"] <= 1 and r["epoch_time"] > 0 for r in rows)
+    assert all(0 <= r[S.MAP50_95] <= 1 and r[S.EPOCH_TIME] > 0 for r in rows)
     curves.main(args)  # nothing left to record
     assert len(curves.read_table(table)) == 2
     # a run killed before it was recorded: only it is trained again, and appended once
@@ -164,16 +224,21 @@ def test_record_resumes_without_duplicates(tmp_path):
     curves.main(args)
     again = curves.read_table(table)
     assert sorted((r["config_id"], r["seed"], r["epoch"]) for r in again) == [(0, 0, 1), (1, 0, 1)]
+    # a changed range gives other Sobol configs under the same ids: refused, the table untouched
+    (tmp_path / "space.yaml").write_text(SPACE.replace("1.0e-2", "3.0e-2"))
+    with pytest.raises(SystemExit, match="not the ones"):
+        curves.main(args)
+    assert curves.read_table(table) == again
 
 
-def test_importance_finds_the_knob_that_matters_and_its_edge(tmp_path):
+def test_importance_finds_the_knob_that_matters_and_its_edge(tmp_path: Path) -> None:
     """16 Sobol configs over lr and focal_gamma whose final mAP rises with log lr only: lr is
     the important knob, and its best configs press on the range's high bound."""
     path = tmp_path / "space.yaml"
     path.write_text(SPACE + "  focal_gamma: {uniform: [0.0, 3.0]}\n")
     space = curves.load_space(path)
     table = tmp_path / "t.csv.gz"
-    rows = []
+    rows: list[dict[str, Any]] = []
     for cid, values in enumerate(curves.sobol_configs(space, 16)):
         score = 0.1 * (math.log10(values["lr"]) + 4)  # 0 at 1e-4, 0.2 at 1e-2
         for seed in (0, 1):
@@ -183,13 +248,13 @@ def test_importance_finds_the_knob_that_matters_and_its_edge(tmp_path):
                     "seed": seed,
                     "epoch": 1,
                     **values,
-                    "mAP50_95": score + 0.001 * seed,
+                    S.MAP50_95: score + 0.001 * seed,
                     "diverged": 0,
                     "rule": "",
                 }
             )
     curves.append_rows(table, list(space.knobs), rows)
-    options = {"metric": "mAP50_95", "epoch": None, "top": 0.25, "min_configs": 8, "json": None}
+    options = {"metric": S.MAP50_95, "epoch": None, "top": 0.25, "min_configs": 8, "json": None}
     args = argparse.Namespace(space=str(path), table=str(table), **options)
     doc = curves.importance_command(args)
     assert doc["configs"] == 16

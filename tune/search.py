@@ -101,6 +101,7 @@ class Study:
     sampler: str = "tpe"  # tpe; random and gp for comparisons (``study.make_sampler``)
     journal: Path | None = None  # the study's journal file (None: in memory)
     warm_trials: list[Any] | None = None  # an earlier study's finished trials
+    start_points: bool = True  # False: no default or file points first (benchmarks' from-scratch)
 
 
 def make_searcher(
@@ -114,7 +115,7 @@ def make_searcher(
     """Optuna over the define-by-run space, the default config first, the study persisted in
     ``study.journal`` (in memory when None) and seeded with ``study.warm_trials``; returns
     notes too."""
-    points, notes = first_points(space, base)
+    points, notes = first_points(space, base) if study.start_points else ([], [])
     searcher = StudySearch(
         space=DefineByRun(space.knobs),
         metric=OBJECTIVE,
