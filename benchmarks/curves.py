@@ -28,6 +28,14 @@ recorded configs (a Sobol design, so unbiased, unlike TPE's samples) and where i
 the best configs lie (a range whose good configs all press on one bound may be cut too short).
 
     python benchmarks/curves.py importance --table docs/data/curves_fixes_128px.csv.gz
+
+``fidelity`` checks a cheap recording against a dear one: Spearman's rho of the two tables'
+rankings of the configs both hold (record the first configs again at, say, 256 px).
+
+    python benchmarks/curves.py record --configs 8 --seeds 1 --imgsz 256 \\
+        --table docs/data/curves_fixes_256px.csv.gz
+    python benchmarks/curves.py fidelity --low docs/data/curves_fixes_128px.csv.gz \\
+        --high docs/data/curves_fixes_256px.csv.gz
 """
 
 from __future__ import annotations
@@ -760,6 +768,68 @@ def importance_command(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+# --- fidelity: does a cheaper recording rank the configs as a dearer one does? -------------------
+
+
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank (as Spearman's coefficient needs)."""
+    x = np.asarray(values, dtype=float)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tied = x == v
+        r[tied] = r[tied].mean()
+    return r
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two paired samples."""
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def fidelity_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Spearman's rho between two tables' scores of the configs both hold (the same ids are the
+    same configs: both tables come from one space's Sobol sequence), each config scored as
+    ``importance`` scores it: the mean over its seeds at ``--epoch`` (default: the last)."""
+    space = load_space(args.space)
+    low = Curves(read_table(Path(args.low)), space)
+    high = Curves(read_table(Path(args.high)), space)
+    shared = [c for c in low.ids if c in high.ids]
+    for cid in shared:
+        if not np.allclose(low.units[low.ids.index(cid)], high.units[high.ids.index(cid)]):
+            sys.exit(f"error: config {cid} has other values in {args.low} than in {args.high}")
+    if len(shared) < args.min_configs:
+        sys.exit(
+            f"error: {len(shared)} configs are in both tables; the check needs at least "
+            f"{args.min_configs} (record more at the dearer fidelity, or lower --min-configs)"
+        )
+    a = config_scores(low, args.metric, args.epoch)
+    b = config_scores(high, args.metric, args.epoch)
+    rho = spearman([a[c] for c in shared], [b[c] for c in shared])
+    best_low, best_high = max(shared, key=lambda c: a[c]), max(shared, key=lambda c: b[c])
+    doc = {
+        "low": str(args.low),
+        "high": str(args.high),
+        "metric": args.metric,
+        "epoch": args.epoch,
+        "configs": shared,
+        "scores_low": [a[c] for c in shared],
+        "scores_high": [b[c] for c in shared],
+        "spearman": rho,
+        "best_low": best_low,
+        "best_high": best_high,
+    }
+    print(f"{len(shared)} configs in both tables, {args.metric} at epoch {args.epoch or 'last'}:")
+    for c in shared:
+        print(f"  config {c:3d}: {a[c]:.4f} (low)  {b[c]:.4f} (high)")
+    print(f"Spearman rho {rho:.3f}; best config: {best_low} (low), {best_high} (high)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1))
+    return doc
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -810,18 +880,27 @@ def main(argv: list[str] | None = None) -> None:
     m = sub.add_parser("importance", help="each knob's importance and good range, measured")
     m.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")
     m.add_argument("--table", required=True, help="a table written by record")
-    m.add_argument("--metric", default="mAP50_95", help="the recorded metric to score by")
+    m.add_argument("--metric", default=S.MAP50_95, help="the recorded metric to score by")
     m.add_argument("--epoch", type=int, help="score at this epoch (default: each curve's last)")
     m.add_argument("--top", type=float, default=0.25, help="the share of configs that is good")
     m.add_argument("--min-configs", type=int, default=8, help="refuse below this many configs")
     m.add_argument("--json", help="write the results here")
+    f = sub.add_parser("fidelity", help="Spearman of two tables' config rankings")
+    f.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")
+    f.add_argument("--low", required=True, help="the cheaper table (e.g. 128 px)")
+    f.add_argument("--high", required=True, help="the dearer table (e.g. 256 px)")
+    f.add_argument("--metric", default=S.MAP50_95, help="the recorded metric to score by")
+    f.add_argument("--epoch", type=int, help="score at this epoch (default: each curve's last)")
+    f.add_argument("--min-configs", type=int, default=8, help="refuse below this many configs")
+    f.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    if args.command == "record":
-        record(args)
-    elif args.command == "importance":
-        importance_command(args)
-    else:
-        replay(args)
+    commands = {
+        "record": record,
+        "importance": importance_command,
+        "replay": replay,
+        "fidelity": fidelity_command,
+    }
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -263,3 +263,39 @@ def test_importance_finds_the_knob_that_matters_and_its_edge(tmp_path: Path) -> 
     assert doc["ranges"]["focal_gamma"]["edge"] == ""
     with pytest.raises(SystemExit):
         curves.importance_command(argparse.Namespace(**{**vars(args), "min_configs": 20}))
+
+
+def test_spearman_known_answers() -> None:
+    assert curves.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert curves.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # one swap in four: rho = 1 - 6 * 2 / (4 * 15) = 0.8; ties share their mean rank
+    assert curves.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert list(curves.ranks([0.5, 0.1, 0.5, 0.2])) == [3.5, 1.0, 3.5, 2.0]
+
+
+def test_fidelity_compares_the_configs_both_tables_hold(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    configs = [{"lr": 1e-3}, *curves.sobol_configs(load_space(path), 9)]
+
+    def table(name: str, score: Any, ids: range) -> Path:
+        out = tmp_path / name
+        rows = [
+            {"config_id": c, "seed": 0, "epoch": 1, **configs[c], S.MAP50_95: score(c)} for c in ids
+        ]
+        curves.append_rows(out, ["lr"], [{**r, "diverged": 0, "rule": ""} for r in rows])
+        return out
+
+    low = table("low.csv.gz", lambda c: 0.1 * c, range(10))
+    high = table("high.csv.gz", lambda c: 0.1 * c if c != 2 else 0.35, range(8))  # 2 and 3 swap
+    options = {"metric": S.MAP50_95, "epoch": None, "json": None, "space": str(path)}
+    doc = curves.fidelity_command(
+        argparse.Namespace(low=str(low), high=str(high), min_configs=8, **options)
+    )
+    assert doc["configs"] == list(range(8))
+    assert doc["spearman"] == pytest.approx(1 - 6 * 2 / (8 * 63))
+    assert doc["best_low"] == doc["best_high"] == 7
+    with pytest.raises(SystemExit, match="at least 9"):
+        curves.fidelity_command(
+            argparse.Namespace(low=str(low), high=str(high), min_configs=9, **options)
+        )
