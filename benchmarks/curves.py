@@ -421,14 +421,16 @@ class BudgetStopper(Stopper):
     """Stops the whole search once its trials have reported ``budget`` epochs in all."""
 
     def __init__(self, budget: int) -> None:
-        self.budget, self.spent = budget, 0
+        self.budget = budget
+        self.seen: set[tuple[str, int]] = set()  # Tune passes a trial's last result twice
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        self.spent += 1
+        if EPOCH in result:
+            self.seen.add((trial_id, int(result[EPOCH])))
         return False
 
     def stop_all(self) -> bool:
-        return self.spent >= self.budget
+        return len(self.seen) >= self.budget
 
 
 def replay_search(

@@ -96,6 +96,15 @@ def test_a_table_of_other_configs_is_named_not_mixed() -> None:
     ]
 
 
+def test_budget_counts_each_trial_epoch_once() -> None:
+    stopper = curves.BudgetStopper(3)
+    for trial, epoch in [("a", 1), ("a", 2), ("a", 2), ("b", 1)]:  # Tune repeats a last result
+        assert not stopper.stop_all()
+        assert stopper(trial, {S.EPOCH: epoch}) is False
+    assert stopper.stop_all()
+    assert len(stopper.seen) == 3
+
+
 def replay_args(**changes: Any) -> argparse.Namespace:
     values: dict[str, Any] = dict(
         trials=4,
