@@ -1,4 +1,5 @@
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ CATTLE_CHUTE = REPO.parent / "shared" / "data" / "cattle-chute"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_cache(tmp_path_factory):
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Generate the embedded synthetic dataset into a per-session folder, not ~/.cache."""
     old = os.environ.get("CATTLE_YOLO_CACHE")
     os.environ["CATTLE_YOLO_CACHE"] = str(tmp_path_factory.mktemp("cache"))

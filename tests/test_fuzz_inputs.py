@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def _line(rng: random.Random) -> str:
     return " ".join(rng.choice(TOKENS) for _ in range(n))
 
 
-def test_label_lines(tmp_path):
+def test_label_lines(tmp_path: Path) -> None:
     """800 random label lines: parsed to finite boxes in [0, 1] with sane class ids, or an
     error naming file:line."""
     rng = random.Random(0)
@@ -71,31 +72,30 @@ def _dataset(root: Path) -> Path:
     return root
 
 
-BROKEN_FILES = {
+def _replaced(path: Path, make: Callable[[Path], object]) -> None:
+    """Remove the file ``path`` and ``make`` something else there."""
+    path.unlink()
+    make(path)
+
+
+BROKEN_FILES: dict[str, Callable[[Path], object]] = {  # what each does to a dataset folder
     "zero-byte image": lambda d: (d / "train" / "im0.jpg").write_bytes(b""),
     "truncated image": lambda d: (d / "train" / "im0.jpg").write_bytes(
         (d / "train" / "im0.jpg").read_bytes()[:60]
     ),
     "text named .jpg": lambda d: (d / "train" / "im0.jpg").write_text("not an image"),
-    "symlink loop": lambda d: (
-        (d / "train" / "im0.jpg").unlink(),
-        (d / "train" / "im0.jpg").symlink_to(d / "train" / "im0.jpg"),
-    ),
-    "folder named .jpg": lambda d: (
-        (d / "train" / "im0.jpg").unlink(),
-        (d / "train" / "im0.jpg").mkdir(),
-    ),
+    "symlink loop": lambda d: _replaced(d / "train" / "im0.jpg", lambda p: p.symlink_to(p)),
+    "folder named .jpg": lambda d: _replaced(d / "train" / "im0.jpg", lambda p: p.mkdir()),
     "binary label": lambda d: (d / "train" / "im0.txt").write_bytes(bytes(range(256))),
-    "label is a folder": lambda d: (
-        (d / "train" / "im0.txt").unlink(),
-        (d / "train" / "im0.txt").mkdir(),
-    ),
+    "label is a folder": lambda d: _replaced(d / "train" / "im0.txt", lambda p: p.mkdir()),
 }
 
 
 @pytest.mark.parametrize("case", list(BROKEN_FILES))
 @pytest.mark.parametrize("strict", [False, True])
-def test_broken_files_are_skipped_and_counted_or_refused_by_name(tmp_path, case, strict):
+def test_broken_files_are_skipped_and_counted_or_refused_by_name(
+    tmp_path: Path, case: str, strict: bool
+) -> None:
     data = _dataset(tmp_path / "d")
     BROKEN_FILES[case](data)
     cfg = TrainConfig(data=str(data), imgsz=64, strict=strict)
@@ -133,7 +133,7 @@ def _mutate_yaml(text: str, rng: random.Random) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_data_yaml(tmp_path):
+def test_data_yaml(tmp_path: Path) -> None:
     data = _dataset(tmp_path / "d")
     good = yaml.safe_dump({"path": str(data), "train": "train", "val": "val", "names": ["cow"]})
     rng = random.Random(1)
@@ -149,7 +149,7 @@ def test_data_yaml(tmp_path):
         assert len(ds.val) == 3
 
 
-def test_config_files(tmp_path):
+def test_config_files(tmp_path: Path) -> None:
     """Random damage to a run's config.yaml: it loads (every value checked) or the error names
     the file and the key."""
     good = yaml.safe_dump(TrainConfig().to_dict(), sort_keys=False)
@@ -167,7 +167,7 @@ def test_config_files(tmp_path):
             assert not (isinstance(value, float) and not math.isfinite(value)), key
 
 
-def test_space_files(tmp_path):
+def test_space_files(tmp_path: Path) -> None:
     """Random damage to fixes.yaml: the search plans (nothing run, nothing written) or the
     error names the file."""
     good = (REPO / "search_spaces" / "fixes.yaml").read_text()
@@ -189,7 +189,7 @@ def test_space_files(tmp_path):
 NUMERIC = [k for k in FIELD_NAMES if FIELD_TYPES[k] in (int, float)]
 
 
-def test_command_line_values(capsys):
+def test_command_line_values(capsys: pytest.CaptureFixture[str]) -> None:
     """``cattle_yolo train key=<bad>`` and ``run_search.py --set key=<bad>``: exit 2 naming
     the key, no traceback, before anything trains."""
     rng = random.Random(4)

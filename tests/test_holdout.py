@@ -1,6 +1,7 @@
 """benchmarks/holdout.py: the held-out test block is the last frames by number, contiguous,
 apart from training by the gap, and the written data.yaml loads with those splits."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 holdout = load_benchmark("holdout")
 
 
-def _frames(folder: Path, numbers) -> None:
+def _frames(folder: Path, numbers: Iterable[int]) -> None:
     folder.mkdir(parents=True)
     for n in numbers:
         Image.fromarray(np.full((40, 60, 3), n % 255, np.uint8)).save(folder / f"frame_{n:06d}.jpg")
         (folder / f"frame_{n:06d}.txt").write_text("0 0.5 0.5 0.4 0.4\n")
 
 
-def test_split_is_the_last_block_by_frame_number():
+def test_split_is_the_last_block_by_frame_number() -> None:
     # out of order on disk, with numbers of different widths
     images = [Path(f"frame_{n}.jpg") for n in (7, 100, 3, 12, 45, 9, 60, 2, 80, 31)]
     train, dropped, test = holdout.split_frames(images, 0.3, gap=2)
@@ -34,7 +35,7 @@ def test_split_is_the_last_block_by_frame_number():
         holdout.frame_number(Path("cow.jpg"))
 
 
-def test_written_data_yaml_trains_without_the_held_out_frames(tmp_path):
+def test_written_data_yaml_trains_without_the_held_out_frames(tmp_path: Path) -> None:
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.data import load_datasets
 
@@ -46,6 +47,7 @@ def test_written_data_yaml_trains_without_the_held_out_frames(tmp_path):
     assert (summary["train"], summary["dropped"], summary["test"]) == (15, 1, 4)
     assert summary["test_frames"] == [17, 20]
     ds = load_datasets(TrainConfig(data=summary["data_yaml"], imgsz=64), verbose=False)
+    assert ds.test is not None
     assert (len(ds.train), len(ds.val), len(ds.test)) == (15, 2, 4)
     assert ds.names == ["Cow"]
     assert not list((tmp_path / "out").glob("*.jpg"))  # nothing copied

@@ -7,19 +7,24 @@ Not a test module: test modules import from here, never from each other.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import Datasets, DetectionDataset, load_datasets
+from cattle_yolo.loss import DetectionLoss
 
 # --- datasets on disk -------------------------------------------------------------------------
 
 GOOD = "0 0.5 0.5 0.25 0.5\n"
 
 
-def save_image(path: Path, w: int = 64, h: int = 48, colour=(90, 140, 60)) -> Path:
+def save_image(
+    path: Path, w: int = 64, h: int = 48, colour: tuple[int, int, int] = (90, 140, 60)
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (w, h), colour).save(path)
     return path
@@ -27,7 +32,7 @@ def save_image(path: Path, w: int = 64, h: int = 48, colour=(90, 140, 60)) -> Pa
 
 def labelimg(root: Path, split: str, labels: dict[str, str | None]) -> dict[str, Path]:
     """labelImg layout: ``root/split/name.jpg`` with ``name.txt`` beside it (None: no label)."""
-    paths = {}
+    paths: dict[str, Path] = {}
     for name, text in labels.items():
         paths[name] = save_image(root / split / f"{name}.jpg")
         if text is not None:
@@ -35,7 +40,9 @@ def labelimg(root: Path, split: str, labels: dict[str, str | None]) -> dict[str,
     return paths
 
 
-def dataset(tmp_path: Path, train: dict[str, str | None], names=("cow", "calf")) -> Path:
+def dataset(
+    tmp_path: Path, train: dict[str, str | None], names: tuple[str, ...] = ("cow", "calf")
+) -> Path:
     root = tmp_path / "ds"
     labelimg(root, "train", train)
     labelimg(root, "val", {"v": GOOD})
@@ -43,7 +50,7 @@ def dataset(tmp_path: Path, train: dict[str, str | None], names=("cow", "calf"))
     return root
 
 
-def load(root: Path, **overrides) -> Datasets:
+def load(root: Path, **overrides: Any) -> Datasets:
     return load_datasets(TrainConfig(data=str(root), imgsz=64, **overrides))
 
 
@@ -68,7 +75,7 @@ def tiny_dataset(n: int = 6, size: int = 64) -> DetectionDataset:
 
 # --- training ---------------------------------------------------------------------------------
 
-TINY = {
+TINY: dict[str, Any] = {
     "amp": "off",  # fp32 whatever the CPU has: the same trajectories on every machine
     "imgsz": 64,
     "neck_channels": 16,
@@ -81,12 +88,14 @@ TINY = {
 }
 
 
-def tiny_config(tmp_path: Path, **changes) -> TrainConfig:
+def tiny_config(tmp_path: Path, **changes: Any) -> TrainConfig:
     """The ``TINY`` config writing its run to ``tmp_path / "run"``."""
     return TrainConfig.load(None, {**TINY, "out": str(tmp_path / "run"), **changes})
 
 
-def nan_loss(self, outputs, targets, epoch):
+def nan_loss(
+    self: DetectionLoss, outputs: dict[str, Tensor], targets: Tensor, epoch: float
+) -> dict[str, Tensor]:
     """A ``DetectionLoss.forward`` whose every term is NaN (monkeypatch it in to diverge)."""
     nan = outputs["cls"].sum() * float("nan")
     return {"box": nan, "cls": nan, "dfl": nan, "total": nan, "num_pos": nan}

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+# one detection: (class, pixel xyxy box) or (class, box, class logit)
+Detection = tuple[int, Sequence[float]] | tuple[int, Sequence[float], float]
 
-def raw_output(per_image: list[list[tuple]], anchors: int, num_classes: int) -> dict:
+
+def raw_output(
+    per_image: Sequence[Sequence[Detection]], anchors: int, num_classes: int
+) -> dict[str, torch.Tensor]:
     """The ``CattleYOLO.forward`` dict whose decoded boxes are exactly ``per_image``.
 
     ``per_image[j]`` lists image j's detections as ``(class, box)`` with a near-certain score,

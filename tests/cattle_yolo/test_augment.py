@@ -3,25 +3,31 @@ dropped boxes, and mosaic closing for the last epochs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import numpy as np
 import torch
 from builders import tiny_dataset
 
-from cattle_yolo.augment import PAD_VALUE, Augment, augment, mosaic
+from cattle_yolo.augment import Augment, augment, mosaic
+from cattle_yolo.boxes import PAD_VALUE
 from cattle_yolo.config import TrainConfig
 
-NO_AUG = dict(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, mosaic=0.0)
+NO_AUG = TrainConfig(
+    fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.0, mosaic=0.0
+)
 
 
 def test_flip_maps_boxes() -> None:
-    ds = tiny_dataset().with_augment(TrainConfig(**{**NO_AUG, "fliplr": 1.0}))
+    ds = tiny_dataset().with_augment(NO_AUG.replace(fliplr=1.0))
     image, target, _ = ds[0]
     assert torch.equal(image, torch.from_numpy(ds.images[0][:, ::-1].copy()).permute(2, 0, 1))
     assert target.tolist() == [[0.0, 64 - 24, 12.0, 64 - 8, 36.0]]
 
 
 def test_scale_and_translate_move_image_and_boxes_together() -> None:
-    ds = tiny_dataset().with_augment(TrainConfig(**{**NO_AUG, "scale": 0.5, "translate": 0.2}))
+    ds = tiny_dataset().with_augment(NO_AUG.replace(scale=0.5, translate=0.2))
     checked = 0
     for epoch in range(8):
         ds.set_epoch(epoch)
@@ -39,14 +45,19 @@ def test_scale_and_translate_move_image_and_boxes_together() -> None:
 class FixedRng:
     """Stands in for a Generator: ``uniform`` gives ``u`` and ``random`` gives ``r``."""
 
-    def __init__(self, u, r):
+    def __init__(self, u: Sequence[float], r: float) -> None:
         self.u, self.r = np.asarray(u, np.float64), r
 
-    def uniform(self, low, high, size):
+    def uniform(self, low: float, high: float, size: int) -> np.ndarray:
         return self.u
 
-    def random(self):
+    def random(self) -> float:
         return self.r
+
+
+def fixed_rng(u: Sequence[float], r: float) -> np.random.Generator:
+    """A ``FixedRng`` where ``augment`` takes a Generator (it calls only uniform and random)."""
+    return cast(np.random.Generator, FixedRng(u, r))
 
 
 def test_boxes_moved_out_of_view_are_dropped_and_others_clipped() -> None:
@@ -54,11 +65,11 @@ def test_boxes_moved_out_of_view_are_dropped_and_others_clipped() -> None:
     boxes = np.array([[40, 10, 60, 30], [2, 10, 20, 30], [10, 40, 26, 60]], np.float32)
     labels = np.array([0, 1, 1])
     aug = Augment(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, scale=0.0, translate=0.5)
-    out, moved, kept = augment(image, boxes, labels, aug, FixedRng([0, 0.75, 0, 0, 0, 0], 1.0))
+    out, moved, kept = augment(image, boxes, labels, aug, fixed_rng([0, 0.75, 0, 0, 0, 0], 1.0))
     assert out.shape == (64, 64, 3)
     assert kept.tolist() == [1, 1]
     np.testing.assert_allclose(moved, [[26, 10, 44, 30], [34, 40, 50, 60]])
-    out, moved, kept = augment(image, boxes, labels, aug, FixedRng([0, 0.5, 0, 0, 0, 0], 1.0))
+    out, moved, kept = augment(image, boxes, labels, aug, fixed_rng([0, 0.5, 0, 0, 0, 0], 1.0))
     np.testing.assert_allclose(moved[0], [56, 10, 64, 30])  # 8 of 20 px in view: kept, clipped
 
 
@@ -67,23 +78,32 @@ def test_hsv_jitter_keeps_grey_grey_and_changes_colour() -> None:
     image[:4] = (200, 60, 30)
     aug = Augment(fliplr=0.0, hsv_h=0.5, hsv_s=0.9, hsv_v=0.0, scale=0.0, translate=0.0)
     out, _, _ = augment(
-        image, np.zeros((0, 4), np.float32), np.zeros(0), aug, FixedRng([0, 0, 0, 0.3, 0.5, 0], 1.0)
+        image,
+        np.zeros((0, 4), np.float32),
+        np.zeros(0),
+        aug,
+        fixed_rng([0, 0, 0, 0.3, 0.5, 0], 1.0),
     )
     assert np.abs(out[4:].astype(int) - 100).max() <= 1
     assert np.abs(out[:4].astype(int) - image[:4]).max() > 30
     bright = Augment(fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.4, scale=0.0, translate=0.0)
     out, _, _ = augment(
-        image, np.zeros((0, 4), np.float32), np.zeros(0), bright, FixedRng([0] * 5 + [1], 1.0)
+        image, np.zeros((0, 4), np.float32), np.zeros(0), bright, fixed_rng([0] * 5 + [1], 1.0)
     )
     assert np.abs(out[4:].astype(int) - 140).max() <= 1
 
 
-def boxes_from_pixels(image: np.ndarray, colours: list[tuple[int, int, int]]) -> list:
+def boxes_from_pixels(
+    image: np.ndarray, colours: list[tuple[int, int, int]]
+) -> list[list[int] | None]:
     """The bounding box (x1, y1, x2, y2) of each colour's pixels, None where it is absent."""
-    found = []
+    found: list[list[int] | None] = []
     for colour in colours:
         ys, xs = np.nonzero((np.abs(image.astype(int) - colour) <= 8).all(-1))
-        found.append(None if len(xs) == 0 else [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        if len(xs) == 0:
+            found.append(None)
+        else:
+            found.append([int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1])
     return found
 
 
@@ -136,11 +156,12 @@ def test_mosaic_then_crop_keeps_boxes_on_their_pixels() -> None:
                 [*np.round(xy).astype(int), *np.round(xy + rng.uniform(20, 40, 2)).astype(int)]
             )
         images = [drawn(size, b, c) for b, c in zip(boxes, COLOURS, strict=True)]
+        cx, cy = (int(v) for v in rng.uniform(0.5, 1.5, 2) * size)
         canvas, out, labels = mosaic(
             images,
             [np.array([b], np.float32) for b in boxes],
             [np.array([k]) for k in range(4)],
-            centre=tuple(int(v) for v in rng.uniform(0.5, 1.5, 2) * size),
+            centre=(cx, cy),
         )
         aug = Augment(0.0, 0.0, 0.0, 0.0, scale=0.3, translate=0.1, mosaic=1.0, mosaic_epochs=1)
         image, moved, kept = augment(canvas, out, labels, aug, np.random.default_rng(trial), size)
@@ -156,7 +177,7 @@ def test_mosaic_then_crop_keeps_boxes_on_their_pixels() -> None:
 
 
 def test_mosaic_closes_for_the_last_epochs() -> None:
-    cfg = TrainConfig(**{**NO_AUG, "mosaic": 1.0}, epochs=5, close_mosaic=2)
+    cfg = NO_AUG.replace(mosaic=1.0, epochs=5, close_mosaic=2)
     ds = tiny_dataset().with_augment(cfg)
     plain = [ds.images[i] for i in range(len(ds))]
     for epoch, expect_mosaic in [(0, True), (2, True), (3, False), (4, False)]:

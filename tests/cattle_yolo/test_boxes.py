@@ -8,7 +8,7 @@ from cattle_yolo import boxes
 from cattle_yolo.boxes import from_letterbox, letterbox, to_letterbox
 
 
-def test_known_answers():
+def test_known_answers() -> None:
     yolo = np.array([[0.5, 0.5, 0.2, 0.4]], dtype=np.float32)  # normalized cx cy w h
     xyxy = boxes.to_pixels(boxes.cxcywh_to_xyxy(yolo), width=200, height=100)
     np.testing.assert_allclose(xyxy, [[80, 30, 120, 70]], rtol=1e-6)
@@ -16,45 +16,35 @@ def test_known_answers():
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
-def test_round_trips(lib):
+def test_round_trips(lib: str) -> None:
     rng = np.random.default_rng(0)
     cxcywh = rng.uniform(0.1, 0.9, size=(50, 4)).astype(np.float32)
-    data = torch.from_numpy(cxcywh) if lib == "torch" else cxcywh
-    xyxy = boxes.cxcywh_to_xyxy(data)
-    back = (
-        torch.stack(  # the inverse, as torchvision computes it
-            [
-                (xyxy[:, 0] + xyxy[:, 2]) / 2,
-                (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                xyxy[:, 2] - xyxy[:, 0],
-                xyxy[:, 3] - xyxy[:, 1],
-            ],
-            1,
-        )
-        if lib == "torch"
-        else np.stack(
-            [
-                (xyxy[:, 0] + xyxy[:, 2]) / 2,
-                (xyxy[:, 1] + xyxy[:, 3]) / 2,
-                xyxy[:, 2] - xyxy[:, 0],
-                xyxy[:, 3] - xyxy[:, 1],
-            ],
-            1,
-        )
+    if lib == "torch":
+        xyxy = boxes.cxcywh_to_xyxy(torch.from_numpy(cxcywh)).numpy()
+    else:
+        xyxy = boxes.cxcywh_to_xyxy(cxcywh)
+    back = np.stack(  # the inverse, as torchvision computes it
+        [
+            (xyxy[:, 0] + xyxy[:, 2]) / 2,
+            (xyxy[:, 1] + xyxy[:, 3]) / 2,
+            xyxy[:, 2] - xyxy[:, 0],
+            xyxy[:, 3] - xyxy[:, 1],
+        ],
+        1,
     )
-    np.testing.assert_allclose(np.asarray(back), cxcywh, atol=1e-6)
-    pixel = boxes.to_pixels(np.asarray(xyxy), 640, 480)
-    np.testing.assert_allclose(pixel / [640, 480, 640, 480], np.asarray(xyxy), atol=1e-6)
+    np.testing.assert_allclose(back, cxcywh, atol=1e-6)
+    pixel = boxes.to_pixels(xyxy, 640, 480)
+    np.testing.assert_allclose(pixel / [640, 480, 640, 480], xyxy, atol=1e-6)
 
 
-def test_torch_and_numpy_agree():
+def test_torch_and_numpy_agree() -> None:
     xyxy = np.array([[1.0, 2.0, 5.0, 10.0], [0.0, 0.0, 3.0, 3.0]], dtype=np.float32)
     for fn in (boxes.cxcywh_to_xyxy, boxes.xyxy_to_xywh):
         np.testing.assert_allclose(fn(xyxy), fn(torch.from_numpy(xyxy)).numpy())
 
 
 @pytest.mark.parametrize(("w", "h"), [(500, 300), (300, 500), (384, 384), (1, 1000)])
-def test_letterbox_maps_boxes_and_back(w, h):
+def test_letterbox_maps_boxes_and_back(w: int, h: int) -> None:
     ratio, pad_x, pad_y = boxes.letterbox_params(w, h, 384)
     assert min(pad_x, pad_y) == 0 or (w == h and pad_x == pad_y == 0)
     corners = np.array([[0, 0, w, h]], dtype=np.float32)

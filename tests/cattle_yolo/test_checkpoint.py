@@ -1,8 +1,11 @@
 """The checkpoint format: atomic save, load errors, the inference checkpoint, load_trained."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from cattle_yolo import stats as S
 from cattle_yolo.checkpoint import (
     CheckpointError,
     inference_checkpoint,
@@ -16,7 +19,7 @@ from cattle_yolo.engine import ModelEMA, Trainer
 from cattle_yolo.model import CattleYOLO
 
 
-def test_checkpoint_round_trip_and_torn_file(tmp_path):
+def test_checkpoint_round_trip_and_torn_file(tmp_path: Path) -> None:
     state = {"model": {"w": torch.arange(3.0)}, "epoch": 4, "config": {"lr": 0.1}}
     save_checkpoint(state, tmp_path / "last.pt")
     loaded = load_checkpoint(tmp_path / "last.pt")
@@ -31,9 +34,12 @@ def test_checkpoint_round_trip_and_torn_file(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_path):
+def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(
+    tmp_path: Path,
+) -> None:
     model = torch.nn.Linear(3, 2)
-    ema = {"module": {k: v + 1 for k, v in model.state_dict().items()}, "updates": 5}
+    ema_weights = {k: v + 1 for k, v in model.state_dict().items()}
+    ema = {"module": ema_weights, "updates": 5}
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
@@ -48,7 +54,7 @@ def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_
         "best_epoch": 3,
         "config": {"lr": 0.001},
         "names": ["cow"],
-        "metrics": {"mAP50_95": 0.5},
+        "metrics": {S.MAP50_95: 0.5},
     }
     save_checkpoint(state, tmp_path / "last.pt")
     save_checkpoint(inference_checkpoint(state), tmp_path / "best.pt")
@@ -66,13 +72,15 @@ def test_inference_checkpoint_keeps_the_ema_weights_and_drops_the_optimizer(tmp_
     assert best["ema"] is None
     assert best["epoch"] == 3
     assert best["names"] == ["cow"]
-    for k, v in ema["module"].items():  # the EMA weights, not the raw model's
+    for k, v in ema_weights.items():  # the EMA weights, not the raw model's
         assert torch.equal(best["model"][k], v)
     size = (tmp_path / "best.pt").stat().st_size
     assert size < 0.6 * (tmp_path / "last.pt").stat().st_size
 
 
-def test_load_trained_builds_the_model_with_the_ema_weights_from_either_kind(tmp_path):
+def test_load_trained_builds_the_model_with_the_ema_weights_from_either_kind(
+    tmp_path: Path,
+) -> None:
     cfg = TrainConfig(imgsz=64, neck_channels=16, pretrained=False, score_threshold=0.4)
     model = CattleYOLO(2, cfg)
     ema = ModelEMA(model, decay=0.9999, tau=2000)
@@ -88,9 +96,9 @@ def test_load_trained_builds_the_model_with_the_ema_weights_from_either_kind(tmp
         best=0.1,
         best_epoch=2,
         names=["cow", "calf"],
-        stats={"mAP50_95": 0.1, "out": "x"},
+        stats={S.MAP50_95: 0.1, "out": "x"},
     )
-    assert state["metrics"] == {"mAP50_95": 0.1}
+    assert state["metrics"] == {S.MAP50_95: 0.1}
     assert state["epoch"] == 2
     save_checkpoint(state, tmp_path / "last.pt")
     save_checkpoint(inference_checkpoint(state), tmp_path / "best.pt")

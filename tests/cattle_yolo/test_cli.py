@@ -15,20 +15,22 @@ import torch
 from builders import GOOD, TINY, dataset, nan_loss, save_image
 
 from cattle_yolo import cli
+from cattle_yolo import stats as S
 from cattle_yolo.checkpoint import save_checkpoint
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import load_datasets
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
+from cattle_yolo.stats import EpochStats
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(args):
+def run_cli(args: list[str]) -> int:
     return cli.main(args)
 
 
-def bad_input(code: int, capsys, *named: str) -> str:
+def bad_input(code: int, capsys: pytest.CaptureFixture[str], *named: str) -> str:
     """Check a bad-input exit: code 2, an ``error:`` line naming each of ``named``, no
     traceback; return stderr."""
     err = capsys.readouterr().err
@@ -40,7 +42,7 @@ def bad_input(code: int, capsys, *named: str) -> str:
     return err
 
 
-def usage_error(args: list[str], capsys, *named: str) -> str:
+def usage_error(args: list[str], capsys: pytest.CaptureFixture[str], *named: str) -> str:
     """argparse refuses ``args``: exit 2 (SystemExit) and a usage message naming ``named``."""
     with pytest.raises(SystemExit) as e:
         cli.main(args)
@@ -54,7 +56,7 @@ def usage_error(args: list[str], capsys, *named: str) -> str:
 
 
 @pytest.fixture
-def weights(tmp_path) -> Path:
+def weights(tmp_path: Path) -> Path:
     """An untrained ``TINY`` model for the classes cow and calf, as a best.pt (a second to make)."""
     cfg = TrainConfig.load(None, TINY)
     state = {
@@ -69,19 +71,19 @@ def weights(tmp_path) -> Path:
 
 
 @pytest.fixture
-def image(tmp_path) -> Path:
+def image(tmp_path: Path) -> Path:
     return save_image(tmp_path / "src" / "a.jpg")
 
 
 # --- train ---------------------------------------------------------------------------------------
 
 
-def test_cli_bad_config_key_exits_2(tmp_path, capsys):
+def test_cli_bad_config_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["train", "lrr=0.1"]) == 2
     assert "unknown key 'lrr' (did you mean 'lr'?)" in capsys.readouterr().err
 
 
-def test_cli_bad_config_file_exits_2(tmp_path, capsys):
+def test_cli_bad_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "c.yaml"
     bad.write_text("epochs: -3\n")
     assert run_cli(["train", "--config", str(bad)]) == 2
@@ -90,7 +92,7 @@ def test_cli_bad_config_file_exits_2(tmp_path, capsys):
     assert "'epochs'" in err
 
 
-def test_cli_bad_data_exits_2(tmp_path, capsys):
+def test_cli_bad_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "val").mkdir(parents=True)
     assert run_cli(["train", "--data", str(tmp_path / "empty"), "epochs=1"]) == 2
@@ -101,19 +103,21 @@ def test_cli_bad_data_exits_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
-def test_cli_cuda_without_gpu_exits_2(tmp_path, capsys):
+def test_cli_cuda_without_gpu_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["train", "--device", "cuda", "epochs=1"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
 
-def test_cli_diverged_exits_3(tmp_path, capsys, monkeypatch):
+def test_cli_diverged_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(DetectionLoss, "forward", nan_loss)
     args = ["train", *[f"{k}={v}" for k, v in TINY.items()], f"out={tmp_path / 'run'}"]
     assert run_cli(args) == 3
     assert "diverged" in capsys.readouterr().err
 
 
-def test_cli_train_evaluate_predict(tmp_path, capsys):
+def test_cli_train_evaluate_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     args = ["train", *[f"{k}={v}" for k, v in TINY.items()], "epochs=1", f"out={out}"]
     assert run_cli(args) == 0
@@ -132,7 +136,7 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
         )
         == 0
     )
-    assert "mAP50_95" in json.loads((tmp_path / "m.json").read_text())
+    assert S.MAP50_95 in json.loads((tmp_path / "m.json").read_text())
     cfg = TrainConfig.load(out / "config.yaml")
     images = load_datasets(cfg).val.files[:2]
     pred_out = tmp_path / "pred"
@@ -159,15 +163,15 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert (pred_out / Path(images[0]).name).is_file()  # the drawn image
 
 
-def test_cli_resume_trains_only_the_missing_epochs(tmp_path):
+def test_cli_resume_trains_only_the_missing_epochs(tmp_path: Path) -> None:
     """A 2-epoch run stopped after epoch 1; `train --resume` trains epoch 2 alone."""
     from cattle_yolo.train import train
 
     class Stop(Exception):
         pass
 
-    def stop_after_epoch_1(stats):
-        if stats["epoch"] == 1:
+    def stop_after_epoch_1(stats: EpochStats) -> None:
+        if stats[S.EPOCH] == 1:
             raise Stop
 
     out = tmp_path / "run"
@@ -181,68 +185,84 @@ def test_cli_resume_trains_only_the_missing_epochs(tmp_path):
     assert run_cli(args) == 0
     log = (out / "metrics" / "training_metrics.jsonl").read_text().splitlines()
     assert log[: len(first)] == first
-    assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+    assert [json.loads(line)[S.EPOCH] for line in log] == [1, 2]
     assert "resumed from" in (out / "logs" / "train.log").read_text()
 
 
-def test_cli_train_missing_resume_checkpoint_exits_2(tmp_path, capsys):
+def test_cli_train_missing_resume_checkpoint_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "nowhere" / "last.pt"
     args = ["train", *[f"{k}={v}" for k, v in TINY.items()], f"out={tmp_path / 'run'}"]
     bad_input(run_cli([*args, "--resume", str(missing)]), capsys, f"no checkpoint at {missing}")
     assert not (tmp_path / "run" / "models" / "last.pt").exists()  # nothing trained
 
 
-def test_cli_train_bad_device_exits_2(capsys):
+def test_cli_train_bad_device_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     bad_input(run_cli(["train", "--device", "bogus", "epochs=1"]), capsys, "'device'", "bogus")
 
 
-def test_cli_train_malformed_flag_is_a_usage_error(capsys):
+def test_cli_train_malformed_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     usage_error(["train", "--epochs", "ten"], capsys, "--epochs", "'ten'")
 
 
 # --- evaluate ------------------------------------------------------------------------------------
 
 
-def test_cli_evaluate_missing_weights_exits_2(tmp_path, capsys):
+def test_cli_evaluate_missing_weights_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "missing.pt"
     bad_input(run_cli(["evaluate", "--weights", str(missing)]), capsys, f"{missing}: no such")
 
 
-def test_cli_evaluate_unreadable_weights_exits_2(tmp_path, capsys):
+def test_cli_evaluate_unreadable_weights_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint\n")
     err = bad_input(run_cli(["evaluate", "--weights", str(junk)]), capsys, str(junk))
     assert "not a readable cattle_yolo checkpoint" in err
 
 
-def test_cli_evaluate_bad_override_key_exits_2(weights, capsys):
+def test_cli_evaluate_bad_override_key_exits_2(
+    weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code = run_cli(["evaluate", "--weights", str(weights), "scor_threshold=0.3"])
     bad_input(code, capsys, "unknown key 'scor_threshold' (did you mean 'score_threshold'?)")
 
 
-def test_cli_evaluate_missing_data_exits_2(weights, tmp_path, capsys):
+def test_cli_evaluate_missing_data_exits_2(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     nowhere = tmp_path / "nowhere"
     code = run_cli(["evaluate", "--weights", str(weights), "--data", str(nowhere)])
     bad_input(code, capsys, f"{nowhere}: no such file or folder")
 
 
-def test_cli_evaluate_a_split_the_dataset_lacks_exits_2(weights, tmp_path, capsys):
+def test_cli_evaluate_a_split_the_dataset_lacks_exits_2(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = dataset(tmp_path, {"a": GOOD})  # train and val, no test
     args = ["evaluate", "--weights", str(weights), "--data", str(root), "--split", "test"]
     bad_input(run_cli(args), capsys, str(root), "has no test split")
 
 
-def test_cli_evaluate_other_classes_than_the_checkpoint_exits_2(weights, tmp_path, capsys):
+def test_cli_evaluate_other_classes_than_the_checkpoint_exits_2(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = dataset(tmp_path, {"a": GOOD}, names=("bull", "heifer"))
     code = run_cli(["evaluate", "--weights", str(weights), "--data", str(root)])
     bad_input(code, capsys, "['bull', 'heifer'] differ from the checkpoint's ['cow', 'calf']")
 
 
-def test_cli_evaluate_unknown_split_is_a_usage_error(weights, capsys):
+def test_cli_evaluate_unknown_split_is_a_usage_error(
+    weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     usage_error(["evaluate", "--weights", str(weights), "--split", "train"], capsys, "'train'")
 
 
-def test_cli_evaluate_without_weights_is_a_usage_error(capsys):
+def test_cli_evaluate_without_weights_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     usage_error(["evaluate"], capsys, "--weights")
 
 
@@ -257,7 +277,9 @@ def test_cli_evaluate_without_weights_is_a_usage_error(capsys):
         ("empty", "no images"),
     ],
 )
-def test_predict_cli_bad_source_exits_2_with_a_message(tmp_path, capsys, name, message) -> None:
+def test_predict_cli_bad_source_exits_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
     (tmp_path / "notes.txt").write_text("not an image\n")
     (tmp_path / "empty").mkdir()
     code = cli.main(
@@ -279,14 +301,18 @@ def test_predict_cli_bad_source_exits_2_with_a_message(tmp_path, capsys, name, m
     assert not (tmp_path / "out").exists()  # nothing written
 
 
-def test_cli_predict_missing_weights_exits_2(tmp_path, image, capsys):
+def test_cli_predict_missing_weights_exits_2(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "missing.pt"
     args = ["predict", "--weights", str(missing), "--source", str(image)]
     bad_input(run_cli([*args, "--out", str(tmp_path / "out")]), capsys, f"{missing}: no such")
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_predict_bad_override_key_exits_2(weights, tmp_path, image, capsys):
+def test_cli_predict_bad_override_key_exits_2(
+    weights: Path, tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["predict", "--weights", str(weights), "--source", str(image)]
     code = run_cli([*args, "--out", str(tmp_path / "out"), "score_treshold=0.3"])
     bad_input(code, capsys, "unknown key 'score_treshold'")
@@ -296,7 +322,9 @@ def test_cli_predict_bad_override_key_exits_2(weights, tmp_path, image, capsys):
 @pytest.mark.parametrize(
     "content", [b"", b"\xff\xd8\xff\xe0 truncated jpeg"], ids=["empty", "truncated"]
 )
-def test_cli_predict_undecodable_image_exits_2(weights, tmp_path, capsys, content):
+def test_cli_predict_undecodable_image_exits_2(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
     """A .jpg that does not decode: exit 2 naming the file, no traceback (it exited 1)."""
     bad = tmp_path / "src" / "broken.jpg"
     bad.parent.mkdir(parents=True)
@@ -306,7 +334,9 @@ def test_cli_predict_undecodable_image_exits_2(weights, tmp_path, capsys, conten
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_predict_without_source_is_a_usage_error(weights, capsys):
+def test_cli_predict_without_source_is_a_usage_error(
+    weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     usage_error(["predict", "--weights", str(weights)], capsys, "--source")
 
 
@@ -314,7 +344,9 @@ def test_cli_predict_without_source_is_a_usage_error(weights, capsys):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
-def test_cli_unknown_device_exits_2(command, weights, tmp_path, image, capsys):
+def test_cli_unknown_device_exits_2(
+    command: str, weights: Path, tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = [command, "--weights", str(weights), "--device", "bogus"]
     if command == "predict":
         args += ["--source", str(image), "--out", str(tmp_path / "out")]
@@ -324,7 +356,9 @@ def test_cli_unknown_device_exits_2(command, weights, tmp_path, image, capsys):
 # --- synth ---------------------------------------------------------------------------------------
 
 
-def test_cli_synth_writes_a_dataset_that_loads(tmp_path, capsys):
+def test_cli_synth_writes_a_dataset_that_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "synth"
     assert run_cli(["synth", "--out", str(out), "--train", "2", "--val", "1", "--test", "0"]) == 0
     assert str(out) in capsys.readouterr().out
@@ -332,16 +366,20 @@ def test_cli_synth_writes_a_dataset_that_loads(tmp_path, capsys):
     assert (len(data.train), len(data.val), data.test) == (2, 1, None)
 
 
-def test_cli_synth_malformed_count_is_a_usage_error(tmp_path, capsys):
+def test_cli_synth_malformed_count_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     usage_error(["synth", "--out", str(tmp_path / "s"), "--train", "x"], capsys, "--train", "'x'")
 
 
-def test_cli_synth_without_out_is_a_usage_error(capsys):
+def test_cli_synth_without_out_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     usage_error(["synth"], capsys, "--out")
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--train", "0"), ("--val", "0"), ("--test", "-1")])
-def test_cli_synth_count_out_of_range_exits_2(tmp_path, capsys, flag, value):
+def test_cli_synth_count_out_of_range_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
     out = tmp_path / "s"
     code = run_cli(["synth", "--out", str(out), flag, value])
     err = bad_input(code, capsys, value)
@@ -349,7 +387,9 @@ def test_cli_synth_count_out_of_range_exits_2(tmp_path, capsys, flag, value):
     assert not out.exists()
 
 
-def test_cli_synth_out_is_a_file_exits_2(tmp_path, capsys):
+def test_cli_synth_out_is_a_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     taken = tmp_path / "taken"
     taken.write_text("a file, not a folder\n")
     args = ["synth", "--out", str(taken), "--train", "1", "--val", "1", "--test", "0"]
@@ -359,15 +399,15 @@ def test_cli_synth_out_is_a_file_exits_2(tmp_path, capsys):
 # --- the command itself --------------------------------------------------------------------------
 
 
-def test_cli_without_a_subcommand_is_a_usage_error(capsys):
+def test_cli_without_a_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     usage_error([], capsys, "train,evaluate,predict,synth")
 
 
-def test_cli_unknown_subcommand_is_a_usage_error(capsys):
+def test_cli_unknown_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     usage_error(["fit"], capsys, "invalid choice: 'fit'")
 
 
-def test_python_m_cattle_yolo_bad_input_exits_2_without_a_traceback(tmp_path):
+def test_python_m_cattle_yolo_bad_input_exits_2_without_a_traceback(tmp_path: Path) -> None:
     """``python -m cattle_yolo`` passes main's exit code to the shell and prints no traceback."""
     missing = tmp_path / "missing.pt"
     run = subprocess.run(

@@ -1,10 +1,12 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
 from cattle_yolo.config import ConfigError, TrainConfig, parse_overrides
 
 
-def test_defaults_are_the_hand_fixed_values():
+def test_defaults_are_the_hand_fixed_values() -> None:
     cfg = TrainConfig()
     expected = {
         "lr": 1e-3,
@@ -28,20 +30,20 @@ def test_defaults_are_the_hand_fixed_values():
         assert getattr(cfg, key) == value, key
 
 
-def test_yaml_round_trip(tmp_path):
+def test_yaml_round_trip(tmp_path: Path) -> None:
     cfg = TrainConfig(lr=3e-4, epochs=7, data="some/data.yaml", box_loss="ciou")
     cfg.to_yaml(tmp_path / "c.yaml")
     assert TrainConfig.load(tmp_path / "c.yaml") == cfg
 
 
-def test_file_then_overrides(tmp_path):
+def test_file_then_overrides(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("lr: 0.002\nepochs: 5\n")
     cfg = TrainConfig.load(tmp_path / "c.yaml", ["epochs=9", "box_loss_weight=3"])
     assert (cfg.lr, cfg.epochs, cfg.box_loss_weight) == (0.002, 9, 3.0)
     assert isinstance(cfg.box_loss_weight, float)
 
 
-def test_search_export_with_config_section_loads(tmp_path):
+def test_search_export_with_config_section_loads(tmp_path: Path) -> None:
     (tmp_path / "best.yaml").write_text(yaml.safe_dump({"config": {"lr": 0.0005}, "metric": 0.3}))
     assert TrainConfig.load(tmp_path / "best.yaml").lr == 0.0005
 
@@ -61,7 +63,7 @@ def test_search_export_with_config_section_loads(tmp_path):
         ("a: [\n", "not valid YAML"),
     ],
 )
-def test_bad_config_names_file_and_key(tmp_path, content, message):
+def test_bad_config_names_file_and_key(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     with pytest.raises(ConfigError) as err:
@@ -70,14 +72,14 @@ def test_bad_config_names_file_and_key(tmp_path, content, message):
     assert str(path) in str(err.value)
 
 
-def test_bad_override():
+def test_bad_override() -> None:
     with pytest.raises(ConfigError, match="expected key=value"):
         TrainConfig.load(None, ["lr"])
     with pytest.raises(ConfigError, match="did you mean 'focal_gamma'"):
         TrainConfig.load(None, ["focal_gama=2"])
 
 
-def test_frozen():
+def test_frozen() -> None:
     with pytest.raises(AttributeError):
         TrainConfig().lr = 1.0  # type: ignore[misc]
 
@@ -85,7 +87,7 @@ def test_frozen():
 @pytest.mark.parametrize(
     ("key", "replacement"), [("obj_loss_weight", "cls_loss_weight"), ("focal_alpha", "focal_gamma")]
 )
-def test_retired_keys_name_their_replacement(tmp_path, key, replacement):
+def test_retired_keys_name_their_replacement(tmp_path: Path, key: str, replacement: str) -> None:
     (tmp_path / "old.yaml").write_text(f"{key}: 0.5\n")
     with pytest.raises(ConfigError, match=f"{key}.*retired.*{replacement}") as err:
         TrainConfig.load(tmp_path / "old.yaml")
@@ -95,7 +97,7 @@ def test_retired_keys_name_their_replacement(tmp_path, key, replacement):
 
 
 @pytest.mark.parametrize("text", ["3e-3", "3E-3", "0.003", " 3e-3 ", "3.0e-3", ".003"])
-def test_floats_in_every_form_float_takes(text, tmp_path):
+def test_floats_in_every_form_float_takes(text: str, tmp_path: Path) -> None:
     # YAML 1.1 reads 3e-3 (no dot) as a string; a config file, key=value and --set all take it.
     assert TrainConfig.from_dict({"lr": text}).lr == pytest.approx(0.003)
     assert parse_overrides([f"lr={text}"])["lr"] == pytest.approx(0.003)
@@ -119,7 +121,7 @@ def test_floats_in_every_form_float_takes(text, tmp_path):
         ("imgsize", "imgsz"),
     ],
 )
-def test_unknown_keys_name_the_closest_by_prefix_alias_and_spelling(key, hint):
+def test_unknown_keys_name_the_closest_by_prefix_alias_and_spelling(key: str, hint: str) -> None:
     with pytest.raises(ConfigError, match=f"unknown key '{key}' \\(did you mean '{hint}'\\?\\)"):
         TrainConfig.from_dict({key: 1})
 
@@ -127,14 +129,14 @@ def test_unknown_keys_name_the_closest_by_prefix_alias_and_spelling(key, hint):
 @pytest.mark.parametrize(
     ("value", "expected"), [(True, "auto"), (False, "off"), ("bf16", "bf16"), ("auto", "auto")]
 )
-def test_amp_takes_the_precision_names_and_the_old_bools(value, expected):
+def test_amp_takes_the_precision_names_and_the_old_bools(value: bool | str, expected: str) -> None:
     assert TrainConfig.load(None, {"amp": value}).amp == expected
-    assert TrainConfig(amp=value).amp == expected
+    assert TrainConfig(amp=value).amp == expected  # type: ignore[arg-type]  # old bools too
     assert TrainConfig().replace(amp=value).amp == expected
 
 
-def test_amp_refuses_other_values():
+def test_amp_refuses_other_values() -> None:
     with pytest.raises(ConfigError, match="'amp'"):
         TrainConfig.load(None, {"amp": "fp8"})
     with pytest.raises(ConfigError, match="'amp'"):
-        TrainConfig(amp="half")
+        TrainConfig(amp="half")  # type: ignore[arg-type]  # the fault under test

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 from builders import GOOD, dataset, labelimg, load, save_image, tiny_dataset
+from torch.utils.data import DataLoader
 
 from cattle_yolo import augment, data, sources
 from cattle_yolo.boxes import PAD_VALUE
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import (
     DataError,
+    Datasets,
+    Item,
     collate,
     load_datasets,
     make_loader,
@@ -23,13 +26,14 @@ from cattle_yolo.data import (
 CATTLE_CHUTE = Path(__file__).resolve().parents[3] / "shared" / "data" / "cattle-chute"
 
 
-def test_corrupt_and_truncated_images_are_skipped(tmp_path):
+def test_corrupt_and_truncated_images_are_skipped(tmp_path: Path) -> None:
     root = dataset(tmp_path, {"a": GOOD, "b": GOOD, "c": GOOD})
     (root / "train" / "b.jpg").write_bytes(b"not an image at all")
     save_image(root / "train" / "c.jpg", 200, 200)
     whole = (root / "train" / "c.jpg").read_bytes()
     (root / "train" / "c.jpg").write_bytes(whole[: len(whole) // 2])
     train = load(root).train
+    assert train.report is not None
     assert train.files == [str(root / "train" / "a.jpg")]
     assert train.report.skipped == 2
     assert [r.split(": ")[0] for r in train.report.reasons] == [
@@ -41,7 +45,7 @@ def test_corrupt_and_truncated_images_are_skipped(tmp_path):
         load(root, strict=True)
 
 
-def test_no_usable_training_image_is_an_error(tmp_path):
+def test_no_usable_training_image_is_an_error(tmp_path: Path) -> None:
     root = dataset(tmp_path, {"a": "0 0.5\n", "b": "7 0.5 0.5 0.1 0.1\n"})
     with pytest.raises(
         DataError, match=r"train: no usable image among 2 found .*a.txt:1: expected"
@@ -57,19 +61,21 @@ def test_no_usable_training_image_is_an_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def chute():
+def chute() -> Datasets:
     if not (CATTLE_CHUTE / "train").is_dir():
         pytest.skip(f"real data not found at {CATTLE_CHUTE}")
     return load_datasets(TrainConfig(data=str(CATTLE_CHUTE), imgsz=320), verbose=False)
 
 
-def test_cattle_chute_loads_and_reports_the_unnamed_class(chute):
+def test_cattle_chute_loads_and_reports_the_unnamed_class(chute: Datasets) -> None:
     reason = f"{CATTLE_CHUTE}/train/frame_000490.txt:1: class id 1 but only 1 class named"
     assert chute.name == "cattle-chute"
     assert chute.names == ["Cow"]
     assert chute.test is None
     assert len(chute.train) == 677 - 1
     assert len(chute.val) == 99
+    assert chute.train.report is not None
+    assert chute.val.report is not None
     assert chute.train.report.reasons == [reason]
     assert chute.val.report.skipped == 0
     assert chute.train.images.shape == (676, 320, 320, 3)
@@ -121,7 +127,7 @@ def test_augmentation_repeats_per_seed_epoch_and_index() -> None:
     assert torch.equal(plain[2][0], torch.from_numpy(plain.images[2]).permute(2, 0, 1))
 
 
-def batches(loader):
+def batches(loader: DataLoader[Item]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     return [(x.clone(), t.clone(), i.clone()) for x, t, i in loader]
 
 
@@ -184,11 +190,11 @@ def test_augment_and_sources_names_are_reexported_by_data() -> None:
     assert data.Augment is augment.Augment
     assert data.augment is augment.augment
     assert data.DataError is sources.DataError
-    assert augment.PAD_VALUE == PAD_VALUE == 114
+    assert PAD_VALUE == 114
     assert set(data.__all__) <= set(dir(data))
 
 
-def test_skipped_val_images_are_said_to_leave_the_metrics_on_a_subset(tmp_path):
+def test_skipped_val_images_are_said_to_leave_the_metrics_on_a_subset(tmp_path: Path) -> None:
     """Non-strict loading drops a val image for one bad label line; the val metrics then cover a
     subset, which must be said (it was only in the loading summary's skip count)."""
     root = dataset(tmp_path, {"a": GOOD})

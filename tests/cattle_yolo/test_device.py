@@ -12,7 +12,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
-def test_auto_is_cpu_and_cuda_is_refused_without_a_gpu():
+def test_auto_is_cpu_and_cuda_is_refused_without_a_gpu() -> None:
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda:0")
@@ -27,7 +27,9 @@ def test_auto_is_cpu_and_cuda_is_refused_without_a_gpu():
         (False, False, "off", "no bf16 units"),
     ],
 )
-def test_auto_on_a_cpu_is_bf16_only_with_bf16_units(monkeypatch, amx, avx512_bf16, expected, why):
+def test_auto_on_a_cpu_is_bf16_only_with_bf16_units(
+    monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool, expected: str, why: str
+) -> None:
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: avx512_bf16)
     amp, reason = resolve_amp("auto", CPU)
@@ -39,7 +41,9 @@ def test_auto_on_a_cpu_is_bf16_only_with_bf16_units(monkeypatch, amx, avx512_bf1
 
 
 @pytest.mark.parametrize(("bf16", "expected"), [(True, "bf16"), (False, "fp16")])
-def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(monkeypatch, bf16, expected):
+def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(
+    monkeypatch: pytest.MonkeyPatch, bf16: bool, expected: str
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
     assert resolve_amp("auto", torch.device("cuda"))[0] == expected
     assert resolve_amp("off", torch.device("cuda"))[0] == "off"
@@ -48,7 +52,7 @@ def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(monkeypatch, bf16, expe
             resolve_amp("bf16", torch.device("cuda"))
 
 
-def test_explicit_precisions_on_a_cpu():
+def test_explicit_precisions_on_a_cpu() -> None:
     assert resolve_amp("off", CPU)[0] == "off"
     assert autocast_dtype(TrainConfig(amp="off"), CPU) is None
     assert resolve_amp("bf16", CPU)[0] == "bf16"
@@ -60,7 +64,7 @@ def test_explicit_precisions_on_a_cpu():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
-def test_units_reported_as_this_machine_has_them():
+def test_units_reported_as_this_machine_has_them() -> None:
     """No mock: whatever this CPU has, auto agrees with it (bf16 iff units are present)."""
     units = device_mod.cpu_bf16_units()
     assert resolve_amp("auto", CPU)[0] == ("bf16" if units else "off")

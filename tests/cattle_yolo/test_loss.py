@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, TypedDict
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from torchvision.ops import box_iou
 
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.loss import (
+    Assignment,
     DetectionLoss,
     assign,
     batched_box_iou,
@@ -23,7 +25,17 @@ from cattle_yolo.model import CattleYOLO, dfl_decode, dfl_encode, make_anchors, 
 IMGSZ = 64
 STEPS = 100
 ANCHORS, STRIDES = make_anchors([(8, 8), (4, 4), (2, 2)], (8, 16, 32), torch.device("cpu"))
-TAL = dict(topk=10, alpha=0.5, beta=6.0)
+
+
+class Tal(TypedDict):
+    """``assign``'s settings: ``TrainConfig.tal_topk``, ``tal_alpha`` and ``tal_beta``."""
+
+    topk: int
+    alpha: float
+    beta: float
+
+
+TAL: Tal = {"topk": 10, "alpha": 0.5, "beta": 6.0}
 
 
 @pytest.mark.parametrize(("epoch", "expected"), [(0, 0.25), (15, 0.35), (30, 0.45), (60, 0.45)])
@@ -58,7 +70,18 @@ def random_preds(gen: torch.Generator, batch: int) -> torch.Tensor:
     return torch.cat([centre - size / 2, centre + size / 2], -1)
 
 
-def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, alpha, beta, gate):
+def reference_assign(  # noqa: C901, PLR0913 (assign's arguments; the rule loop by loop)
+    scores: torch.Tensor,
+    pred: torch.Tensor,
+    anchors: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_mask: torch.Tensor,
+    topk: int,
+    alpha: float,
+    beta: float,
+    gate: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image, per-object Python version of the rule in ``assign``'s docstring."""
     batch, num_anchors, num_classes = scores.shape
     fg = torch.zeros(batch, num_anchors, dtype=torch.bool)
@@ -68,7 +91,10 @@ def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, 
     for b in range(batch):
         objects = [j for j in range(gt_boxes.shape[1]) if gt_mask[b, j]]
         iou = box_iou(gt_boxes[b], pred[b])
-        align, cand, topk_of, best_of = {}, {}, {}, {}
+        align: dict[int, dict[int, float]] = {}  # per object: each candidate's alignment
+        cand: dict[int, list[int]] = {}
+        topk_of: dict[int, list[int]] = {}
+        best_of: dict[int, int] = {}
         for j in objects:
             x1, y1, x2, y2 = gt_boxes[b, j].tolist()
             inside = [
@@ -80,7 +106,7 @@ def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, 
             cand[j] = inside
             score = scores[b, :, gt_labels[b, j]]
             align[j] = {a: (score[a] ** alpha * iou[j, a] ** beta).item() for a in inside}
-            ranked = sorted(inside, key=lambda a, j=j: -align[j][a])
+            ranked = sorted(inside, key=lambda a: -align[j][a])
             topk_of[j], best_of[j] = ranked[:topk], ranked[0]
         claims: dict[int, list[int]] = {}
         for j in objects:
@@ -88,7 +114,7 @@ def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, 
                 if iou[j, a] >= gate or a == best_of[j]:
                     claims.setdefault(a, []).append(j)
         owner = {
-            a: max(js, key=lambda j, a=a: (best_of[j] == a, iou[j, a].item(), -j))
+            a: max(js, key=lambda j: (best_of[j] == a, iou[j, a].item(), -j))
             for a, js in claims.items()
         }
         taken = set(owner)
@@ -96,7 +122,7 @@ def reference_assign(scores, pred, anchors, gt_boxes, gt_labels, gt_mask, topk, 
             if j not in owner.values():
                 spare = [a for a in cand[j] if a not in taken]
                 if spare:
-                    a = max(spare, key=lambda a, j=j: align[j][a])
+                    a = max(spare, key=lambda a: align[j][a])
                     if a not in owner:
                         owner[a] = j
         for a, j in owner.items():
@@ -181,8 +207,8 @@ def test_iou_gate_at_epoch_0_mid_ramp_and_after() -> None:
     cand = [a for a in range(len(ANCHORS)) if 8 < ANCHORS[a, 0] < 40 and 8 < ANCHORS[a, 1] < 56]
     ious = [0.9, 0.5, 0.44, 0.40, 0.36, 0.34, 0.30, 0.26, 0.24, 0.20] + [0.1] * (len(cand) - 10)
     pred = box.repeat(1, len(ANCHORS), 1)
-    for a, q in zip(cand, ious, strict=True):  # width q of the object's: IoU = q
-        pred[0, a, 2] = 8 + 32 * q
+    for anchor, q in zip(cand, ious, strict=True):  # width q of the object's: IoU = q
+        pred[0, anchor, 2] = 8 + 32 * q
     gt = pad_targets(torch.tensor([[0, 0, *box.tolist()]]), 1)
     scores = torch.full((1, len(ANCHORS), 1), 0.5)
     cfg = TrainConfig()
@@ -216,7 +242,7 @@ def test_every_object_gets_positives_at_init_on_its_level() -> None:
         out = model(torch.rand(4, 3, 128, 128, generator=gen))
     gt_boxes, gt_labels, gt_mask = pad_targets(targets, 4)
 
-    def positives(gate: float) -> tuple[torch.Tensor, object]:
+    def positives(gate: float) -> tuple[torch.Tensor, Assignment]:
         a = assign(
             out["cls"].sigmoid(),
             out["boxes"],
@@ -270,7 +296,15 @@ def test_dfl_encode_decode_round_trip() -> None:
     assert (dfl_encode(far, ANCHORS, STRIDES, reg_max) <= reg_max - 1 - 0.01 + 1e-6).all()
 
 
-def make_outputs(boxes: torch.Tensor, num_classes: int = 2, dist: bool = False) -> dict:
+def grad(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s gradient, which a backward pass has filled."""
+    assert t.grad is not None
+    return t.grad
+
+
+def make_outputs(
+    boxes: torch.Tensor, num_classes: int = 2, dist: bool = False
+) -> dict[str, torch.Tensor]:
     batch, a = boxes.shape[:2]
     out = {
         "boxes": boxes.clone().requires_grad_(True),
@@ -284,7 +318,9 @@ def make_outputs(boxes: torch.Tensor, num_classes: int = 2, dist: bool = False) 
 
 
 @pytest.mark.parametrize("box_loss", ["giou", "ciou"])
-def test_no_objects_gives_finite_loss_and_zero_box_and_dfl(box_loss: str) -> None:
+def test_no_objects_gives_finite_loss_and_zero_box_and_dfl(
+    box_loss: Literal["giou", "ciou"],
+) -> None:
     loss_fn = DetectionLoss(TrainConfig(box_loss=box_loss), num_classes=2)
     preds = random_preds(torch.Generator().manual_seed(0), 2)
     for targets in (torch.zeros(0, 6), torch.tensor([[1, 0, 10.0, 10.0, 40.0, 50.0]])):
@@ -292,25 +328,25 @@ def test_no_objects_gives_finite_loss_and_zero_box_and_dfl(box_loss: str) -> Non
         losses = loss_fn(out, targets, epoch=0.0)
         assert all(torch.isfinite(v).all() for v in losses.values())
         losses["total"].backward()
-        assert all(torch.isfinite(out[k].grad).all() for k in ("boxes", "cls", "dist"))
+        assert all(torch.isfinite(grad(out[k])).all() for k in ("boxes", "cls", "dist"))
         if len(targets) == 0:
             assert losses["box"].item() == 0.0
             assert losses["dfl"].item() == 0.0
             assert losses["num_pos"].item() == 0
             assert losses["cls"].item() > 0
-            assert out["boxes"].grad.abs().sum() == 0
-            assert out["dist"].grad.abs().sum() == 0
+            assert grad(out["boxes"]).abs().sum() == 0
+            assert grad(out["dist"]).abs().sum() == 0
         else:  # image 0 has no objects: no positive there, so no box gradient there
             assert losses["num_pos"].item() >= 1
             assert losses["box"].item() > 0
             assert losses["dfl"].item() > 0
-            assert out["boxes"].grad[0].abs().sum() == 0
+            assert grad(out["boxes"])[0].abs().sum() == 0
     total = (losses["box"] + losses["cls"] + losses["dfl"]).item()
     assert losses["total"].item() == pytest.approx(total)
 
 
 @pytest.mark.parametrize("box_loss", ["giou", "ciou"])
-def test_perfect_prediction_beats_bad_one(box_loss: str) -> None:
+def test_perfect_prediction_beats_bad_one(box_loss: Literal["giou", "ciou"]) -> None:
     loss_fn = DetectionLoss(TrainConfig(box_loss=box_loss), num_classes=2)
     gt = torch.tensor([[0, 1, 8.0, 8.0, 40.0, 56.0]])
     perfect = torch.tensor([8.0, 8.0, 40.0, 56.0]).expand(1, len(ANCHORS), 4)
@@ -380,7 +416,9 @@ def rectangles_batch(gen: torch.Generator, batch: int) -> tuple[torch.Tensor, to
 
 @pytest.mark.slow
 @pytest.mark.parametrize("box_head", ["dfl", "exp"])
-def test_model_loss_backward_finite_and_overfits_one_batch(box_head: str) -> None:
+def test_model_loss_backward_finite_and_overfits_one_batch(
+    box_head: Literal["dfl", "exp"],
+) -> None:
     """Gradients are finite, and after 80 steps on one batch every object is found: the best
     of its image's top 5 detections overlaps it with IoU > 0.5. (The total loss is no measure
     here: under TAL it grows while the target scores, which are IoUs, grow.)"""
@@ -474,4 +512,4 @@ def test_a_zero_size_predicted_box_gives_a_finite_ciou_loss_and_gradient() -> No
     assert losses["num_pos"].item() > 0
     assert math.isfinite(losses["box"].item())
     losses["total"].backward()
-    assert torch.isfinite(out["boxes"].grad).all()
+    assert torch.isfinite(grad(out["boxes"])).all()

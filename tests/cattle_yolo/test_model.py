@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NoReturn
 from urllib.error import URLError
 
 import pytest
@@ -10,7 +12,7 @@ import torchvision
 from torchvision.models import resnet18
 
 from cattle_yolo.config import TrainConfig
-from cattle_yolo.model import CattleYOLO, decode_boxes, make_anchors, postprocess
+from cattle_yolo.model import CattleYOLO, DecoupledHead, decode_boxes, make_anchors, postprocess
 
 CFG = TrainConfig(neck_channels=16, dropout=0.0)
 
@@ -86,6 +88,8 @@ def test_model_decode_with_zeroed_head(model: CattleYOLO) -> None:
     net = CattleYOLO(1, CFG.replace(wh_clamp=2.0, box_head="exp")).eval()
     with torch.no_grad():
         for head in net.heads:
+            assert isinstance(head, DecoupledHead)
+            assert head.box_pred.bias is not None
             head.box_pred.weight.zero_()
             head.box_pred.bias[:4] = torch.tensor([0.5, -0.5, 10.0, 0.0])
     out = net(torch.rand(1, 3, 64, 64))
@@ -119,10 +123,12 @@ def test_uint8_input_scaled(model: CattleYOLO) -> None:
     assert torch.allclose(a["boxes"], b["boxes"])
 
 
-def test_pretrained_offline_raises_clear_error(monkeypatch, tmp_path) -> None:
+def test_pretrained_offline_raises_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
 
-    def no_network(*args, **kwargs):
+    def no_network(*args: object, **kwargs: object) -> NoReturn:
         raise URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
@@ -135,7 +141,7 @@ def test_pretrained_offline_raises_clear_error(monkeypatch, tmp_path) -> None:
     assert isinstance(info.value.__cause__, URLError)
 
 
-def test_pretrained_loads_weights_when_available(monkeypatch) -> None:
+def test_pretrained_loads_weights_when_available(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(123)
     state = resnet18(weights=None).state_dict()
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda *a, **k: state)
@@ -144,7 +150,9 @@ def test_pretrained_loads_weights_when_available(monkeypatch) -> None:
     assert torch.equal(net.backbone.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
 
 
-def fake_outputs(boxes: torch.Tensor, probs_box: torch.Tensor, probs_cls: torch.Tensor) -> dict:
+def fake_outputs(
+    boxes: torch.Tensor, probs_box: torch.Tensor, probs_cls: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Outputs dict whose class scores are ``probs_box[..., None] * probs_cls``."""
     return {"boxes": boxes, "cls": torch.logit(probs_box[..., None] * probs_cls)}
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from model_outputs import raw_output
+from model_outputs import Detection, raw_output
 from PIL import Image
 from torch import nn
 
@@ -62,9 +64,10 @@ class ScriptedModel(nn.Module):
     Each entry is ``(class, box)`` (near-certain score) or ``(class, box, class logit)``.
     """
 
-    def __init__(self, script: list[list[tuple]]) -> None:
+    def __init__(self, script: Sequence[Sequence[Detection]]) -> None:
         super().__init__()
-        self.script, self.seen, self.batches = script, 0, []
+        self.script, self.seen = script, 0
+        self.batches: list[tuple[int, ...]] = []  # the shape of each batch shown
         self.anchors = max(len(s) for s in script) + 1
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -75,13 +78,14 @@ class ScriptedModel(nn.Module):
         return out
 
 
-def letterboxed(path: Path, boxes: np.ndarray) -> list[float]:
+def letterboxed(path: Path, boxes: np.ndarray) -> list[list[float]]:
     """``boxes`` pixel xyxy in the original image -> the letterboxed image, as letterbox
     maps them."""
     from cattle_yolo.boxes import letterbox
 
     _, ratio, pad_x, pad_y = letterbox(np.asarray(Image.open(path).convert("RGB")), IMGSZ)
-    return to_letterbox(boxes.astype(np.float32), ratio, pad_x, pad_y).tolist()
+    moved: list[list[float]] = to_letterbox(boxes.astype(np.float32), ratio, pad_x, pad_y).tolist()
+    return moved
 
 
 @pytest.mark.parametrize("batch", [1, 2])
@@ -141,7 +145,7 @@ def test_class_count_mismatch_is_an_error(tmp_path: Path) -> None:
 # --- draw and write_outputs ----------------------------------------------------------------
 
 
-def result_for(path: Path) -> dict:
+def result_for(path: Path) -> dict[str, Any]:
     return {
         "file": str(path),
         "width": 100,

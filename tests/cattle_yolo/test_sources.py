@@ -33,13 +33,17 @@ BAD_LABELS = [
 
 
 @pytest.mark.parametrize(("text", "line", "reason"), BAD_LABELS)
-def test_bad_label_skips_the_image_and_names_file_and_line(tmp_path, capsys, text, line, reason):
+def test_bad_label_skips_the_image_and_names_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, line: int, reason: str
+) -> None:
     root = dataset(tmp_path, {"a": GOOD, "b": text})
     data = load(root)
     expected = f"{root / 'train' / 'b.txt'}:{line}: {reason}"
-    assert data.train.report.reasons == [expected]
-    assert data.train.report.skipped == 1
-    assert data.train.report.found == 2
+    report = data.train.report
+    assert report is not None
+    assert report.reasons == [expected]
+    assert report.skipped == 1
+    assert report.found == 2
     assert data.train.files == [str(root / "train" / "a.jpg")]
     assert len(data.val) == 1
     assert expected in capsys.readouterr().out
@@ -49,32 +53,37 @@ def test_bad_label_skips_the_image_and_names_file_and_line(tmp_path, capsys, tex
     assert str(e.value) == expected
 
 
-def test_one_class_named_message(tmp_path):
+def test_one_class_named_message(tmp_path: Path) -> None:
     root = dataset(tmp_path, {"a": GOOD, "b": "1 0.5 0.5 0.2 0.2\n"}, names=("Cow",))
-    assert load(root).train.report.reasons[0].endswith("b.txt:1: class id 1 but only 1 class named")
+    report = load(root).train.report
+    assert report is not None
+    assert report.reasons[0].endswith("b.txt:1: class id 1 but only 1 class named")
 
 
-def test_coordinates_within_tolerance_are_clipped(tmp_path):
+def test_coordinates_within_tolerance_are_clipped(tmp_path: Path) -> None:
     root = dataset(tmp_path, {"a": "0 0.995 0.5 0.02 0.2\n"})  # x2 = 1.005
     train = load(root).train
+    assert train.report is not None
     assert train.report.skipped == 0
     assert train.report.clipped == 1
     # 64 x 48 image: ratio 1, pad_y 8; x1 = 0.985 * 64, x2 clipped to 64
     np.testing.assert_allclose(train.boxes[0], [[63.04, 27.2, 64.0, 36.8]], rtol=1e-5)
 
 
-def test_duplicate_boxes_are_dropped(tmp_path):
+def test_duplicate_boxes_are_dropped(tmp_path: Path) -> None:
     root = dataset(tmp_path, {"a": GOOD + "1 0.2 0.2 0.1 0.1\n" + GOOD})
     train = load(root).train
+    assert train.report is not None
     assert train.report.duplicates == 1
     assert train.report.skipped == 0
     assert train.labels[0].tolist() == [0, 1]
     assert train.boxes[0].shape == (2, 4)
 
 
-def test_missing_and_empty_labels_are_backgrounds(tmp_path):
+def test_missing_and_empty_labels_are_backgrounds(tmp_path: Path) -> None:
     root = dataset(tmp_path, {"a": GOOD, "missing": None, "empty": "\n"})
     train = load(root).train
+    assert train.report is not None
     assert len(train) == 3
     assert train.report.backgrounds == 2
     assert train.report.skipped == 0
@@ -84,7 +93,7 @@ def test_missing_and_empty_labels_are_backgrounds(tmp_path):
             assert train[i][1].shape == (0, 5)
 
 
-def ultralytics(root: Path, splits=("train", "val")) -> Path:
+def ultralytics(root: Path, splits: tuple[str, ...] = ("train", "val")) -> Path:
     for split in splits:
         for name in ("x", "y"):
             save_image(root / "images" / split / f"{name}.png")
@@ -102,7 +111,7 @@ def ultralytics(root: Path, splits=("train", "val")) -> Path:
         ("nc: 3\nnames: [a, b, c]", ["a", "b", "c"]),
     ],
 )
-def test_data_yaml_names(tmp_path, names_yaml, names):
+def test_data_yaml_names(tmp_path: Path, names_yaml: str, names: list[str]) -> None:
     root = ultralytics(tmp_path / "cattle")
     (root / "data.yaml").write_text(f"train: images/train\nval: images/val\n{names_yaml}\n")
     for source in (root, root / "data.yaml"):
@@ -129,7 +138,7 @@ def test_data_yaml_names(tmp_path, names_yaml, names):
         ("- just a list", "expected a mapping"),
     ],
 )
-def test_bad_data_yaml(tmp_path, yaml_text, message):
+def test_bad_data_yaml(tmp_path: Path, yaml_text: str, message: str) -> None:
     root = ultralytics(tmp_path / "cattle")
     (root / "bad.yaml").write_text(yaml_text + "\n")
     with pytest.raises(DataError, match=message) as e:
@@ -137,7 +146,7 @@ def test_bad_data_yaml(tmp_path, yaml_text, message):
     assert str(root / "bad.yaml") in str(e.value)
 
 
-def test_data_yaml_path_lists_and_txt_files(tmp_path):
+def test_data_yaml_path_lists_and_txt_files(tmp_path: Path) -> None:
     root = ultralytics(tmp_path / "sets" / "herd", splits=("train", "val", "extra"))
     (root / "train.txt").write_text("./images/train/x.png\nimages/extra/y.png\n\n")
     (tmp_path / "herd.yaml").write_text(
@@ -147,6 +156,7 @@ def test_data_yaml_path_lists_and_txt_files(tmp_path):
     data = load(tmp_path / "herd.yaml")
     assert data.name == "herd"
     assert len(data.train) == 4
+    assert data.test is not None
     assert len(data.test) == 2
     assert data.train.files[:2] == [
         str(root / "images/train/x.png"),
@@ -154,7 +164,7 @@ def test_data_yaml_path_lists_and_txt_files(tmp_path):
     ]
 
 
-def test_folder_layouts_and_class_names(tmp_path):
+def test_folder_layouts_and_class_names(tmp_path: Path) -> None:
     root = ultralytics(tmp_path / "plain")  # images/train without a data.yaml: numbered names
     data = load(root)
     assert data.names == ["0", "1", "2"]
@@ -164,10 +174,11 @@ def test_folder_layouts_and_class_names(tmp_path):
     assert load(root).names == ["a", "b", "c"]
 
 
-def test_a_box_running_past_the_border_is_clipped_and_the_image_kept(tmp_path):
+def test_a_box_running_past_the_border_is_clipped_and_the_image_kept(tmp_path: Path) -> None:
     # centre and size inside [0, 1], bottom edge at y2 = 1.05: Ultralytics keeps and clips it
     root = dataset(tmp_path, {"a": GOOD + "1 0.5 0.9 0.2 0.3\n", "b": GOOD})
     train = load(root).train
+    assert train.report is not None
     assert train.report.skipped == 0
     assert train.report.clipped == 1
     assert len(train) == 2

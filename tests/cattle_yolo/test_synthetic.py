@@ -28,7 +28,7 @@ def labels(root: Path, split: str = "train") -> list[np.ndarray]:
     return out
 
 
-def test_same_seed_gives_identical_files(tmp_path):
+def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     a = files(generate(tmp_path / "a", 3, 2, 1, imgsz=128, seed=5))
     b = files(generate(tmp_path / "b", 3, 2, 1, imgsz=128, seed=5))
     assert a == b
@@ -39,7 +39,7 @@ def test_same_seed_gives_identical_files(tmp_path):
     assert d["labels/train/000000.txt"] != a["labels/train/000000.txt"]
 
 
-def test_layout_and_data_yaml_load_cleanly(tmp_path):
+def test_layout_and_data_yaml_load_cleanly(tmp_path: Path) -> None:
     root = generate(tmp_path / "synth", 4, 2, 0, imgsz=128, seed=1)
     meta = yaml.safe_load((root / "data.yaml").read_text())
     assert meta == {"train": "images/train", "val": "images/val", "names": ["cow", "calf"]}
@@ -53,14 +53,14 @@ def test_layout_and_data_yaml_load_cleanly(tmp_path):
     assert max(data.train.orig_sizes.max(axis=1)) == 128  # imgsz is the long side
 
 
-def test_bad_arguments_are_errors(tmp_path):
+def test_bad_arguments_are_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_val = 0 must be >= 1"):
         generate(tmp_path, 2, 0, 0)
     with pytest.raises(ValueError, match="imgsz = 16"):
         generate(tmp_path, 2, 1, 0, imgsz=16)
 
 
-def test_class_balance_counts_and_box_sizes(tmp_path):
+def test_class_balance_counts_and_box_sizes(tmp_path: Path) -> None:
     rows = labels(generate(tmp_path / "stats", 150, 1, 0, imgsz=192, seed=0))
     counts = np.array([len(r) for r in rows])
     assert counts.min() >= 1
@@ -83,7 +83,9 @@ def test_class_balance_counts_and_box_sizes(tmp_path):
     assert (h > 0).all()
 
 
-def test_default_dataset_is_cached_and_loads_as_synthetic(tmp_path, monkeypatch):
+def test_default_dataset_is_cached_and_loads_as_synthetic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CATTLE_YOLO_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(synthetic_images=4, imgsz=64)
     root = default_dataset(cfg)
@@ -96,10 +98,13 @@ def test_default_dataset_is_cached_and_loads_as_synthetic(tmp_path, monkeypatch)
     data = load_datasets(cfg, verbose=False)
     assert data.name == "synthetic"
     assert data.names == ["cow", "calf"]
+    assert data.test is not None
     assert (len(data.train), len(data.val), len(data.test)) == (4, 1, 1)
 
 
-def test_concurrent_builders_share_one_copy(tmp_path, monkeypatch):
+def test_concurrent_builders_share_one_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CATTLE_YOLO_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(synthetic_images=8)
     with ThreadPoolExecutor(3) as pool:
@@ -109,12 +114,14 @@ def test_concurrent_builders_share_one_copy(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [roots[0].name]
 
 
-def test_losing_the_rename_race_uses_the_winners_copy(tmp_path, monkeypatch):
+def test_losing_the_rename_race_uses_the_winners_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CATTLE_YOLO_CACHE", str(tmp_path / "cache"))
     cfg = TrainConfig(synthetic_images=4)
     real = synthetic.generate
 
-    def generate_then_lose(root, *args, **kwargs):
+    def generate_then_lose(root: str | Path, *args: int, **kwargs: int) -> Path:
         out = real(root, *args, **kwargs)
         real(synthetic.cache_root() / "synthetic-v1-seed0-4-1-1", *args, **kwargs)  # the winner
         return out
