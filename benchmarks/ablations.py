@@ -21,6 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from cattle_yolo import stats as S
 
@@ -47,7 +48,9 @@ VARIANTS: dict[str, list[str]] = {
 LAST = 3  # epochs averaged at the end of each run
 
 
-def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> dict:
+def run_one(
+    name: str, overrides: list[str], seed: int, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
     out = workdir / f"{name.replace(' ', '_').replace('(', '').replace(')', '')}-s{seed}"
     done = out / "result.json"
     if getattr(args, "resume", False) and done.is_file():  # recorded by an earlier invocation
@@ -89,19 +92,31 @@ def run_one(name: str, overrides: list[str], seed: int, args, workdir: Path) -> 
         "name": name,
         "seed": seed,
         "overrides": overrides,
-        "mAP50_95": curve,
-        "mAP50": [r[S.MAP50] for r in rows],
-        "train_loss": [r[S.TRAIN_LOSS] for r in rows],
-        "val_loss": [r[S.VAL_LOSS] for r in rows],
-        "first_step_loss": rows[0][S.FIRST_STEP_LOSS],
-        "skipped_steps": [r[S.SKIPPED_STEPS] for r in rows],
-        "train_batches": rows[0][S.TRAIN_BATCHES],
-        "amp": rows[0].get("amp"),
-        "epoch_time": [r[S.EPOCH_TIME] for r in rows],
+        S.MAP50_95: curve,
+        S.MAP50: [r[S.MAP50] for r in rows],
+        S.TRAIN_LOSS: [r[S.TRAIN_LOSS] for r in rows],
+        S.VAL_LOSS: [r[S.VAL_LOSS] for r in rows],
+        S.FIRST_STEP_LOSS: rows[0][S.FIRST_STEP_LOSS],
+        S.SKIPPED_STEPS: [r[S.SKIPPED_STEPS] for r in rows],
+        S.TRAIN_BATCHES: rows[0][S.TRAIN_BATCHES],
+        S.AMP: rows[0].get(S.AMP),
+        S.EPOCH_TIME: [r[S.EPOCH_TIME] for r in rows],
         "wall_s": time.perf_counter() - t0,
     }
     (out / "result.json").write_text(json.dumps(result))  # kept if the whole set is cut off
     return result
+
+
+def run_all(
+    jobs: list[tuple[str, list[str], int]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """``run_one`` of every (name, overrides, seed), ``args.parallel`` at a time, in order."""
+
+    def run(job: tuple[str, list[str], int]) -> dict[str, Any]:
+        return run_one(*job, args, args.workdir)
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        return list(pool.map(run, jobs))
 
 
 def add_run_arguments(
@@ -150,8 +165,7 @@ def main() -> None:
         args.epochs, args.imgsz, args.seeds = 1, 64, args.seeds[:1]
     jobs = [(n, o, s) for s in args.seeds for n, o in variants.items()]
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda j: run_one(*j, args, args.workdir), jobs))
+    runs = run_all(jobs, args)
     failed = [r for r in runs if "error" in r]
     for r in failed:
         print(f"FAILED {r['name']} seed {r['seed']}:\n{r['error']}", file=sys.stderr)
@@ -178,7 +192,7 @@ def main() -> None:
     sys.exit(1 if failed else 0)
 
 
-def summarize(runs: list[dict]) -> dict[str, dict]:
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per variant: the mean over seeds of the last-``LAST``-epoch mean mAP50-95, each seed's
     value, and the difference to the baseline."""
     by_name: dict[str, list[float]] = {}

@@ -52,6 +52,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cattle_yolo import stats as S  # noqa: E402
 from tune.confirm import CONFIRM_CSV, CONFIRM_SUFFIX  # noqa: E402
 from tune.results import ENDED as ENDED_STATUSES  # noqa: E402
 from tune.results import OBJECTIVE, Status  # noqa: E402
@@ -268,12 +269,7 @@ def run_campaign(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]
                 worker_kills[phase] += 1
                 record["worker_kills"] += 1
                 landed += phase == kill_in
-        record["exit"] = driver.proc.returncode
-        record["killed"] = record["exit"] == -signal.SIGKILL
-        record["wall_s"] = round(time.monotonic() - driver.started, 1)
-        if record["exit"] not in (-signal.SIGKILL, 0):
-            record["log_tail"] = driver.log.read_text()[-2000:]
-        runs.append(record)
+        runs.append(_ended(record, driver))
         print(f"run {i + 1}: {record}", flush=True)
         if i == 0:  # the faults a resume must survive
             faults["journal_torn_bytes"] = _tear_journal(args.out / name / JOURNAL_FILE)
@@ -295,6 +291,17 @@ def run_campaign(args: argparse.Namespace, rng: random.Random) -> dict[str, Any]
         "second_driver": second,
         "faults": faults,
     }
+
+
+def _ended(record: dict[str, Any], driver: Driver) -> dict[str, Any]:
+    """``record`` with how the driver's run ended: exit code, killed or not, wall time, and the
+    log's tail when it failed on its own."""
+    record["exit"] = driver.proc.returncode
+    record["killed"] = record["exit"] == -signal.SIGKILL
+    record["wall_s"] = round(time.monotonic() - driver.started, 1)
+    if record["exit"] not in (-signal.SIGKILL, 0):
+        record["log_tail"] = driver.log.read_text()[-2000:]
+    return record
 
 
 def second_driver(cmd: list[str], log: Path) -> dict[str, Any]:
@@ -331,7 +338,7 @@ def epochs_by_trial(experiment: Path) -> dict[str, dict[int, dict[str, Any]]]:
                 stats = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            e = int(stats["epoch"])
+            e = int(stats[S.EPOCH])
             stats["_lines"] = epochs.get(e, {}).get("_lines", 0) + 1
             epochs[e] = stats
         out[log.parents[2].name] = epochs
@@ -363,11 +370,18 @@ def journal_agreement(experiment: Path) -> dict[str, Any]:
             problems.append(f"{row['trial']}: {len(final)} finished study trials {states}")
             continue
         t = final[0]
-        want = {Status.COMPLETED: "COMPLETE", Status.DIVERGED: "COMPLETE", Status.STOPPED: "PRUNED"}
+        want: dict[str, str] = {
+            Status.COMPLETED: "COMPLETE",
+            Status.DIVERGED: "COMPLETE",
+            Status.STOPPED: "PRUNED",
+        }
         if want.get(row["status"]) != t.state.name:
             problems.append(f"{row['trial']}: Tune {row['status']}, study {t.state.name}")
         elif t.state.name == "COMPLETE" and not math.isclose(
-            float(t.value), float(row[OBJECTIVE]), rel_tol=1e-9, abs_tol=1e-12
+            math.nan if t.value is None else t.value,
+            float(row[OBJECTIVE]),
+            rel_tol=1e-9,
+            abs_tol=1e-12,
         ):
             problems.append(f"{row['trial']}: value {t.value} vs {row[OBJECTIVE]}")
     orphans = [t for owner in by_owner.values() for t in owner]
@@ -435,17 +449,17 @@ def compare_with_calm(out: Path, name: str, calm: str) -> dict[str, Any]:
 
     chaos, reference = index(name), index(calm)
     compared = differ = 0
-    examples = []
+    examples: list[dict[str, Any]] = []
     for key in chaos.keys() & reference.keys():
         for epoch in chaos[key].keys() & reference[key].keys():
             compared += 1
             a, b = chaos[key][epoch], reference[key][epoch]
-            fields = ("train_loss", "val_loss", "mAP50_95")
+            fields = (S.TRAIN_LOSS, S.VAL_LOSS, S.MAP50_95)
             if any(a.get(f) != b.get(f) for f in fields):
                 differ += 1
                 if len(examples) < 5:
                     examples.append(
-                        {"config": key, "epoch": epoch, **{f: (a[f], b[f]) for f in fields}}
+                        {"config": key, S.EPOCH: epoch, **{f: (a[f], b[f]) for f in fields}}
                     )
     return {
         "configs_in_both": len(chaos.keys() & reference.keys()),

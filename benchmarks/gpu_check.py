@@ -124,6 +124,8 @@ def packed_search(
     args: argparse.Namespace, n: int, cpus: int, storage: Path, flops_per_image: float
 ) -> dict[str, Any]:
     """One search with ``n`` trials at once on one GPU (or, smoke-sized, on the CPU)."""
+    from cattle_yolo import stats as S  # main put the repository on the path
+
     cpus_per_trial = max(1, cpus // n)
     workers = min(4, cpus_per_trial - 1) if args.gpu else 0
     name = f"pack-{n}"
@@ -169,7 +171,7 @@ def packed_search(
         sys.exit(f"{name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     logs = trial_logs(storage / name)
     steady = [log[1:] or log for log in logs]  # the first epoch pays for start-up
-    per_trial = [sum(e["images_per_sec"] for e in log) / len(log) for log in steady if log]
+    per_trial = [sum(e[S.IMAGES_PER_SEC] for e in log) / len(log) for log in steady if log]
     aggregate = sum(per_trial)  # the trials train at once: their rates add up
     row: dict[str, Any] = {
         "trials_per_gpu": n,
@@ -183,9 +185,9 @@ def packed_search(
         "per_trial_images_per_sec": per_trial,
         "aggregate_tflops": aggregate * flops_per_image / 1e12,
         "peak_cuda_mb_per_trial": [
-            max((e.get("peak_cuda_mb", 0.0) for e in log), default=0.0) for log in logs
+            max((e.get(S.PEAK_CUDA_MB, 0.0) for e in log), default=0.0) for log in logs
         ],
-        "amp": sorted({e.get("amp") for log in logs for e in log if e.get("amp")}),
+        S.AMP: sorted({e.get(S.AMP) for log in logs for e in log if e.get(S.AMP)}),
         **sampler.summary(),
     }
     return row

@@ -18,6 +18,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -54,7 +55,7 @@ def split_frames(
     return ordered[:start], ordered[start:cut], ordered[cut:]
 
 
-def write_holdout(data: Path, out: Path, fraction: float = 0.15, gap: int = 10) -> dict:
+def write_holdout(data: Path, out: Path, fraction: float = 0.15, gap: int = 10) -> dict[str, Any]:
     """Write ``out/data.yaml``, ``out/train.txt`` and ``out/test.txt``; returns a summary."""
     train_dir, val_dir = data / "train", data / "val"
     if not train_dir.is_dir() or not val_dir.is_dir():

@@ -46,10 +46,10 @@ class Recorder(tune.Callback):
         self.started: dict[str, float] = {}
         self.ended: list[dict[str, Any]] = []
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.time())
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         now = time.time()
         own = float((trial.last_result or {}).get("time_total_s") or 0.0)
         self.ended.append(
@@ -79,12 +79,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import ray
 
+    from cattle_yolo import stats as S
     from cattle_yolo.data import load_datasets
     from tune import cluster, report, search
     from tune.plan import SearchRequest, base_config
     from tune.space import for_metric, load_space
 
-    space, _ = for_metric(load_space(REPO / "search_spaces" / "smoke.yaml"), "mAP50_95")
+    space, _ = for_metric(load_space(REPO / "search_spaces" / "smoke.yaml"), S.MAP50_95)
     settings = space.settings.replace(
         {"trials": args.trials, "epochs": args.epochs, "grace_period": 1}, "load"
     )
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     k = min(args.concurrent, len(ended))
 
     def window(part: list[dict[str, Any]], key: str) -> float:
-        return statistics.median(e[key] for e in part)
+        return float(statistics.median(e[key] for e in part))
 
     doc = {
         "date": datetime.now().isoformat(timespec="seconds"),

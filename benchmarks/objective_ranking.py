@@ -27,12 +27,17 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
-from tune.results import EPOCH, TRAIN_LOSS, VAL_LOSS, WARMUP_EPOCHS  # noqa: E402 (after the path)
+from cattle_yolo.stats import FIRST_STEP_LOSS, EpochStats  # noqa: E402 (after the path)
+from tune.results import EPOCH, TRAIN_LOSS, VAL_LOSS, WARMUP_EPOCHS  # noqa: E402
+
+if TYPE_CHECKING:
+    from tune.space import SearchSettings
 
 OBJECTIVES = {
     "best": ("best", 1),
@@ -77,12 +82,12 @@ def spearman(a: list[float], b: list[float]) -> float:
     return cov / (sa * sb) if sa > 0 and sb > 0 else math.nan
 
 
-def histories(results, metric: str) -> list[dict]:
+def histories(results: Any, metric: str) -> list[dict[str, Any]]:
     """Per run: its Tune config and per-epoch metric, train/val loss and first-step loss."""
     out = []
     for result in results:
         df = result.metrics_dataframe
-        if df is None or "epoch" not in df:
+        if df is None or EPOCH not in df:
             continue
         by_epoch = {int(r[EPOCH]): r for r in df.to_dict("records") if r.get(EPOCH) == r.get(EPOCH)}
         epochs = sorted(by_epoch)
@@ -93,7 +98,7 @@ def histories(results, metric: str) -> list[dict]:
                 "metric": [float(by_epoch[e].get(metric, math.nan)) for e in epochs],
                 TRAIN_LOSS: [float(by_epoch[e].get(TRAIN_LOSS, math.nan)) for e in epochs],
                 VAL_LOSS: [float(by_epoch[e].get(VAL_LOSS, math.nan)) for e in epochs],
-                "first_step_loss": float(first.get("first_step_loss", math.nan)),
+                FIRST_STEP_LOSS: float(first.get(FIRST_STEP_LOSS, math.nan)),
                 WARMUP_EPOCHS: float(first.get(WARMUP_EPOCHS, 0.0)),
                 "error": result.error is not None,
             }
@@ -101,11 +106,11 @@ def histories(results, metric: str) -> list[dict]:
     return out
 
 
-def first_stop(run: dict, settings, warmup_aware: bool) -> int | None:
+def first_stop(run: dict[str, Any], settings: SearchSettings, warmup_aware: bool) -> int | None:
     """The epoch at which the divergence rules would stop ``run`` (None: never)."""
     from tune.stoppers import divergence_rule
 
-    start = run["first_step_loss"] if math.isfinite(run["first_step_loss"]) else None
+    start = run[FIRST_STEP_LOSS] if math.isfinite(run[FIRST_STEP_LOSS]) else None
     for e in range(1, len(run[TRAIN_LOSS]) + 1):
         rule = divergence_rule(
             run[TRAIN_LOSS][:e],
@@ -126,13 +131,14 @@ def delete_weights(folder: Path) -> None:
         weights.unlink()
 
 
-def blowup_runs(settings, epochs: int) -> list[dict]:
+def blowup_runs(settings: SearchSettings, epochs: int) -> list[dict[str, Any]]:
     """Tiny synthetic trainings at absurd learning rates, outside Ray: their loss histories."""
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.train import DivergedError, train
 
     runs = []
     for lr in BLOWUP_LRS:
+        out = REPO / "outputs" / "blowup" / f"lr{lr:g}"
         cfg = TrainConfig.from_dict(
             {
                 "imgsz": 96,
@@ -144,34 +150,36 @@ def blowup_runs(settings, epochs: int) -> list[dict]:
                 "epochs": epochs,
                 "lr": lr,
                 "threads": 1,
-                "out": str(REPO / "outputs" / "blowup" / f"lr{lr:g}"),
+                "out": str(out),
             }
         )
-        run = {
+        run: dict[str, Any] = {
             "lr": lr,
             TRAIN_LOSS: [],
             VAL_LOSS: [],
-            "first_step_loss": math.nan,
+            FIRST_STEP_LOSS: math.nan,
             WARMUP_EPOCHS: cfg.warmup_epochs,
             "loop_diverged_at": None,
         }
 
-        def record(stats, run=run):
+        def record(stats: EpochStats, run: dict[str, Any] = run) -> None:
             run[TRAIN_LOSS].append(float(stats[TRAIN_LOSS]))
             run[VAL_LOSS].append(float(stats[VAL_LOSS]))
             if stats[EPOCH] == 1:
-                run["first_step_loss"] = float(stats.get("first_step_loss", math.nan))
+                run[FIRST_STEP_LOSS] = float(stats.get(FIRST_STEP_LOSS, math.nan))
 
         try:
             train(cfg, callbacks=[record])
         except DivergedError as e:
             run["loop_diverged_at"] = e.epoch
-        shutil.rmtree(cfg.out, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
         runs.append(run)
     return runs
 
 
-def divergence_figures(healthy: list[dict], blowups: list[dict], settings) -> dict:
+def divergence_figures(
+    healthy: list[dict[str, Any]], blowups: list[dict[str, Any]], settings: SearchSettings
+) -> dict[str, Any]:
     """False positives on healthy runs and the epoch each blow-up is stopped, before (no
     warmup awareness) and after; updates ``blowups`` in place."""
     fp = {}

@@ -36,9 +36,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # cattle_yolo.stats: plain names, importable in either venv
+
+from cattle_yolo import stats as S  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cattle-chute"
 SIDES = ("ours", "peer")
 
@@ -86,12 +91,11 @@ def peak_rss_mb() -> float:
 
 
 # --------------------------------------------------------------------------- the two sides
-def side_ours(args, baton: Baton) -> dict:
+def side_ours(args: argparse.Namespace, baton: Baton) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
     from train_throughput import training_flops
 
-    from cattle_yolo import stats as S
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.model import CattleYOLO
     from cattle_yolo.stats import EpochStats
@@ -109,16 +113,16 @@ def side_ours(args, baton: Baton) -> dict:
     if args.ours_batch:  # else the project's defaults (batch 4 x accumulate 4)
         cfg = cfg.replace(batch=args.ours_batch, accumulate=args.ours_accumulate)
     flops = training_flops(CattleYOLO(1, cfg), args.imgsz)
-    epochs = []
+    epochs: list[dict[str, Any]] = []
 
     def callback(stats: EpochStats) -> None:
         epochs.append(
             {
-                "epoch": stats[S.EPOCH],
-                "mAP50": stats[S.MAP50],
-                "mAP50_95": stats[S.MAP50_95],
-                "train_loss": stats[S.TRAIN_LOSS],
-                "val_loss": stats[S.VAL_LOSS],
+                S.EPOCH: stats[S.EPOCH],
+                S.MAP50: stats[S.MAP50],
+                S.MAP50_95: stats[S.MAP50_95],
+                S.TRAIN_LOSS: stats[S.TRAIN_LOSS],
+                S.VAL_LOSS: stats[S.VAL_LOSS],
                 "train_s": stats[S.TRAIN_TIME],
                 "epoch_s": stats[S.EPOCH_TIME],
                 "images": round(stats[S.TRAIN_TIME] * stats[S.IMAGES_PER_SEC]),
@@ -140,7 +144,7 @@ def side_ours(args, baton: Baton) -> dict:
     }
 
 
-def side_peer(args, baton: Baton) -> dict:
+def side_peer(args: argparse.Namespace, baton: Baton) -> dict[str, Any]:
     import csv
 
     from ultralytics import YOLO
@@ -166,13 +170,13 @@ def side_peer(args, baton: Baton) -> dict:
     )
     flops = training_flops(DetectionModel("yolov8n.yaml", nc=len(names), verbose=False), args.imgsz)
 
-    times: dict[int, dict] = {}
+    times: dict[int, dict[str, Any]] = {}
     t: dict[str, float] = {}
 
-    def on_train_epoch_start(trainer) -> None:
+    def on_train_epoch_start(trainer: Any) -> None:
         t["start"] = time.perf_counter()
 
-    def on_train_epoch_end(trainer) -> None:
+    def on_train_epoch_end(trainer: Any) -> None:
         t["train_end"] = time.perf_counter()
 
     val_files = sorted(
@@ -181,7 +185,7 @@ def side_peer(args, baton: Baton) -> dict:
     detections_dir = Path(args.workdir) / "peer-detections"
     detections_dir.mkdir(parents=True, exist_ok=True)
 
-    def on_fit_epoch_end(trainer) -> None:  # after validation and saving
+    def on_fit_epoch_end(trainer: Any) -> None:  # after validation and saving
         epoch = trainer.epoch + 1
         times[epoch] = {
             "train_s": t["train_end"] - t["start"],
@@ -219,9 +223,9 @@ def side_peer(args, baton: Baton) -> dict:
     rows = list(csv.DictReader((run / "results.csv").open()))
     epochs = [
         {
-            "epoch": int(r["epoch"]),
-            "mAP50": float(r["metrics/mAP50(B)"]),
-            "mAP50_95": float(r["metrics/mAP50-95(B)"]),
+            S.EPOCH: int(r["epoch"]),  # Ultralytics' results.csv columns
+            S.MAP50: float(r["metrics/mAP50(B)"]),
+            S.MAP50_95: float(r["metrics/mAP50-95(B)"]),
             **times[int(r["epoch"])],
         }
         for r in rows
@@ -229,7 +233,7 @@ def side_peer(args, baton: Baton) -> dict:
     return {"flops_per_image": flops, "epochs": epochs, "peak_rss_mb": peak_rss_mb()}
 
 
-def export_detections(weights: Path, files: list[str], out: Path, args) -> None:
+def export_detections(weights: Path, files: list[str], out: Path, args: argparse.Namespace) -> None:
     """YOLOv8n's detections on ``files`` at conf 0.001 (pixel xyxy in the original images),
     as JSON: one ``{"file", "boxes", "scores", "labels"}`` per image."""
     from ultralytics import YOLO
@@ -260,7 +264,7 @@ def export_detections(weights: Path, files: list[str], out: Path, args) -> None:
     out.write_text(json.dumps(rows))
 
 
-def same_ruler(workdir: Path, data: Path, imgsz: int) -> dict[int, dict]:
+def same_ruler(workdir: Path, data: Path, imgsz: int) -> dict[int, dict[str, float]]:
     """Score each epoch's exported YOLOv8n detections with ``cattle_yolo.evaluate.coco_metrics``
     against the val ground truth cattle_yolo's own validation uses (boxes mapped into the same
     letterboxed space; a letterbox is a uniform scale and shift, so every IoU is unchanged)."""
@@ -287,12 +291,12 @@ def same_ruler(workdir: Path, data: Path, imgsz: int) -> dict[int, dict]:
                 "labels": row["labels"],
             }
         m = coco_metrics(detections, targets, val.names, max_dets=300)
-        scored[int(path.stem[5:])] = {"mAP50": m["mAP50"], "mAP50_95": m["mAP50_95"]}
+        scored[int(path.stem[5:])] = {S.MAP50: m[S.MAP50], S.MAP50_95: m[S.MAP50_95]}
     return scored
 
 
 # --------------------------------------------------------------------------- the driver
-def summarize(result: dict, peak_gflops: float) -> dict:
+def summarize(result: dict[str, Any], peak_gflops: float) -> dict[str, Any]:
     """Throughput over every epoch but the first (start-up), accuracy of the last epoch."""
     steady = result["epochs"][1:] or result["epochs"]
     images = sum(e["images"] for e in steady)
@@ -307,16 +311,16 @@ def summarize(result: dict, peak_gflops: float) -> dict:
         "achieved_gflops": ips * result["flops_per_image"] / 1e9,
         "share_of_peak": ips * result["flops_per_image"] / 1e9 / peak_gflops,
         "peak_rss_mb": result["peak_rss_mb"],
-        "last_mAP50": last["mAP50"],
-        "last_mAP50_95": last["mAP50_95"],
-        "best_mAP50_95": max(e["mAP50_95"] for e in result["epochs"]),
+        "last_mAP50": last[S.MAP50],
+        "last_mAP50_95": last[S.MAP50_95],
+        "best_mAP50_95": max(e[S.MAP50_95] for e in result["epochs"]),
         "mAP50_95_at": {
-            e["epoch"]: e["mAP50_95"] for e in result["epochs"] if e["epoch"] in (10, 20, 30)
+            e[S.EPOCH]: e[S.MAP50_95] for e in result["epochs"] if e[S.EPOCH] in (10, 20, 30)
         },
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -343,15 +347,64 @@ def main() -> None:
     p.add_argument("--smoke-test", action="store_true", help="2 epochs each")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run_side(args: argparse.Namespace, workdir: Path) -> None:
+    """One side's training (a child process of ``main``), its result written to
+    ``<workdir>/result-<side>.json``."""
+    baton = Baton(workdir, args.side)
+    try:
+        result = (side_ours if args.side == "ours" else side_peer)(args, baton)
+    finally:
+        baton.finish()
+    (workdir / f"result-{args.side}.json").write_text(json.dumps(result, indent=2))
+
+
+def side_command(args: argparse.Namespace, workdir: Path, side: str, python: str) -> list[str]:
+    """The command line that runs ``side`` with ``python`` on the same settings."""
+    return [
+        python,
+        __file__,
+        "--side",
+        side,
+        "--epochs",
+        str(args.epochs),
+        "--imgsz",
+        str(args.imgsz),
+        "--batch",
+        str(args.batch),
+        "--data",
+        str(args.data),
+        "--ours-batch",
+        str(args.ours_batch),
+        "--ours-accumulate",
+        str(args.ours_accumulate),
+        "--device",
+        args.device,
+        "--workers",
+        str(args.workers),
+        "--workdir",
+        str(workdir),
+        "--out",
+        str(workdir / side),
+    ]
+
+
+def wait_for_sides(procs: dict[str, subprocess.Popen[bytes]], workdir: Path) -> None:
+    """Wait for both sides; when one fails, stop the other and exit naming its log."""
+    for side, proc in procs.items():
+        if proc.wait():
+            for other in procs.values():
+                other.kill()
+            sys.exit(f"error: the {side} side failed; see {workdir / f'{side}.log'}")
+
+
+def main() -> None:
+    args = parse_args()
     workdir = Path(args.workdir)
     if args.side:
-        baton = Baton(workdir, args.side)
-        try:
-            result = (side_ours if args.side == "ours" else side_peer)(args, baton)
-        finally:
-            baton.finish()
-        (workdir / f"result-{args.side}.json").write_text(json.dumps(result, indent=2))
+        run_side(args, workdir)
         return
     if not (args.data / "train").is_dir():
         sys.exit(f"error: no dataset at {args.data} (a folder with train/ and val/)")
@@ -369,45 +422,16 @@ def main() -> None:
     env = {**os.environ, "CATTLE_YOLO_NO_PROGRESS": "1", "YOLO_OFFLINE": "1"}
     procs = {}
     for side, python in (("ours", sys.executable), ("peer", args.peer_python)):
-        cmd = [
-            python,
-            __file__,
-            "--side",
-            side,
-            "--epochs",
-            str(args.epochs),
-            "--imgsz",
-            str(args.imgsz),
-            "--batch",
-            str(args.batch),
-            "--data",
-            str(args.data),
-            "--ours-batch",
-            str(args.ours_batch),
-            "--ours-accumulate",
-            str(args.ours_accumulate),
-            "--device",
-            args.device,
-            "--workers",
-            str(args.workers),
-            "--workdir",
-            str(workdir),
-            "--out",
-            str(workdir / side),
-        ]
+        cmd = side_command(args, workdir, side, python)
         log = (workdir / f"{side}.log").open("w")
         procs[side] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     t0 = time.perf_counter()
-    for side, proc in procs.items():
-        if proc.wait():
-            for other in procs.values():
-                other.kill()
-            sys.exit(f"error: the {side} side failed; see {workdir / f'{side}.log'}")
+    wait_for_sides(procs, workdir)
     results = {s: json.loads((workdir / f"result-{s}.json").read_text()) for s in SIDES}
     ruler = same_ruler(workdir, args.data, args.imgsz)
     for e in results["peer"]["epochs"]:  # Ultralytics' own figure stays beside ours
-        e["own_mAP50"], e["own_mAP50_95"] = e["mAP50"], e["mAP50_95"]
-        e.update(ruler[e["epoch"]])
+        e["own_mAP50"], e["own_mAP50_95"] = e[S.MAP50], e[S.MAP50_95]
+        e.update(ruler[e[S.EPOCH]])
     summary = {s: summarize(results[s], peak) for s in SIDES}
     for side, r in summary.items():
         print(
@@ -428,7 +452,7 @@ def main() -> None:
     print("val mAP50-95 by epoch (same ruler), ours / YOLOv8n (Ultralytics' own):")
     for o_e, p_e in zip(results["ours"]["epochs"], results["peer"]["epochs"], strict=True):
         print(
-            f"  {o_e['epoch']:3d}  {o_e['mAP50_95']:.4f} / {p_e['mAP50_95']:.4f} "
+            f"  {o_e[S.EPOCH]:3d}  {o_e[S.MAP50_95]:.4f} / {p_e[S.MAP50_95]:.4f} "
             f"({p_e['own_mAP50_95']:.4f})"
         )
     out.write_text(

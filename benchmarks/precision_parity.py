@@ -20,7 +20,6 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
-from ablations import add_run_arguments, run_one  # noqa: E402
+from ablations import add_run_arguments, run_all  # noqa: E402
 
 from cattle_yolo import stats as S  # noqa: E402
 from cattle_yolo.config import TrainConfig  # noqa: E402
@@ -105,8 +104,7 @@ def main() -> None:
     settings = yaml.safe_load(fixes.read_text())["search"]
     jobs = [(name, o, s) for s in args.seeds for name, o in PRECISIONS.items()]
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.parallel) as pool:
-        runs = list(pool.map(lambda j: run_one(*j, args, args.workdir), jobs))
+    runs = run_all(jobs, args)
     failed = [r for r in runs if "error" in r]
     for r in failed:
         print(f"FAILED {r['name']} seed {r['seed']}:\n{r['error']}", file=sys.stderr)

@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -29,7 +30,7 @@ from ray import tune  # noqa: E402
 
 from cattle_yolo import stats as S  # noqa: E402
 from cattle_yolo.config import TrainConfig  # noqa: E402
-from cattle_yolo.data import load_datasets  # noqa: E402
+from cattle_yolo.data import Datasets, load_datasets  # noqa: E402
 from cattle_yolo.train import train  # noqa: E402
 from tune.cluster import Resources  # noqa: E402
 from tune.search import make_trainable  # noqa: E402
@@ -38,7 +39,7 @@ from tune.space import SearchSettings  # noqa: E402
 REAL = REPO.parent / "shared" / "data" / "cattle-chute"
 
 
-def standalone_vs_trial(cfg: TrainConfig, storage: Path, cpus: int) -> dict:
+def standalone_vs_trial(cfg: TrainConfig, storage: Path, cpus: int) -> dict[str, Any]:
     """Wall time of one config trained standalone and as a one-trial Tune run.
 
     Standalone is measured twice: ``python -m cattle_yolo train --config`` in a fresh process
@@ -89,6 +90,7 @@ def standalone_vs_trial(cfg: TrainConfig, storage: Path, cpus: int) -> dict:
     result = tuner.fit()[0]
     trial_s, end = time.perf_counter() - t0, datetime.now()
     log = next((storage / "one-trial").glob("*/run/logs/train.log")).read_text().splitlines()
+    assert result.metrics is not None  # the trial reported
     return {
         **cli,
         "in_process_train_s": in_process_s,
@@ -104,14 +106,18 @@ def standalone_vs_trial(cfg: TrainConfig, storage: Path, cpus: int) -> dict:
 
 def _stamp(line: str) -> datetime:
     """The time at the start of a train.log line."""
-    return datetime.strptime(re.match(r"(\S+ \S+)", line).group(1), "%Y-%m-%d %H:%M:%S,%f")
+    stamp = re.match(r"(\S+ \S+)", line)
+    if stamp is None:
+        raise ValueError(f"a train.log line without a time stamp: {line!r}")
+    return datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
 
 
-def _ready_shared(config, datasets=None):
+def _ready_shared(config: dict[str, Any], datasets: Datasets | None = None) -> None:
+    assert datasets is not None  # tune.with_parameters passes it
     tune.report({"ready": time.time(), "images": len(datasets.train)})
 
 
-def _ready_loading(config):
+def _ready_loading(config: dict[str, Any]) -> None:
     start = time.time()
     cfg = TrainConfig.load(None, config["cfg"])
     datasets = load_datasets(cfg, verbose=False)
@@ -120,9 +126,10 @@ def _ready_loading(config):
     )
 
 
-def startup(cfg: TrainConfig, storage: Path, trials: int) -> dict:
+def startup(cfg: TrainConfig, storage: Path, trials: int) -> dict[str, Any]:
     """Seconds from ``fit()`` to data ready in each trial: shared object vs each trial loading."""
     out = {}
+    space: dict[str, Any]
     for mode in ("shared", "loading"):
         t_load = time.perf_counter()
         if mode == "shared":
@@ -140,7 +147,7 @@ def startup(cfg: TrainConfig, storage: Path, trials: int) -> dict:
             run_config=tune.RunConfig(name=f"startup-{mode}", storage_path=str(storage), verbose=0),
         )
         t0 = time.time()
-        results = tuner.fit()
+        results: Any = tuner.fit()  # a ResultGrid: iterable, though not typed so
         ready = sorted(r.metrics["ready"] - t0 for r in results)
         out[mode] = {
             "driver_load_s": driver_load,
@@ -201,9 +208,9 @@ def main() -> None:
     )
     startup_data = cfg.replace(data=str(REAL)) if (REAL / "train").is_dir() else cfg
     ray.init(include_dashboard=False, num_cpus=cpus, log_to_driver=False)
-    with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:
-        tmp = Path(tmp)
-        results = {"cpus": cpus, "torch": torch.__version__, "ray": ray.__version__}
+    with tempfile.TemporaryDirectory(prefix="ray-overhead-") as folder:
+        tmp = Path(folder)
+        results: dict[str, Any] = {"cpus": cpus, "torch": torch.__version__, "ray": ray.__version__}
         results["standalone_vs_trial"] = standalone_vs_trial(cfg, tmp / "a", cpus)
         print(json.dumps(results["standalone_vs_trial"]))
         results["startup_data"] = startup_data.data or "synthetic"

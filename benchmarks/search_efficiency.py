@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -37,6 +38,11 @@ os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
 from cattle_yolo import stats as S  # noqa: E402
 from tune.results import DIVERGED, EPOCH, OBJECTIVE, Status  # noqa: E402 (after the path)
+
+if TYPE_CHECKING:
+    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.data import Datasets
+    from tune.space import SearchSettings, SearchSpace
 
 STRATEGIES = {
     "random_fifo": {"sampler": "random", "asha": False, "divergence": False},
@@ -46,12 +52,12 @@ STRATEGIES = {
 }
 
 
-def anytime(results, metric: str) -> list[tuple[int, float]]:
+def anytime(results: Any, metric: str) -> list[tuple[int, float]]:
     """[(cumulative epochs, best metric so far)] over every reported epoch of every trial."""
-    events = []
+    events: list[tuple[float, float | None]] = []  # (timestamp, metric)
     for result in results:
         df = result.metrics_dataframe
-        if df is None or "epoch" not in df:
+        if df is None or EPOCH not in df:
             continue
         for rec in df.to_dict("records"):
             value = rec.get(metric)
@@ -60,7 +66,8 @@ def anytime(results, metric: str) -> list[tuple[int, float]]:
             elif rec.get(EPOCH) is not None:
                 events.append((rec["timestamp"], math.nan))
     events.sort(key=lambda e: e[0])
-    best, curve = -math.inf, []
+    best = -math.inf
+    curve: list[tuple[int, float]] = []  # (cumulative epochs, best so far)
     for i, (_, value) in enumerate(events, 1):
         if value is not None and math.isfinite(value):
             best = max(best, value)
@@ -68,7 +75,7 @@ def anytime(results, metric: str) -> list[tuple[int, float]]:
     return curve
 
 
-def blowups(results, settings) -> list[int]:
+def blowups(results: Any, settings: SearchSettings) -> list[int]:
     """Epochs trained by each trial whose history breaks a divergence rule at some epoch,
     whether or not the strategy has the stopper: the same yardstick for all four, replayed
     through the search's own ``DivergenceStopper``."""
@@ -80,7 +87,7 @@ def blowups(results, settings) -> list[int]:
     spent = []
     for i, result in enumerate(results):
         df = result.metrics_dataframe
-        if df is None or "epoch" not in df:
+        if df is None or EPOCH not in df:
             continue
         recs = [r for r in df.to_dict("records") if r.get(EPOCH) is not None]
         if any(stopper(str(i), dict(rec)) for rec in recs):  # stops at the first rule that fires
@@ -88,7 +95,15 @@ def blowups(results, settings) -> list[int]:
     return spent
 
 
-def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Path) -> dict:
+def run_strategy(
+    name: str,
+    seed: int,
+    args: argparse.Namespace,
+    space: SearchSpace,
+    base: TrainConfig,
+    datasets: Datasets,
+    storage: Path,
+) -> dict[str, Any]:
     from tune import cluster, report, search
 
     settings = space.settings.replace(
@@ -98,7 +113,7 @@ def run_strategy(name: str, seed: int, args, space, base, datasets, storage: Pat
             "seed": seed,
             "grace_period": min(args.grace_period, args.epochs),
             "reduction_factor": args.reduction_factor,
-            OBJECTIVE: args.objective,
+            "objective": args.objective,  # the settings' objective kind: best or last_mean
         },
         "benchmark",
     )
@@ -141,7 +156,7 @@ def epochs_to_reach(curve: list[tuple[int, float]], target: float) -> int | None
     return next((e for e, best in curve if best >= target - 1e-12), None)
 
 
-def holdout(cfg, datasets, out: Path) -> dict:
+def holdout(cfg: TrainConfig, datasets: Datasets, out: Path) -> dict[str, Any]:
     """Train ``cfg`` and evaluate its best.pt on the test split."""
     import torch
 
@@ -151,6 +166,8 @@ def holdout(cfg, datasets, out: Path) -> dict:
     from cattle_yolo.loss import DetectionLoss
     from cattle_yolo.train import train
 
+    if datasets.test is None:
+        raise ValueError(f"{cfg.data or 'the synthetic set'}: no test split to hold out")
     torch.set_num_threads(2)
     result = train(cfg.replace(out=str(out)), datasets)
     model, cfg2, names = load_trained(str(out / "models" / "best.pt"), torch.device("cpu"))
@@ -163,7 +180,7 @@ def holdout(cfg, datasets, out: Path) -> dict:
     }
 
 
-def plot(runs: list[dict], path: Path) -> None:
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,13 +263,13 @@ def main() -> None:
     from tune.plan import SearchRequest, base_config
     from tune.space import for_metric, load_space
 
-    space, _ = for_metric(load_space(args.space), "mAP50_95")
+    space, _ = for_metric(load_space(args.space), S.MAP50_95)
     # the search's own base config (epochs and seed are set per search below)
     base = base_config(SearchRequest(overrides=["device=cpu"]), space, space.settings)
     datasets = load_datasets(base, verbose=False)
     storage = Path(args.storage).resolve()  # Ray takes a relative path for a URI
     ray.init(include_dashboard=False, log_to_driver=False)
-    runs = []
+    runs: list[dict[str, Any]] = []
     for seed in args.seeds:
         for name in args.strategies:  # interleaved per seed: machine noise hits all alike
             run = run_strategy(name, seed, args, space, base, datasets, storage)
@@ -266,7 +283,7 @@ def main() -> None:
             )
     ray.shutdown()
 
-    summary = {}
+    summary: dict[str, Any] = {}
     for name in args.strategies:
         mine = [r for r in runs if r["strategy"] == name]
         summary[name] = {
@@ -286,8 +303,8 @@ def main() -> None:
         ratios = []
         for seed in args.seeds:
             ref = next(r for r in runs if r["strategy"] == "random_fifo" and r["seed"] == seed)
-            mine = next(r for r in runs if r["strategy"] == "default" and r["seed"] == seed)
-            needed = epochs_to_reach(mine["curve"], ref["best"])
+            ours = next(r for r in runs if r["strategy"] == "default" and r["seed"] == seed)
+            needed = epochs_to_reach(ours["curve"], ref["best"])
             ratios.append(needed / ref["epochs"] if needed else None)
         summary["default_epochs_to_random_fifo_best"] = ratios
     print(json.dumps(summary, indent=2))

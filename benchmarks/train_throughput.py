@@ -26,15 +26,18 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PRECISIONS = {"fp32": "off", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}  # name -> amp
+Amp = Literal["auto", "bf16", "fp16", "off"]  # TrainConfig.amp's values
+# --precision name -> amp
+PRECISIONS: dict[str, Amp] = {"fp32": "off", "bf16": "bf16", "fp16": "fp16", "auto": "auto"}
 
 
 def gemm_peak_gflops(dtype: torch.dtype, device: torch.device) -> dict[str, float]:
@@ -50,7 +53,7 @@ def gemm_peak_gflops(dtype: torch.dtype, device: torch.device) -> dict[str, floa
     w1 = torch.randn(512, 512, 1, 1, device=device).to(dtype)
     x3 = torch.randn(8, 256, 32, 32, device=device).to(dtype).contiguous(memory_format=cl)
     w3 = torch.randn(256, 256, 3, 3, device=device).to(dtype)
-    cases = {
+    cases: dict[str, tuple[Callable[[], torch.Tensor], int]] = {
         "matmul": (lambda: a @ b, 2 * 2048**3),
         "conv1x1": (lambda: F.conv2d(x1, w1), 2 * 8 * 32 * 32 * 512 * 512),
         "conv3x3": (lambda: F.conv2d(x3, w3, padding=1), 2 * 8 * 32 * 32 * 256 * 256 * 9),
@@ -111,6 +114,7 @@ def run_case(
     case: dict[str, Any], images: int, batch: int, accumulate: int, data: str | None
 ) -> dict[str, Any]:
     from cattle_yolo import device as device_mod
+    from cattle_yolo import stats as S
     from cattle_yolo.config import TrainConfig
     from cattle_yolo.data import load_datasets, make_loader
     from cattle_yolo.device import DTYPES, resolve_amp, resolve_device
@@ -140,7 +144,7 @@ def run_case(
     torch.manual_seed(0)
     datasets = load_datasets(cfg, verbose=False)
     train_set = datasets.train.with_augment(cfg)
-    model = CattleYOLO(len(datasets.names), cfg).to(device)
+    model: torch.nn.Module = CattleYOLO(len(datasets.names), cfg).to(device)
     loss_fn = DetectionLoss(cfg, len(datasets.names))
     flops = training_flops(model, cfg.imgsz, loss_fn)
     model = device_mod.model_layout(model, device, DTYPES[amp])  # the trainer's, or the case's
@@ -161,17 +165,17 @@ def run_case(
     dtype = DTYPES[amp] or torch.float32
     peaks = gemm_peak_gflops(dtype, device)
     peak = peaks["peak"]
-    achieved = flops * stats["images_per_sec"] / 1e9
+    achieved = flops * stats[S.IMAGES_PER_SEC] / 1e9
     out = {
         **case,
-        "amp": amp,
+        S.AMP: amp,
         "layout": "channels_last" if device_mod.channels_last(device, DTYPES[amp]) else "NCHW",
         "batch": batch,
         "accumulate": accumulate,
         "images": len(train_set),
         "threads_used": torch.get_num_threads(),
-        "images_per_sec": stats["images_per_sec"],
-        "first_epoch_images_per_sec": results[0]["images_per_sec"],
+        S.IMAGES_PER_SEC: stats[S.IMAGES_PER_SEC],
+        "first_epoch_images_per_sec": results[0][S.IMAGES_PER_SEC],
         "first_epoch_s": walls[0],
         "epoch_s": walls[1],
         **{k: v for k, v in stats.items() if k.startswith("share_")},
@@ -183,7 +187,7 @@ def run_case(
         "share_of_peak": achieved / peak,
     }
     if device.type == "cuda":
-        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        out[S.PEAK_CUDA_MB] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
 
 

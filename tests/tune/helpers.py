@@ -5,17 +5,31 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from tune.plan import SMOKE_CONFIG
+
+if TYPE_CHECKING:
+    from ray.tune import Tuner
+
+    from cattle_yolo.config import TrainConfig
+    from cattle_yolo.stats import EpochStats
+    from tune.cluster import Resources
+    from tune.space import SearchSpace
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Tiny trials, the sizes of `run_search.py --smoke-test`: 64 px, a thin neck, 8 synthetic
 # images, batch 4 without accumulation.
 TINY = dict(SMOKE_CONFIG)
+
+
+class WriteSpace(Protocol):
+    """The ``write_space`` fixture: writes a space file from text and returns its path."""
+
+    def __call__(self, text: str, name: str = ...) -> Path: ...
 
 
 def run_search(
@@ -33,16 +47,16 @@ def run_search(
     )
 
 
-def tiny_tuner(
-    space: Any,
-    base: Any,
-    resources: Any,
+def tiny_tuner(  # noqa: PLR0913 (build_tuner's inputs; each test passes the few it varies)
+    space: SearchSpace,
+    base: TrainConfig,
+    resources: Resources,
     name: str,
     storage: str,
-    extra_callbacks: tuple[Any, ...] = (),
+    extra_callbacks: tuple[Callable[[EpochStats], None], ...] = (),
     max_failures: int = 1,
     journal: Path | None = None,
-) -> Any:
+) -> Tuner:
     """A quiet Tuner for ``space`` on the tiny synthetic data, as run_search.py builds one."""
     from cattle_yolo.data import load_datasets
     from tune import search
@@ -70,7 +84,7 @@ def read_events(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], int]:
     """
     import struct
 
-    from tensorboardX.proto import event_pb2
+    from tensorboardX.proto import event_pb2  # type: ignore[import-untyped]  # no stubs
 
     scalars: dict[str, list[tuple[int, float]]] = {}
     hparams = 0

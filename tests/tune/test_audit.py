@@ -3,7 +3,9 @@ real grid Tuner on a synthetic trainable of known effects whose report recovers 
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import yaml
 
 import run_search
 from cattle_yolo.config import ConfigError
+from cattle_yolo.stats import MAP50
 from tune import audit, audit_report
 from tune import design as doe
 from tune.results import DIVERGED, EPOCH, OBJECTIVE, OBJECTIVE_EPOCH, THRESHOLD_F1, VAL_LOSS
@@ -24,12 +27,20 @@ SEED_AFTER = REPO / "search_spaces" / "audit" / "after.yaml"
 SEED_GROUPS = ["iou_start,iou_end,iou_ramp_epochs", "box_loss_weight,cls_loss_weight"]
 
 
-def _yaml(path: Path, values: dict) -> str:
+def _yaml(path: Path, values: dict[str, Any]) -> str:
     path.write_text(yaml.safe_dump(values))
     return str(path)
 
 
-def _plan(before, after, groups=(), design="auto", seeds=3, overrides=None, **settings):
+def _plan(
+    before: str,
+    after: str,
+    groups: Sequence[str] = (),
+    design: str = "auto",
+    seeds: int = 3,
+    overrides: dict[str, Any] | None = None,
+    **settings: Any,
+) -> audit.AuditPlan:
     return audit.plan_audit(
         before,
         after,
@@ -41,7 +52,7 @@ def _plan(before, after, groups=(), design="auto", seeds=3, overrides=None, **se
     )
 
 
-def test_the_seeds_example_plans_six_trained_changes_and_the_threshold_after_training():
+def test_the_seeds_example_plans_six_trained_changes_and_the_threshold_after_training() -> None:
     plan = _plan(str(SEED_BEFORE), str(SEED_AFTER), SEED_GROUPS, overrides={"epochs": 10})
     names = [f.name for f in plan.factors]
     assert names == [
@@ -68,7 +79,7 @@ def test_the_seeds_example_plans_six_trained_changes_and_the_threshold_after_tra
     assert "score_threshold" not in before  # not a design column: scored after training
 
 
-def test_threshold_is_a_design_column_when_the_metric_reads_it(tmp_path):
+def test_threshold_is_a_design_column_when_the_metric_reads_it(tmp_path: Path) -> None:
     b = _yaml(tmp_path / "b.yaml", {"score_threshold": 0.1, "lr": 1e-3})
     a = _yaml(tmp_path / "a.yaml", {"score_threshold": 0.3, "lr": 2e-3})
     plan = _plan(b, a, metric="f1")
@@ -76,7 +87,7 @@ def test_threshold_is_a_design_column_when_the_metric_reads_it(tmp_path):
     assert plan.x.shape == (4, 2)
 
 
-def test_run_keys_are_noted_not_audited(tmp_path):
+def test_run_keys_are_noted_not_audited(tmp_path: Path) -> None:
     b = _yaml(tmp_path / "b.yaml", {"lr": 1e-3, "threads": 1, "amp": "bf16"})
     a = _yaml(tmp_path / "a.yaml", {"lr": 2e-3, "threads": 2, "amp": "auto"})
     plan = _plan(b, a)
@@ -109,14 +120,20 @@ def test_run_keys_are_noted_not_audited(tmp_path):
         ),
     ],
 )
-def test_bad_audits_are_refused_with_the_reason(tmp_path, before, after, kwargs, message):
+def test_bad_audits_are_refused_with_the_reason(
+    tmp_path: Path,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    kwargs: dict[str, Any],
+    message: str,
+) -> None:
     b, a = _yaml(tmp_path / "b.yaml", before), _yaml(tmp_path / "a.yaml", after)
     groups = kwargs.pop("groups", ())
     with pytest.raises(ConfigError, match=message):
         _plan(b, a, groups, **kwargs)
 
 
-def test_too_many_changes_for_the_design(tmp_path):
+def test_too_many_changes_for_the_design(tmp_path: Path) -> None:
     keys = ["lr", "box_loss_weight", "cls_loss_weight", "focal_gamma", "hsv_h", "hsv_s", "hsv_v"]
     b = _yaml(tmp_path / "b.yaml", {k: 0.1 for k in keys})
     a = _yaml(tmp_path / "a.yaml", {k: 0.2 for k in keys})
@@ -130,7 +147,7 @@ def test_too_many_changes_for_the_design(tmp_path):
         _plan(b9, a9)
 
 
-def test_one_at_a_time_plan(tmp_path):
+def test_one_at_a_time_plan(tmp_path: Path) -> None:
     b = _yaml(tmp_path / "b.yaml", {"lr": 1e-3, "focal_gamma": 1.0, "hsv_h": 0.0})
     a = _yaml(tmp_path / "a.yaml", {"lr": 2e-3, "focal_gamma": 2.0, "hsv_h": 0.1})
     assert len(_plan(b, a, design="oat").x) == 8
@@ -147,7 +164,13 @@ def test_one_at_a_time_plan(tmp_path):
         ({"lr": 2e-3}, ["--audit-seeds", "1"], "2 or more seeds"),
     ],
 )
-def test_cli_errors_exit_2_before_ray_and_write_nothing(tmp_path, capsys, files, extra, message):
+def test_cli_errors_exit_2_before_ray_and_write_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    files: dict[str, Any],
+    extra: list[str],
+    message: str,
+) -> None:
     before = _yaml(tmp_path / "before.yaml", {"lr": 1e-3})
     after = _yaml(tmp_path / "after.yaml", files)
     storage = tmp_path / "storage"
@@ -162,7 +185,7 @@ def test_cli_errors_exit_2_before_ray_and_write_nothing(tmp_path, capsys, files,
     assert not ray.is_initialized()  # refused before Ray starts
 
 
-def test_resume_refuses_a_changed_plan(tmp_path):
+def test_resume_refuses_a_changed_plan(tmp_path: Path) -> None:
     b = _yaml(tmp_path / "b.yaml", {"lr": 1e-3, "focal_gamma": 1.0})
     a = _yaml(tmp_path / "a.yaml", {"lr": 2e-3, "focal_gamma": 2.0})
     plan = _plan(b, a)
@@ -180,7 +203,7 @@ AFTER = {"lr": 2e-3, "box_loss_weight": 7.5, "focal_gamma": 2.0}
 NOISE_SD = 0.004
 
 
-def synthetic_value(config):
+def synthetic_value(config: dict[str, Any]) -> tuple[dict[str, int], int, float]:
     """0.5 + the sum of the effects at the row's levels + a seed effect + noise."""
     levels = {k: 1 if config[k] == AFTER[k] else -1 for k in TRUE}
     seed = int(config["seed"])
@@ -189,7 +212,7 @@ def synthetic_value(config):
     return levels, seed, value + 0.01 * seed + rng.normal(0, NOISE_SD)
 
 
-def synthetic_trial(config):
+def synthetic_trial(config: dict[str, Any]) -> None:
     """Reports ``synthetic_value``; the row with every change AFTER diverges on seed 2 (the
     worst value, marked)."""
     from ray import tune
@@ -204,7 +227,7 @@ def synthetic_trial(config):
                 EPOCH: epoch,
                 OBJECTIVE: value if epoch == 2 else value - 0.1,
                 OBJECTIVE_EPOCH: epoch,
-                "mAP50": value + 0.2,
+                MAP50: value + 0.2,
                 VAL_LOSS: 2.0 - value,
                 THRESHOLD_F1: value / 2,
                 DIVERGED: False,
@@ -213,7 +236,7 @@ def synthetic_trial(config):
 
 
 @pytest.mark.slow
-def test_audit_recovers_known_effects_through_the_real_grid(tmp_path):
+def test_audit_recovers_known_effects_through_the_real_grid(tmp_path: Path) -> None:
     from ray import tune
 
     b, a = _yaml(tmp_path / "b.yaml", BEFORE), _yaml(tmp_path / "a.yaml", AFTER)
@@ -284,7 +307,7 @@ def test_audit_recovers_known_effects_through_the_real_grid(tmp_path):
     assert all(i["low"] <= 0 <= i["high"] for i in doc2["metrics"][OBJECTIVE]["interactions"])
 
 
-def test_f1_effect_of_the_threshold_is_paired_over_every_run():
+def test_f1_effect_of_the_threshold_is_paired_over_every_run() -> None:
     factor = audit.Factor(("score_threshold",), (0.05,), (0.25,), post_hoc=True)
     lr = audit.Factor(("lr",), (1e-3,), (2e-3,))
     from cattle_yolo.config import TrainConfig
@@ -311,7 +334,9 @@ def test_f1_effect_of_the_threshold_is_paired_over_every_run():
     assert doc["metrics"]["F1"]["rows"]["AFTER"]["mean"] == pytest.approx(0.462)
 
 
-def test_cli_refuses_too_many_changes_for_the_design(tmp_path, capsys):
+def test_cli_refuses_too_many_changes_for_the_design(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = ["lr", "box_loss_weight", "cls_loss_weight", "focal_gamma", "hsv_h", "hsv_s", "hsv_v"]
     b = _yaml(tmp_path / "b.yaml", {k: 0.1 for k in keys})
     a = _yaml(tmp_path / "a.yaml", {k: 0.2 for k in keys})
@@ -321,7 +346,7 @@ def test_cli_refuses_too_many_changes_for_the_design(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_audit_cli_trains_the_real_trainable_and_resumes(tmp_path):
+def test_audit_cli_trains_the_real_trainable_and_resumes(tmp_path: Path) -> None:
     """Two trained changes and the post-hoc threshold on the tiny synthetic data, 1 epoch:
     the report has every response, F1 is scored at both thresholds from best.pt's saved
     detections, and --resume of the finished audit keeps its runs and writes the report again."""

@@ -11,14 +11,18 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
 from helpers import REPO, TINY, run_search, tiny_tuner
 from ray import cloudpickle, tune
+from ray.cluster_utils import Cluster
 
 from cattle_yolo.config import TrainConfig
+from cattle_yolo.stats import EpochStats
 from tune import cluster, report
 from tune.cluster import SearchSetupError, plan_resources
 from tune.space import load_space
@@ -27,7 +31,7 @@ from tune.space import load_space
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def test_more_gpus_than_ray_sees_is_an_error_naming_the_count():
+def test_more_gpus_than_ray_sees_is_an_error_naming_the_count() -> None:
     with pytest.raises(SearchSetupError, match="Ray sees 1 GPU"):
         plan_resources(
             {"CPU": 16, "GPU": 1}, gpus=2, gpus_per_trial=1, cpus_per_trial=None, trials=8
@@ -48,7 +52,14 @@ def test_more_gpus_than_ray_sees_is_an_error_naming_the_count():
         ({"CPU": 8}, 0, 1.0, 1, 3, 1.0),  # never more at once than trials
     ],
 )
-def test_plan(cluster, gpus, per_trial, cpus, concurrent, cpus_each):
+def test_plan(
+    cluster: dict[str, float],
+    gpus: float | None,
+    per_trial: float,
+    cpus: float | None,
+    concurrent: int,
+    cpus_each: float,
+) -> None:
     r = plan_resources(cluster, gpus, per_trial, cpus, trials=3 if concurrent == 3 else 16)
     assert r.concurrent == concurrent
     assert r.cpus_per_trial == cpus_each
@@ -58,22 +69,24 @@ def test_plan(cluster, gpus, per_trial, cpus, concurrent, cpus_each):
 @pytest.mark.parametrize(
     ("gpus", "per_trial", "cpus"), [(2, 3.0, None), (2, 0.0, None), (0, 1.0, 4.0)]
 )
-def test_bad_requests(gpus, per_trial, cpus):
+def test_bad_requests(gpus: float, per_trial: float, cpus: float | None) -> None:
     with pytest.raises(SearchSetupError):
         plan_resources({"CPU": 2, "GPU": 2}, gpus, per_trial, cpus, trials=4)
 
 
-def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
+def test_storage_a_node_cannot_see_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     nodes = [
         {"Alive": True, "NodeID": "a" * 56, "NodeManagerAddress": "10.0.0.1"},
         {"Alive": True, "NodeID": "b" * 56, "NodeManagerAddress": "10.0.0.2"},
     ]
 
     class Probe:
-        def options(self, **_):
+        def options(self, **_: Any) -> "Probe":
             return self
 
-        def remote(self, path):
+        def remote(self, path: str) -> str:
             return path
 
     import ray
@@ -93,7 +106,7 @@ def test_storage_a_node_cannot_see_is_refused(monkeypatch, tmp_path):
 
 
 # --- dashboard exposure ---
-def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path):
+def test_network_dashboard_without_auth_is_refused_before_ray_starts(tmp_path: Path) -> None:
     proc = run_search(
         ["--dashboard-host", "0.0.0.0", "--storage", str(tmp_path)],
         REPO,
@@ -128,7 +141,7 @@ print(json.dumps({"auth": cluster.token_auth_enabled(), "without": get({}),
 
 
 @pytest.mark.slow
-def test_network_dashboard_with_auth_binds_and_needs_the_token():
+def test_network_dashboard_with_auth_binds_and_needs_the_token() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -157,15 +170,13 @@ class RecordNode:
     def __init__(self, folder: str) -> None:
         self.folder = folder
 
-    def __call__(self, stats: dict) -> None:
+    def __call__(self, stats: EpochStats) -> None:
         node = ray.get_runtime_context().get_node_id()
         (Path(self.folder) / tune.get_context().get_trial_id()).write_text(node)
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    from ray.cluster_utils import Cluster
-
+def two_nodes() -> Iterator[Cluster]:
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
     )
@@ -178,7 +189,7 @@ def two_nodes():
 
 
 @pytest.mark.slow
-def test_trials_run_on_both_nodes(two_nodes, tmp_path):
+def test_trials_run_on_both_nodes(two_nodes: Cluster, tmp_path: Path) -> None:
     storage = str(tmp_path / "runs")
     assert cluster.check_shared_storage(storage) == 2
     space_file = tmp_path / "space.yaml"
@@ -204,7 +215,7 @@ def test_trials_run_on_both_nodes(two_nodes, tmp_path):
 
 
 @pytest.mark.slow
-def test_driver_attaches_to_the_cluster_with_address(two_nodes, tmp_path):
+def test_driver_attaches_to_the_cluster_with_address(two_nodes: Cluster, tmp_path: Path) -> None:
     args = [
         "--address",
         two_nodes.address,

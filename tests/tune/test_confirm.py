@@ -2,9 +2,11 @@
 how runs are scored, who wins and whether the win is more than the seed spread."""
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
+from helpers import WriteSpace
 
 from cattle_yolo.config import TrainConfig
 from tune.confirm import (
@@ -17,12 +19,18 @@ from tune.confirm import (
     winner,
 )
 from tune.results import Status, TrialRow
-from tune.space import CONFIRM_ID, SearchSettings, load_space
+from tune.space import CONFIRM_ID, SearchSettings, SearchSpace, load_space
 
 SPACE = "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
 
 
-def _row(name, lr, best, status=Status.COMPLETED, seed=None):
+def _row(
+    name: str,
+    lr: float,
+    best: float | None,
+    status: Status = Status.COMPLETED,
+    seed: int | None = None,
+) -> TrialRow:
     return TrialRow(
         name=name,
         params={"lr": lr},
@@ -37,11 +45,13 @@ def _row(name, lr, best, status=Status.COMPLETED, seed=None):
 
 
 @pytest.fixture
-def space(write_space):
+def space(write_space: WriteSpace) -> SearchSpace:
     return load_space(write_space(SPACE))
 
 
-def test_the_default_comes_first_then_completed_trials_then_stopped_ones(space):
+def test_the_default_comes_first_then_completed_trials_then_stopped_ones(
+    space: SearchSpace,
+) -> None:
     base = TrainConfig()  # lr 1e-3 is the hand-fixed default
     rows = [
         _row("t1", base.lr, 0.30),  # the default's own trial
@@ -62,7 +72,7 @@ def test_the_default_comes_first_then_completed_trials_then_stopped_ones(space):
     ]
 
 
-def test_fresh_seeds_are_not_the_search_seed_and_every_config_gets_each():
+def test_fresh_seeds_are_not_the_search_seed_and_every_config_gets_each() -> None:
     seeds = fresh_seeds(SearchSettings(seed=7), 3)
     assert seeds == [8, 9, 10]
     configs = run_configs(
@@ -72,7 +82,7 @@ def test_fresh_seeds_are_not_the_search_seed_and_every_config_gets_each():
     assert {(c[CONFIRM_ID], c["seed"]) for c in configs} == {(i, s) for i in (0, 1) for s in seeds}
 
 
-def test_runs_are_scored_with_diverged_as_worst_and_errors_left_out():
+def test_runs_are_scored_with_diverged_as_worst_and_errors_left_out() -> None:
     c = Candidate(1, "t4", {"lr": 4e-3}, 0.4)
     c.runs = [
         _row("a", 4e-3, 0.4),
@@ -87,7 +97,7 @@ def test_runs_are_scored_with_diverged_as_worst_and_errors_left_out():
     assert all(math.isnan(v) for v in Candidate(2, "e", {}, None).mean_sd(0.0))
 
 
-def test_the_verdict_weighs_the_gain_against_the_seed_spread():
+def test_the_verdict_weighs_the_gain_against_the_seed_spread() -> None:
     settings = SearchSettings(confirm_seeds=2)
     default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
     default.runs = [_row("d1", 0, 0.40), _row("d2", 0, 0.42)]
@@ -103,8 +113,8 @@ def test_the_verdict_weighs_the_gain_against_the_seed_spread():
 
 
 def test_unfinished_runs_are_no_data_point_and_an_interrupted_confirmation_exports_nothing(
-    space, tmp_path
-):
+    space: SearchSpace, tmp_path: Path
+) -> None:
     """An interrupted confirmation: its unfinished runs (their objective so far) counted in the
     mean, and report() overwrote best_config.yaml and --export before run_search saw it."""
     settings = SearchSettings(confirm_seeds=2)
@@ -126,7 +136,7 @@ def test_unfinished_runs_are_no_data_point_and_an_interrupted_confirmation_expor
     assert any("interrupted" in line for line in lines)
 
 
-def test_a_config_with_an_errored_seed_cannot_win_on_fewer_runs():
+def test_a_config_with_an_errored_seed_cannot_win_on_fewer_runs() -> None:
     settings = SearchSettings(confirm_seeds=2)
     default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
     default.runs = [_row("d1", 0, 0.40), _row("d2", 0, 0.42)]
@@ -137,7 +147,7 @@ def test_a_config_with_an_errored_seed_cannot_win_on_fewer_runs():
     assert "missing seeds: default, t4" in verdict([default, found], settings)
 
 
-def test_one_seed_gives_no_verdict():
+def test_one_seed_gives_no_verdict() -> None:
     """With one seed the sd is 0, so any gain "beat the seed spread"."""
     settings = SearchSettings(confirm_seeds=1)
     default, found = Candidate(0, "default", {}, 0.4), Candidate(1, "t4", {}, 0.5)
@@ -147,7 +157,9 @@ def test_one_seed_gives_no_verdict():
     assert "beats" not in text
 
 
-def test_the_export_states_the_confirmed_mean_not_the_best_seed(space, tmp_path):
+def test_the_export_states_the_confirmed_mean_not_the_best_seed(
+    space: SearchSpace, tmp_path: Path
+) -> None:
     settings = SearchSettings(confirm_seeds=2)
     default, found = (
         Candidate(0, "default", {"lr": 1e-3}, 0.4),

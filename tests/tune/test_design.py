@@ -3,6 +3,7 @@ Monte Carlo of the stated error rate)."""
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -10,12 +11,12 @@ import pytest
 from tune import design as doe
 
 
-def _has(x, levels):
+def _has(x: np.ndarray, levels: list[int]) -> bool:
     return doe.row_index(x, np.array(levels)) >= 0
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 6])
-def test_full_factorial_is_every_combination_once(k):
+def test_full_factorial_is_every_combination_once(k: int) -> None:
     x = doe.full_factorial(k)
     assert x.shape == (2**k, k)
     assert len({tuple(r) for r in x}) == 2**k
@@ -25,7 +26,7 @@ def test_full_factorial_is_every_combination_once(k):
 
 
 @pytest.mark.parametrize(("k", "rows"), [(4, 8), (5, 16), (6, 16), (7, 16), (8, 16)])
-def test_fraction_is_resolution_iv_and_holds_before_and_after(k, rows):
+def test_fraction_is_resolution_iv_and_holds_before_and_after(k: int, rows: int) -> None:
     x = doe.fractional(k)
     assert x.shape == (rows, k)
     assert len({tuple(r) for r in x}) == rows
@@ -41,7 +42,7 @@ def test_fraction_is_resolution_iv_and_holds_before_and_after(k, rows):
             assert xi[:, i] @ (xi[:, a] * xi[:, b]) == 0
 
 
-def test_resolution_check_rejects_a_resolution_iii_design():
+def test_resolution_check_rejects_a_resolution_iii_design() -> None:
     base = np.array(list(itertools.product((-1, 1), repeat=2)))
     x = np.column_stack([base, base[:, 0] * base[:, 1]])  # C = AB: resolution III
     with pytest.raises(AssertionError):
@@ -58,32 +59,32 @@ def test_resolution_check_rejects_a_resolution_iii_design():
         ("bogus", 2, "choose one of"),
     ],
 )
-def test_designs_refuse_what_they_cannot_build(design, k, message):
+def test_designs_refuse_what_they_cannot_build(design: str, k: int, message: str) -> None:
     with pytest.raises(doe.DesignError, match=message):
         doe.build(design, k)
 
 
-def test_auto_is_factorial_up_to_four_then_a_fraction():
+def test_auto_is_factorial_up_to_four_then_a_fraction() -> None:
     assert doe.build("auto", 4)[1].shape == (16, 4)
     assert doe.build("auto", 5)[1].shape == (16, 5)
     assert doe.build("auto", 8)[1].shape == (16, 8)
     assert "factorial" in doe.build("auto", 3)[0]
 
 
-def test_one_at_a_time_rows_and_duplicates():
+def test_one_at_a_time_rows_and_duplicates() -> None:
     x = doe.one_at_a_time(3)
     assert len(x) == 8  # BEFORE, AFTER, 3 singles on BEFORE, 3 leave-one-outs of AFTER
     assert len(doe.one_at_a_time(1)) == 2  # the single change is AFTER itself
     assert len(doe.one_at_a_time(2)) == 4  # BEFORE+A is AFTER-B
 
 
-def _additive(x, effects, mu=0.5):
+def _additive(x: np.ndarray, effects: Sequence[float] | np.ndarray, mu: float = 0.5) -> np.ndarray:
     """Noise-free responses: each effect is AFTER minus BEFORE, so half of it per level."""
     return mu + x @ (np.asarray(effects) / 2)
 
 
 @pytest.mark.parametrize("kind", ["factorial", "fractional", "oat"])
-def test_main_effects_are_exact_without_noise(kind):
+def test_main_effects_are_exact_without_noise(kind: str) -> None:
     k = 4
     effects = [0.1, -0.05, 0.0, 0.02]
     x = doe.build(kind, k)[1]
@@ -93,7 +94,7 @@ def test_main_effects_are_exact_without_noise(kind):
             assert float(contrast @ y.mean(axis=1)) == pytest.approx(true)
 
 
-def test_interactions_resolved_by_a_factorial_and_chained_by_a_fraction():
+def test_interactions_resolved_by_a_factorial_and_chained_by_a_fraction() -> None:
     x = doe.full_factorial(3)
     chains = doe.interaction_chains(x)
     assert [p for p, _ in chains] == [[(0, 1)], [(0, 2)], [(1, 2)]]
@@ -105,7 +106,7 @@ def test_interactions_resolved_by_a_factorial_and_chained_by_a_fraction():
     assert sorted(map(len, frac)) == [2, 2, 2]  # AB = CD, AC = BD, AD = BC
 
 
-def test_estimate_known_answer():
+def test_estimate_known_answer() -> None:
     # 2 rows x 2 seeds: the effect is row 1 - row 0; the residual is +-0.01 in every cell
     y = np.array([[0.50, 0.54], [0.60, 0.60]])
     est = doe.estimate(y, np.array([-1.0, 1.0]))
@@ -118,14 +119,14 @@ def test_estimate_known_answer():
     assert (est.low, est.high) == pytest.approx((0.08 - half, 0.08 + half), rel=1e-4)
 
 
-def test_verdict_follows_the_interval_and_the_direction():
+def test_verdict_follows_the_interval_and_the_direction() -> None:
     assert doe.Estimate(0.1, 0.05, 0.15, 0.02, 5).verdict("max") == doe.HELPED
     assert doe.Estimate(0.1, 0.05, 0.15, 0.02, 5).verdict("min") == doe.HURT
     assert doe.Estimate(-0.1, -0.15, -0.05, 0.02, 5).verdict("max") == doe.HURT
     assert doe.Estimate(0.1, -0.01, 0.21, 0.05, 5).verdict("max") == doe.NOISE
 
 
-def test_mean_difference_uses_the_seeds_as_replicates():
+def test_mean_difference_uses_the_seeds_as_replicates() -> None:
     d = np.array([[0.02, 0.04, 0.03], [0.02, 0.04, 0.03]])
     est = doe.mean_difference(d)
     assert est.value == pytest.approx(0.03)
@@ -133,7 +134,7 @@ def test_mean_difference_uses_the_seeds_as_replicates():
     assert est.se == pytest.approx(0.01 / math.sqrt(3))
 
 
-def test_effects_recovered_and_zero_called_noise_at_the_stated_rate():
+def test_effects_recovered_and_zero_called_noise_at_the_stated_rate() -> None:
     """Known effects plus seed effects plus noise, 400 audits of a 16-row fraction x 3 seeds:
     each interval covers the true effect about 95% of the time, and a zero effect is called
     within noise about 95% of the time."""

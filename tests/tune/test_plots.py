@@ -1,11 +1,14 @@
 """The plots draw every trial in its status's colour, diverged losses included."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import WriteSpace
 from PIL import Image
 
+from cattle_yolo import stats as S
 from tune.plots import STATUS_COLORS, plot_curves, plot_importance, plot_knobs
 from tune.results import Status, TrialRow
 from tune.space import SearchSettings, load_space
@@ -13,9 +16,9 @@ from tune.space import SearchSettings, load_space
 RGB = {"tab:green": (44, 160, 44), "tab:red": (214, 39, 40), "tab:orange": (255, 127, 14)}
 
 
-def _row(name, status, losses, lr, box):
+def _row(name: str, status: Status, losses: list[float], lr: float, box: str) -> TrialRow:
     history = [
-        {"epoch": e + 1, "train_loss": loss, "mAP50_95": 0.1 * (e + 1)}
+        {S.EPOCH: e + 1, S.TRAIN_LOSS: loss, S.MAP50_95: 0.1 * (e + 1)}
         for e, loss in enumerate(losses)
     ]
     best = None if status == Status.DIVERGED else 0.1 * len(losses)
@@ -32,17 +35,19 @@ def _row(name, status, losses, lr, box):
     )
 
 
-def _colours(path):
+def _colours(path: Path) -> np.ndarray:
     return np.unique(np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3), axis=0)
 
 
-def _drawn(colours, name, alpha=1.0):
+def _drawn(colours: np.ndarray, name: str, alpha: float = 1.0) -> bool:
     """Some pixel has colour ``name`` laid with ``alpha`` over white (within 2 per channel)."""
     want = alpha * np.array(RGB[name]) + (1 - alpha) * 255
     return bool((np.abs(colours.astype(float) - want).max(axis=1) <= 2).any())
 
 
-def test_curves_and_knobs_colour_each_trial_by_status(tmp_path, write_space):
+def test_curves_and_knobs_colour_each_trial_by_status(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     rows = [
         _row("t1", Status.COMPLETED, [3.0, 2.0, 1.5], 1e-3, "ciou"),
         _row("t2", Status.STOPPED, [3.0], 3e-3, "giou"),
@@ -65,7 +70,7 @@ def test_curves_and_knobs_colour_each_trial_by_status(tmp_path, write_space):
     assert _drawn(colours, "tab:orange")
 
 
-def test_importance_is_one_bar_per_knob(tmp_path):
+def test_importance_is_one_bar_per_knob(tmp_path: Path) -> None:
     plot_importance({"lr": 0.7, "box_loss_weight": 0.3}, tmp_path / "importance.png")
     with Image.open(tmp_path / "importance.png") as im:
         pixels = np.asarray(im.convert("RGB"))

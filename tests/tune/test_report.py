@@ -2,34 +2,47 @@
 
 import csv
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, WriteSpace
 from PIL import Image
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
 from tune.report import importance, pick_best, trial_status, write_report
-from tune.results import TrialRow
+from tune.results import (
+    DIVERGED,
+    DIVERGED_RULE,
+    DONE,
+    EPOCH,
+    THRESHOLD,
+    THRESHOLD_F1,
+    THRESHOLD_P,
+    THRESHOLD_R,
+    TrialRow,
+)
 from tune.space import load_space
 
 
 @pytest.mark.parametrize(
     ("metrics", "error", "status"),
     [
-        ({"epoch": 4, "done": True}, None, "completed"),
-        ({"epoch": 2, "done": True}, None, "stopped by ASHA"),
+        ({EPOCH: 4, DONE: True}, None, "completed"),
+        ({EPOCH: 2, DONE: True}, None, "stopped by ASHA"),
         (
-            {"epoch": 1, "done": True, "diverged": True, "diverged_rule": "spike: ..."},
+            {EPOCH: 1, DONE: True, DIVERGED: True, DIVERGED_RULE: "spike: ..."},
             None,
             "diverged",
         ),
-        ({"epoch": 2}, RuntimeError("Traceback...\nValueError: boom"), "errored"),
-        ({"epoch": 2, "done": False}, None, "unfinished"),
+        ({EPOCH: 2}, RuntimeError("Traceback...\nValueError: boom"), "errored"),
+        ({EPOCH: 2, DONE: False}, None, "unfinished"),
         ({}, None, "unfinished"),
     ],
 )
-def test_trial_status(metrics, error, status):
+def test_trial_status(metrics: dict[str, Any], error: BaseException | None, status: str) -> None:
     got, detail = trial_status(metrics, error, max_t=4)
     assert got == status
     if status == "errored":
@@ -38,10 +51,10 @@ def test_trial_status(metrics, error, status):
         assert detail.startswith("spike")
 
 
-def _rows():
-    def row(name, lr, best, status, epochs):
+def _rows() -> list[TrialRow]:
+    def row(name: str, lr: float, best: float | None, status: str, epochs: int) -> TrialRow:
         history = [
-            {"epoch": e, "train_loss": 10.0 - e, "mAP50_95": (best or 0) * e / epochs}
+            {S.EPOCH: e, S.TRAIN_LOSS: 10.0 - e, S.MAP50_95: (best or 0) * e / epochs}
             for e in range(1, epochs + 1)
         ]
         return TrialRow(
@@ -67,15 +80,20 @@ def _rows():
     ]
 
 
-def test_best_is_the_best_completed_trial():
+def test_best_is_the_best_completed_trial() -> None:
     rows = _rows()
-    assert pick_best(rows, "max").name == "trial_003"  # not the ASHA-stopped 0.50
-    assert pick_best(rows, "min").name == "trial_006"
-    assert pick_best([r for r in rows if r.status != "completed"], "max").name == "trial_002"
+    best, lowest = pick_best(rows, "max"), pick_best(rows, "min")
+    best_stopped = pick_best([r for r in rows if r.status != "completed"], "max")
+    assert best is not None
+    assert best.name == "trial_003"  # not the ASHA-stopped 0.50
+    assert lowest is not None
+    assert lowest.name == "trial_006"
+    assert best_stopped is not None
+    assert best_stopped.name == "trial_002"
     assert pick_best([r for r in rows if r.status in ("diverged", "errored")], "max") is None
 
 
-def test_write_report_files(tmp_path, write_space):
+def test_write_report_files(tmp_path: Path, write_space: WriteSpace) -> None:
     space = load_space(
         write_space(
             "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n"
@@ -113,13 +131,14 @@ def test_write_report_files(tmp_path, write_space):
         assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20
 
 
-def test_importance_needs_enough_trials(write_space):
+def test_importance_needs_enough_trials(write_space: WriteSpace) -> None:
     space = load_space(
         write_space(
             "space:\n  lr: {loguniform: [1.0e-4, 10]}\n  box_loss_weight: {uniform: [2, 12]}\n"
         )
     )
     values, _ = importance(_rows(), space, space.settings)
+    assert values is not None
     assert set(values) == {"lr", "box_loss_weight"}
     assert math.isclose(sum(values.values()), 1.0)
     values, why = importance(_rows()[:2], space, space.settings)
@@ -127,7 +146,9 @@ def test_importance_needs_enough_trials(write_space):
     assert "at least 4" in why
 
 
-def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_space):
+def test_export_carries_the_threshold_chosen_after_training(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     space = load_space(
         write_space(
             "search: {epochs: 4}\nspace:\n  lr: {loguniform: [1.0e-4, 10]}\n"
@@ -136,17 +157,17 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     )
     from tune.space import for_metric
 
-    space, notes = for_metric(space, "mAP50_95")
+    space, notes = for_metric(space, S.MAP50_95)
     assert "score_threshold" not in space.knobs
     assert space.threshold_range() == (0.05, 0.5)
     rows = _rows()
     for r in rows:
         r.params.pop("box_loss_weight")
     rows[2].threshold = {
-        "threshold": 0.3712,
-        "threshold_P": 0.8,
-        "threshold_R": 0.7,
-        "threshold_F1": 0.7467,
+        THRESHOLD: 0.3712,
+        THRESHOLD_P: 0.8,
+        THRESHOLD_R: 0.7,
+        THRESHOLD_F1: 0.7467,
     }
     base = TrainConfig(epochs=4, score_threshold=0.25)
     lines = write_report(rows, space, space.settings, base, tmp_path, "exp", tmp_path / "b.yaml")
@@ -159,10 +180,11 @@ def test_export_carries_the_threshold_chosen_after_training(tmp_path, write_spac
     assert float(row["threshold"]) == 0.3712
     assert float(row["threshold_F1"]) == 0.7467
     values, _ = importance(rows, space, space.settings)
+    assert values is not None
     assert set(values) == {"lr"}  # the post-hoc threshold is not a sampled knob
 
 
-def test_cloud_trial_paths_keep_their_scheme(tmp_path):
+def test_cloud_trial_paths_keep_their_scheme(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from tune.report import export_best, result_uri
@@ -190,7 +212,9 @@ def test_cloud_trial_paths_keep_their_scheme(tmp_path):
     assert doc["checkpoint"] == "s3://bucket/runs/exp/trial_001_ab/run/models/best.pt"
 
 
-def test_the_precision_trained_in_and_best_pts_epoch_reach_the_report(tmp_path, write_space):
+def test_the_precision_trained_in_and_best_pts_epoch_reach_the_report(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     """The summary, results.csv and the export say which precision the trials trained in (what
     amp: auto resolved to), and the export says which epoch best.pt holds when it is not the
     objective's epoch (objective: last_mean)."""

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, run_search
 
+from tune.results import EPOCH, RESUMED_FROM_EPOCH
+
 pytestmark = pytest.mark.slow
 
 
@@ -45,7 +47,7 @@ def _epochs_trained(experiment: Path) -> dict[str, int]:
 EPOCHS = 6
 
 
-def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
+def test_killed_search_resumes_without_losing_finished_trials(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         str(REPO / "run_search.py"),
@@ -121,21 +123,22 @@ def test_killed_search_resumes_without_losing_finished_trials(tmp_path):
     for trial_id, epochs in started.items():  # unfinished trials continued, not restarted
         (trial_dir,) = experiment.glob(f"trial_*_{trial_id}")
         last = json.loads((trial_dir / "result.json").read_text().splitlines()[-1])
-        assert last["resumed_from_epoch"] >= epochs, (trial_id, epochs, last["resumed_from_epoch"])
+        assert last[RESUMED_FROM_EPOCH] >= epochs, (trial_id, epochs, last[RESUMED_FROM_EPOCH])
         history = [
-            json.loads(line)["epoch"]
-            for line in (trial_dir / "result.json").read_text().splitlines()
+            json.loads(line)[EPOCH] for line in (trial_dir / "result.json").read_text().splitlines()
         ]
         assert sorted(set(history)) == list(range(1, EPOCHS + 1))
     assert any(n > 0 for n in started.values())
 
 
-def _run(args, cwd):
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     flags = ["--epochs", "1", "--storage", str(cwd), "--no-dashboard", "--quiet"]
     return run_search([*flags, *args], cwd)
 
 
-def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(tmp_path):
+def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(
+    tmp_path: Path,
+) -> None:
     first = _run(["--name", "ext", "--trials", "2"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     results = tmp_path / "ext" / "results.csv"
@@ -175,7 +178,7 @@ def test_more_trials_extend_a_finished_search_and_changed_settings_are_refused(t
     assert all(t.state.name == "COMPLETE" for t in study.trials)
 
 
-def test_file_uri_storage_is_the_path_it_names(tmp_path):
+def test_file_uri_storage_is_the_path_it_names(tmp_path: Path) -> None:
     sys.path.insert(0, str(REPO))
     import run_search
 

@@ -11,7 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -19,11 +21,14 @@ import ray
 import yaml
 from helpers import REPO, TINY, read_events, tiny_tuner
 from ray import cloudpickle
+from ray.tune import Tuner
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
 from cattle_yolo.data import load_datasets
 from tune import cluster, report, search
-from tune.space import for_metric, load_space
+from tune.results import OBJECTIVE, RESUMED_FROM_EPOCH, THRESHOLD, THRESHOLD_F1, TrialRow
+from tune.space import SearchSpace, for_metric, load_space
 from tune.study import JOURNAL_FILE, journal_storage
 
 pytestmark = pytest.mark.slow
@@ -46,11 +51,12 @@ def _listening_ipv4(port: int) -> set[str]:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @pytest.fixture(scope="module")
-def ray_session():
+def ray_session() -> Iterator[Any]:
     ctx = cluster.init_ray(
         None, dashboard=True, dashboard_host="127.0.0.1", dashboard_port=_free_port()
     )
@@ -58,8 +64,16 @@ def ray_session():
     ray.shutdown()
 
 
-def _search(tmp_path, space_text, name, extra_callbacks=(), max_failures=1, concurrent=None):
-    space, _ = for_metric(load_space(_write(tmp_path / f"{name}.yaml", space_text)), "mAP50_95")
+def _search(
+    tmp_path: Path,
+    space_text: str,
+    name: str,
+    extra_callbacks: tuple[Callable[[S.EpochStats], None], ...] = (),
+    max_failures: int = 1,
+    concurrent: int | None = None,
+) -> tuple[SearchSpace, TrainConfig, Tuner, Any, list[TrialRow]]:
+    """Run a tiny search; returns (space, base config, tuner, Tune's ResultGrid, trial rows)."""
+    space, _ = for_metric(load_space(_write(tmp_path / f"{name}.yaml", space_text)), S.MAP50_95)
     base = TrainConfig.load(None, {**TINY, **space.fixed, "epochs": space.settings.epochs})
     resources = cluster.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, space.settings.trials)
     if concurrent:
@@ -96,7 +110,9 @@ points:
 """
 
 
-def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_path):
+def test_search_with_a_diverging_trial_exports_a_best_config(
+    ray_session: Any, tmp_path: Path
+) -> None:
     space, base, tuner, results, rows = _search(tmp_path, SEARCH, "search")
     by_lr = {r.params["lr"]: r for r in rows}
     assert len(rows) == 4
@@ -118,20 +134,24 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     assert wild.objective == 0.0  # the finite worst objective
 
     # every trial reached Optuna finished (none left RUNNING): ASHA's cuts as PRUNED
-    assert all(math.isfinite(r.metrics["objective"]) for r in results)
+    assert all(math.isfinite(r.metrics[OBJECTIVE]) for r in results)
     study = optuna.load_study(
         study_name="search", storage=journal_storage(tmp_path / "runs" / "search" / JOURNAL_FILE)
     )
     want = {"completed": "COMPLETE", "diverged": "COMPLETE", "stopped by ASHA": "PRUNED"}
     assert sorted(t.state.name for t in study.trials) == sorted(want[r.status] for r in rows)
-    complete = [r.objective for r in rows if r.status != "stopped by ASHA"]
-    assert sorted(t.value for t in study.trials if t.state.name == "COMPLETE") == sorted(complete)
+    complete = [
+        r.objective for r in rows if r.status != "stopped by ASHA" and r.objective is not None
+    ]
+    values = [t.value for t in study.trials if t.state.name == "COMPLETE" and t.value is not None]
+    assert sorted(values) == sorted(complete)
 
     lines = report.write_report(
         rows, space, space.settings, base, tmp_path / "report", "search", tmp_path / "best.yaml"
     )
     assert any(line.startswith("best trial:") for line in lines)
     best = report.pick_best(rows, "max")
+    assert best is not None
     cfg = TrainConfig.load(tmp_path / "best.yaml")
     assert cfg == report.best_config(best, base)
     assert cfg.epochs == 3
@@ -163,7 +183,7 @@ def test_search_with_a_diverging_trial_exports_a_best_config(ray_session, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tmp_path / "retrain" / "metrics" / "training_metrics.jsonl").read_text().splitlines()
-    retrained = max(json.loads(line)["mAP50_95"] for line in log)
+    retrained = max(json.loads(line)[S.MAP50_95] for line in log)
     assert retrained == best.objective, (retrained, best.objective)
 
 
@@ -173,13 +193,15 @@ class FailOnce:
     def __init__(self, marker: str, epoch: int) -> None:
         self.marker, self.epoch = marker, epoch
 
-    def __call__(self, stats: dict) -> None:
-        if stats["epoch"] == self.epoch and not os.path.exists(self.marker):
+    def __call__(self, stats: S.EpochStats) -> None:
+        if stats[S.EPOCH] == self.epoch and not os.path.exists(self.marker):
             Path(self.marker).write_text("failed once")
             raise RuntimeError("injected fault")
 
 
-def test_a_trial_that_raises_is_retried_from_its_checkpoint(ray_session, tmp_path):
+def test_a_trial_that_raises_is_retried_from_its_checkpoint(
+    ray_session: Any, tmp_path: Path
+) -> None:
     text = (
         "search: {trials: 1, epochs: 3, grace_period: 3}\n"
         "space:\n  lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
@@ -190,8 +212,8 @@ def test_a_trial_that_raises_is_retried_from_its_checkpoint(ray_session, tmp_pat
     (row,) = rows
     assert row.status == "completed"
     assert not results.errors
-    assert results[0].metrics["resumed_from_epoch"] == 2  # resumed at epoch 2, not from 0
-    assert [h["epoch"] for h in row.history] == [1, 2, 3]
+    assert results[0].metrics[RESUMED_FROM_EPOCH] == 2  # resumed at epoch 2, not from 0
+    assert [h[S.EPOCH] for h in row.history] == [1, 2, 3]
 
 
 def _token() -> str:
@@ -200,17 +222,17 @@ def _token() -> str:
     return Path(cluster.token_location()).read_text().strip()
 
 
-def _get(url, headers=None):
+def _get(url: str, headers: dict[str, str] | None = None) -> int:
     try:
         with urllib.request.urlopen(
             urllib.request.Request(url, headers=headers or {}), timeout=20
         ) as r:
-            return r.status
+            return int(r.status)  # urlopen is typed Any
     except urllib.error.HTTPError as e:
         return e.code
 
 
-def test_dashboard_on_localhost_needs_the_token(ray_session):
+def test_dashboard_on_localhost_needs_the_token(ray_session: Any) -> None:
     url = ray_session.dashboard_url
     host, port = url.split(":")
     assert host == "127.0.0.1"
@@ -240,7 +262,9 @@ space:
 """
 
 
-def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_session, tmp_path):
+def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(
+    ray_session: Any, tmp_path: Path
+) -> None:
     """One trial at a time, so ASHA's cuts do not depend on which trial finished first."""
     space, base, _, results, rows = _search(tmp_path, ASHA, "asha", concurrent=1)
     assert "score_threshold" not in space.knobs  # under mAP it is chosen after training
@@ -255,8 +279,8 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
         # every epoch's objective reached the study, the last one included
         assert sorted(trial.intermediate_values) == list(range(1, row.epochs_run + 1))
         assert trial.intermediate_values[row.epochs_run] == pytest.approx(row.objective)
-        assert "threshold" in row.threshold
-        assert "threshold_F1" in row.threshold
+        assert THRESHOLD in row.threshold
+        assert THRESHOLD_F1 in row.threshold
 
     # bounded disk: an ended trial keeps its best.pt (keep_weights None here) but no last.pt
     for row in rows:
@@ -267,10 +291,10 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     # TensorBoard: every trial's events hold each epoch's scalars and its hyperparameters
     for row in rows:
         scalars, hparams = read_events(Path(row.path))
-        for tag, key in (("ray/tune/mAP50_95", "mAP50_95"), ("ray/tune/train_loss", "train_loss")):
-            got = dict(scalars[tag])
+        for key in (S.MAP50_95, S.TRAIN_LOSS):
+            got = dict(scalars[f"ray/tune/{key}"])  # Tune's TensorBoard tag of a result key
             assert sorted(got) == list(range(1, row.epochs_run + 1))
-            assert [got[h["epoch"]] for h in row.history] == pytest.approx(
+            assert [got[int(h[S.EPOCH])] for h in row.history] == pytest.approx(
                 [h[key] for h in row.history]
             )
         assert hparams >= 1
@@ -289,7 +313,7 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     assert candidates[0].label == "default"
     assert candidates[0].params["lr"] == base.lr
     others = [r for r in rows if r.status == "completed" and r.params["lr"] != base.lr]
-    top = max(r.objective for r in others)
+    top = max(r.objective for r in others if r.objective is not None)
     assert len(candidates) == 2
     assert candidates[1].label in {r.name for r in others if r.objective == top}
     seeds = confirm.fresh_seeds(settings, 2)
@@ -315,6 +339,7 @@ def test_asha_stops_are_pruned_in_the_journal_and_confirmation_retrains(ray_sess
     )
     text = "\n".join(lines)
     win = confirm.winner(candidates, settings, len(seeds))
+    assert win is not None
     # the verdict the numbers call for: the winner's gain against the larger seed sd
     if win is candidates[0]:
         assert "the hand-fixed default has the best mean" in text
@@ -339,7 +364,9 @@ points:
 """
 
 
-def test_trials_that_differ_only_in_focal_gamma_train_differently(ray_session, tmp_path):
+def test_trials_that_differ_only_in_focal_gamma_train_differently(
+    ray_session: Any, tmp_path: Path
+) -> None:
     """The sampled value reaches the loss: the Ultralytics bug where every trial trained
     identically cannot happen here."""
     _, _, _, results, rows = _search(tmp_path, FOCAL, "focal")
@@ -349,7 +376,7 @@ def test_trials_that_differ_only_in_focal_gamma_train_differently(ray_session, t
         saved = TrainConfig.load(Path(result.path) / "run" / "config.yaml")
         assert saved.focal_gamma == result.config["focal_gamma"]
         log = Path(result.path) / "run" / "metrics" / "training_metrics.jsonl"
-        cls[saved.focal_gamma] = json.loads(log.read_text().splitlines()[0])["train_cls"]
+        cls[saved.focal_gamma] = json.loads(log.read_text().splitlines()[0])[S.TRAIN_CLS]
     assert cls[0.5] != pytest.approx(cls[3.0], rel=1e-3), cls
     assert cls[0.5] > cls[3.0]  # a larger gamma down-weights the easy negatives more
 
@@ -360,7 +387,7 @@ def _api_json(url: str) -> object:
         return json.loads(r.read())
 
 
-def _walk(obj):
+def _walk(obj: object) -> Iterator[dict[str, Any]]:
     if isinstance(obj, dict):
         yield obj
         for v in obj.values():
@@ -370,7 +397,9 @@ def _walk(obj):
             yield from _walk(v)
 
 
-def test_a_running_trial_is_named_on_the_dashboard_and_exports_its_metrics(ray_session, tmp_path):
+def test_a_running_trial_is_named_on_the_dashboard_and_exports_its_metrics(
+    ray_session: Any, tmp_path: Path
+) -> None:
     """The dashboard's actor list (through its API, with the token) names the trial, and the
     node's Prometheus endpoint serves the trial's gauges labelled by trial id and experiment."""
     import threading
@@ -382,6 +411,7 @@ def test_a_running_trial_is_named_on_the_dashboard_and_exports_its_metrics(ray_s
     worker = threading.Thread(target=_search, args=(tmp_path, text, "watched"), daemon=True)
     worker.start()
     node = ray._private.worker.global_worker.node
+    assert node is not None  # this process is connected to Ray
     metrics_url = f"http://{node.node_ip_address}:{node.metrics_export_port}/metrics"
     actors_url = f"http://{ray_session.dashboard_url}/api/v0/actors?detail=1&limit=1000"
     named, exported = None, None

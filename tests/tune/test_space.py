@@ -4,13 +4,23 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
-from helpers import REPO
+from helpers import REPO, WriteSpace
 
+from cattle_yolo import stats as S
 from cattle_yolo.config import TrainConfig
-from tune.space import IOU_END_FRACTION, SpaceError, check_base, load_space, resolve_trial_config
+from tune.space import (
+    IOU_END_FRACTION,
+    SearchSpace,
+    SpaceError,
+    check_base,
+    load_space,
+    resolve_trial_config,
+)
 from tune.study import DefineByRun, first_points
 
 GOOD = """
@@ -26,7 +36,7 @@ space:
 """
 
 
-def test_parses_kinds_fixed_values_and_settings(write_space):
+def test_parses_kinds_fixed_values_and_settings(write_space: WriteSpace) -> None:
     space = load_space(write_space(GOOD))
     assert space.fixed == {"imgsz": 64}
     assert space.knobs["lr"].kind == "loguniform"
@@ -36,11 +46,11 @@ def test_parses_kinds_fixed_values_and_settings(write_space):
     assert space.knobs["iou_ramp_epochs"].low == 10
     assert space.knobs["box_loss"].choices == ("giou", "ciou")
     s = space.settings
-    assert (s.trials, s.epochs, s.grace_period, s.metric, s.mode) == (5, 4, 2, "mAP50_95", "max")
+    assert (s.trials, s.epochs, s.grace_period, s.metric, s.mode) == (5, 4, 2, S.MAP50_95, "max")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "search_spaces").glob("*.yaml")))
-def test_shipped_spaces_load(name):
+def test_shipped_spaces_load(name: str) -> None:
     space = load_space(REPO / "search_spaces" / name)
     check_base(space, TrainConfig.load(None, space.fixed))
     if name == "fixes.yaml":
@@ -58,7 +68,7 @@ def test_shipped_spaces_load(name):
         assert points[0]["lr"] == 1e-3
 
 
-def test_yaml_exponent_without_dot_is_a_number(write_space):
+def test_yaml_exponent_without_dot_is_a_number(write_space: WriteSpace) -> None:
     space = load_space(write_space("space:\n  lr: {loguniform: [1e-4, 3e-3]}\n"))
     assert space.knobs["lr"].low == 1e-4
 
@@ -171,7 +181,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_space_names_file_key_and_problem(write_space, case):
+def test_bad_space_names_file_key_and_problem(write_space: WriteSpace, case: str) -> None:
     text, where, problem = BAD[case]
     path = write_space(text)
     with pytest.raises(SpaceError) as err:
@@ -182,14 +192,14 @@ def test_bad_space_names_file_key_and_problem(write_space, case):
     assert problem in message, message
 
 
-def test_iou_start_above_a_fixed_iou_end_is_refused(write_space):
+def test_iou_start_above_a_fixed_iou_end_is_refused(write_space: WriteSpace) -> None:
     space = load_space(write_space("space:\n  iou_start: {uniform: [0.2, 0.5]}\n"))
     with pytest.raises(SpaceError, match="0.5 is above the fixed iou_end 0.45"):
         check_base(space, TrainConfig())
     check_base(space, TrainConfig(iou_end=0.5))
 
 
-def _cli(args, cwd):
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """run_search.main in a fresh interpreter; reports whether Ray was ever imported."""
     code = (
         "import runpy, sys\n"
@@ -221,7 +231,9 @@ def _cli(args, cwd):
         "bound not a number",
     ],
 )
-def test_cli_bad_space_exits_2_fast_without_ray(write_space, tmp_path, case):
+def test_cli_bad_space_exits_2_fast_without_ray(
+    write_space: WriteSpace, tmp_path: Path, case: str
+) -> None:
     text, where, problem = BAD[case]
     path = write_space(text)
     proc = _cli(["--space", str(path), "--storage", str(tmp_path / "runs")], tmp_path)
@@ -233,7 +245,7 @@ def test_cli_bad_space_exits_2_fast_without_ray(write_space, tmp_path, case):
     assert not (tmp_path / "runs").exists()
 
 
-def test_cli_bad_flag_value_exits_2(tmp_path):
+def test_cli_bad_flag_value_exits_2(tmp_path: Path) -> None:
     proc = _cli(
         [
             "--space",
@@ -249,7 +261,7 @@ def test_cli_bad_flag_value_exits_2(tmp_path):
     assert "grace_period 9 is above epochs 4" in proc.stderr
 
 
-def test_help_documents_every_flag():
+def test_help_documents_every_flag() -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "run_search.py"), "--help"],
         capture_output=True,
@@ -266,7 +278,7 @@ def test_help_documents_every_flag():
             assert flag in proc.stdout
 
 
-def _sample(space, n, seed=0):
+def _sample(space: SearchSpace, n: int, seed: int = 0) -> list[dict[str, Any]]:
     """n define-by-run samples from a seeded TPE study, told random objectives."""
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5)
@@ -282,7 +294,7 @@ def _sample(space, n, seed=0):
 
 
 @pytest.mark.parametrize("kind", ["uniform", "loguniform"])
-def test_iou_end_never_below_iou_start(write_space, kind):
+def test_iou_end_never_below_iou_start(write_space: WriteSpace, kind: str) -> None:
     space = load_space(
         write_space(
             f"space:\n  iou_start: {{{kind}: [0.1, 0.5]}}\n  iou_end: {{{kind}: [0.2, 0.6]}}\n"
@@ -300,20 +312,21 @@ def test_iou_end_never_below_iou_start(write_space, kind):
     assert max(ends) > 0.55
 
 
-def test_first_point_is_the_exact_default(write_space):
+def test_first_point_is_the_exact_default(write_space: WriteSpace) -> None:
     space = load_space(REPO / "search_spaces" / "fixes.yaml")
     points, _ = first_points(space, TrainConfig())
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(points[0])
     trial = study.ask()
     derived = DefineByRun(space.knobs)(trial)
+    assert derived is not None  # fixes.yaml searches iou_start and iou_end: iou_end is derived
     values = {**trial.params, **derived}
     cfg = resolve_trial_config(TrainConfig(), values)
     assert cfg == TrainConfig()  # iou_end comes back as exactly 0.45
     assert IOU_END_FRACTION in values
 
 
-def test_default_outside_a_range_is_left_to_the_sampler(write_space):
+def test_default_outside_a_range_is_left_to_the_sampler(write_space: WriteSpace) -> None:
     space = load_space(
         write_space(
             "space:\n  lr: {loguniform: [1.0e-2, 1.0]}\n  focal_gamma: {uniform: [1, 3]}\n"
@@ -325,7 +338,7 @@ def test_default_outside_a_range_is_left_to_the_sampler(write_space):
     assert "lr=0.001 is outside loguniform" in notes[0]
 
 
-def test_score_threshold_is_chosen_after_training_under_map(write_space):
+def test_score_threshold_is_chosen_after_training_under_map(write_space: WriteSpace) -> None:
     from tune.space import for_metric
 
     text = (
@@ -333,7 +346,7 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
         "  score_threshold: {uniform: [0.05, 0.5]}\npoints:\n  - {score_threshold: 0.3}\n"
     )
     space = load_space(write_space(text))
-    for metric in ("mAP50_95", "mAP50", "best_f1", "val_loss"):
+    for metric in (S.MAP50_95, S.MAP50, S.BEST_F1, S.VAL_LOSS):
         run, notes = for_metric(space, metric)
         assert list(run.knobs) == ["lr"]
         assert run.points == ({},)
@@ -343,14 +356,14 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
         assert run.threshold_range() == (0.05, 0.5)
         points, _ = first_points(run, TrainConfig())
         assert all("score_threshold" not in p for p in points)
-    for metric in ("precision", "recall", "f1_at_threshold"):  # read at the threshold: a knob
+    for metric in (S.PRECISION, S.RECALL, S.F1_AT_THRESHOLD):  # read at the threshold: a knob
         run, notes = for_metric(space, metric)
         assert "score_threshold" in run.knobs
         assert not notes
         assert run.threshold_range() is None
     only = load_space(write_space("space:\n  score_threshold: {uniform: [0.05, 0.5]}\n", "o.yaml"))
     with pytest.raises(SpaceError, match="only score_threshold"):
-        for_metric(only, "mAP50_95")
+        for_metric(only, S.MAP50_95)
     fixed = load_space(
         write_space(
             "space:\n  lr: {loguniform: [1.0e-4, 1.0e-2]}\n  score_threshold: 0.4\n", "f.yaml"
@@ -361,7 +374,7 @@ def test_score_threshold_is_chosen_after_training_under_map(write_space):
     assert plain.threshold_range() == (0.0, 1.0)
 
 
-def test_objective_settings_are_checked(write_space):
+def test_objective_settings_are_checked(write_space: WriteSpace) -> None:
     space = load_space(
         write_space(
             "search: {objective: last_mean, objective_window: 4}\n"
@@ -386,7 +399,7 @@ def test_objective_settings_are_checked(write_space):
         )
 
 
-def test_numbers_without_a_dot_are_numbers_everywhere_in_a_space(write_space):
+def test_numbers_without_a_dot_are_numbers_everywhere_in_a_space(write_space: WriteSpace) -> None:
     space = load_space(
         write_space(
             "search: {min_rise: 5e-2, spike_ratio: 3e0}\nspace:\n  lr: 3e-3\n"

@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.fs
@@ -18,7 +19,7 @@ from tune import storage
 from tune.disk import Ended, enforce
 
 
-def test_paths_and_uris_are_read_as_ray_tune_reads_them(tmp_path):
+def test_paths_and_uris_are_read_as_ray_tune_reads_them(tmp_path: Path) -> None:
     assert storage.resolve(f"file://{tmp_path}/a") == str(tmp_path / "a")
     assert storage.resolve("s3://bucket/x/") == "s3://bucket/x"
     assert storage.experiment_path("s3://bucket/x", "fixes") == "s3://bucket/x/fixes"
@@ -37,7 +38,7 @@ def _rewrite(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def test_the_uploader_sends_each_new_or_rewritten_file_once(tmp_path):
+def test_the_uploader_sends_each_new_or_rewritten_file_once(tmp_path: Path) -> None:
     run, remote = tmp_path / "run", tmp_path / "remote"
     (run / "models").mkdir(parents=True)
     (run / "metrics").mkdir()
@@ -78,7 +79,7 @@ def test_the_uploader_sends_each_new_or_rewritten_file_once(tmp_path):
     assert again.upload() == []
 
 
-def test_ended_trials_lose_the_weights_in_their_tune_checkpoints(tmp_path):
+def test_ended_trials_lose_the_weights_in_their_tune_checkpoints(tmp_path: Path) -> None:
     """On cloud storage last.pt lives in checkpoint_*/; it goes when the trial ends."""
     for name in ("a", "b"):
         for ckpt in ("checkpoint_000001", "checkpoint_000002"):
@@ -105,7 +106,8 @@ def test_ended_trials_lose_the_weights_in_their_tune_checkpoints(tmp_path):
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class _Requests(logging.Handler):
@@ -124,7 +126,9 @@ class _Requests(logging.Handler):
 
 
 @pytest.fixture
-def s3_server(monkeypatch):
+def s3_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[pyarrow.fs.S3FileSystem, _Requests]]:
     """An S3-compatible server on 127.0.0.1 with a bucket ``cattle``; the environment points
     pyarrow (in this process and in the search's) at it."""
     from moto.server import ThreadedMotoServer
@@ -168,8 +172,8 @@ def _keys(fs: pyarrow.fs.S3FileSystem, root: str) -> list[str]:
 
 
 def test_a_search_on_s3_writes_there_uploads_weights_once_and_resumes_from_there(
-    s3_server, tmp_path
-):
+    s3_server: tuple[pyarrow.fs.S3FileSystem, _Requests], tmp_path: Path
+) -> None:
     fs, requests = s3_server
     first = _search(["--name", "s3", "--trials", "2", "--export", "best.yaml"], tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -231,7 +235,9 @@ def test_a_search_on_s3_writes_there_uploads_weights_once_and_resumes_from_there
     assert len(study.trials) == 3  # the study continued in the downloaded journal
 
 
-def test_one_driver_per_experiment_and_a_killed_one_does_not_block(tmp_path, capsys):
+def test_one_driver_per_experiment_and_a_killed_one_does_not_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A second driver on the same experiment is refused, naming the first; the lock goes with
     a driver killed by SIGKILL, so the same command can resume."""
     import os
@@ -265,6 +271,7 @@ def test_one_driver_per_experiment_and_a_killed_one_does_not_block(tmp_path, cap
         text=True,
         cwd=Path(__file__).resolve().parents[2],
     )
+    assert child.stdout is not None
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(ConfigError, match=f"pid {child.pid}"):
         lock_experiment(tmp_path / "exp")

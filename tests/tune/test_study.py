@@ -1,10 +1,14 @@
 """The Optuna study: journal file, warm start from an earlier study, what StudySearch tells it."""
 
+from pathlib import Path
+
 import optuna
 import pytest
+from helpers import WriteSpace
 
 from cattle_yolo.config import TrainConfig
-from tune.space import SpaceError, load_space
+from tune.results import DIVERGED, EPOCH, OBJECTIVE
+from tune.space import SearchSpace, SpaceError, load_space
 from tune.study import JOURNAL_FILE, StudySearch, distributions, finished_trials, journal_storage
 
 SPACE = (
@@ -13,7 +17,7 @@ SPACE = (
 )
 
 
-def _old_study(path, space, n=5):
+def _old_study(path: Path, space: SearchSpace, n: int = 5) -> optuna.Study:
     """An earlier search's journal: n finished trials (one pruned) over ``space``."""
     study = optuna.create_study(
         storage=journal_storage(path), study_name="old", direction="maximize"
@@ -34,16 +38,25 @@ def _old_study(path, space, n=5):
     return study
 
 
-def _searcher(space, tmp_path, warm=None, max_epochs=4):
+def _searcher(
+    space: SearchSpace,
+    tmp_path: Path,
+    warm: list[optuna.trial.FrozenTrial] | None = None,
+    max_epochs: int = 4,
+) -> StudySearch:
     from tune.search import Study, make_searcher
 
     settings = space.settings.replace({"epochs": max_epochs, "trials": 8}, "test")
     study = Study(journal=tmp_path / JOURNAL_FILE, warm_trials=warm)
     limiter, _ = make_searcher(space, TrainConfig(), settings, 2, study, study_name="new")
-    return limiter.searcher
+    searcher = limiter.searcher
+    assert isinstance(searcher, StudySearch)
+    return searcher
 
 
-def test_warm_started_study_begins_with_the_old_trials(tmp_path, write_space):
+def test_warm_started_study_begins_with_the_old_trials(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     space = load_space(write_space(SPACE))
     _old_study(tmp_path / "old" / JOURNAL_FILE, space)
     warm = finished_trials(tmp_path / "old" / JOURNAL_FILE, space)
@@ -54,11 +67,12 @@ def test_warm_started_study_begins_with_the_old_trials(tmp_path, write_space):
     assert sorted(t.value or 0 for t in done) == pytest.approx([0, 0.1, 0.2, 0.3, 0.4])
     assert sum(t.state == optuna.trial.TrialState.PRUNED for t in done) == 1
     first = searcher.suggest("a")  # the hand-fixed default is still the first trial
+    assert first is not None
     assert first["lr"] == 1e-3
     assert first["iou_start"] == 0.25
 
 
-def test_warm_start_refuses_another_space(tmp_path, write_space):
+def test_warm_start_refuses_another_space(tmp_path: Path, write_space: WriteSpace) -> None:
     space = load_space(write_space(SPACE))
     _old_study(tmp_path / JOURNAL_FILE, space)
     wider = load_space(write_space(SPACE.replace("1.0e-2", "3.0e-2"), "wider.yaml"))
@@ -71,18 +85,20 @@ def test_warm_start_refuses_another_space(tmp_path, write_space):
         finished_trials(tmp_path / "missing.log", space)
 
 
-def test_the_study_hears_every_epoch_and_asha_stops_as_pruned(tmp_path, write_space):
+def test_the_study_hears_every_epoch_and_asha_stops_as_pruned(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     space = load_space(write_space(SPACE))
     searcher = _searcher(space, tmp_path, max_epochs=4)
     assert isinstance(searcher, StudySearch)
     for tid in ("done", "cut", "blew", "err"):
         searcher.suggest(tid)
     for e in (1, 2, 3):
-        searcher.on_trial_result("done", {"objective": 0.1 * e, "epoch": e})
-    searcher.on_trial_complete("done", {"objective": 0.4, "epoch": 4})
-    searcher.on_trial_result("cut", {"objective": 0.05, "epoch": 1})
-    searcher.on_trial_complete("cut", {"objective": 0.07, "epoch": 2})  # ASHA stopped it at 2
-    searcher.on_trial_complete("blew", {"objective": 0.0, "epoch": 1, "diverged": True})
+        searcher.on_trial_result("done", {OBJECTIVE: 0.1 * e, EPOCH: e})
+    searcher.on_trial_complete("done", {OBJECTIVE: 0.4, EPOCH: 4})
+    searcher.on_trial_result("cut", {OBJECTIVE: 0.05, EPOCH: 1})
+    searcher.on_trial_complete("cut", {OBJECTIVE: 0.07, EPOCH: 2})  # ASHA stopped it at 2
+    searcher.on_trial_complete("blew", {OBJECTIVE: 0.0, EPOCH: 1, DIVERGED: True})
     searcher.on_trial_complete("err", None, error=True)
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     by_state = {t.number: t for t in study.trials}
@@ -99,7 +115,7 @@ def test_the_study_hears_every_epoch_and_asha_stops_as_pruned(tmp_path, write_sp
     assert err.state == S.FAIL
 
 
-def test_tpe_is_multivariate_and_lies_constantly_only_in_parallel(write_space):
+def test_tpe_is_multivariate_and_lies_constantly_only_in_parallel(write_space: WriteSpace) -> None:
     from tune.study import make_sampler
 
     space = load_space(write_space(SPACE))
@@ -108,7 +124,7 @@ def test_tpe_is_multivariate_and_lies_constantly_only_in_parallel(write_space):
     assert make_sampler(space.settings, 1)._multivariate
 
 
-def _study_with_trials(path, n=2):
+def _study_with_trials(path: Path, n: int = 2) -> optuna.Study:
     study = optuna.create_study(storage=journal_storage(path), study_name="s")
     for i in range(n):
         study.enqueue_trial({"x": float(i)})
@@ -117,7 +133,7 @@ def _study_with_trials(path, n=2):
     return study
 
 
-def test_a_torn_last_journal_record_is_cut_off_so_the_study_lives_on(tmp_path):
+def test_a_torn_last_journal_record_is_cut_off_so_the_study_lives_on(tmp_path: Path) -> None:
     """A kill mid-append leaves a torn last line. Optuna reads past it, but its next append
     lands on the same line and the study can no longer be read; repaired, it can."""
     from tune.study import repair_journal
@@ -153,7 +169,9 @@ def test_a_torn_last_journal_record_is_cut_off_so_the_study_lives_on(tmp_path):
     assert b"not json\n" in kept
 
 
-def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_space):
+def test_a_restored_searcher_fails_the_trials_tune_never_saved(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     """A driver killed after asking the study for a trial but before Tune saved its state:
     the resumed searcher tells that orphan FAIL (else TPE's constant liar avoids it for ever),
     and a start point it had taken is asked again."""
@@ -177,7 +195,7 @@ def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_s
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     assert len(study.trials) == 3
     assert study.trials[2].user_attrs == {"tune_trial_id": "next"}
-    restored.on_trial_complete("kept", {"objective": 0.3, "epoch": 4})
+    restored.on_trial_complete("kept", {OBJECTIVE: 0.3, EPOCH: 4})
     assert (
         optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
         .trials[0]
@@ -187,23 +205,27 @@ def test_a_restored_searcher_fails_the_trials_tune_never_saved(tmp_path, write_s
     assert default  # the first trial was the default, not an orphan
 
 
-def test_results_for_a_trial_the_journal_already_finished_are_ignored(tmp_path, write_space):
+def test_results_for_a_trial_the_journal_already_finished_are_ignored(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     """Tune's state can predate the study's: a trial told COMPLETE just before a driver kill
     comes back RUNNING in Tune and reports again; the study keeps its value, nothing raises."""
     space = load_space(write_space(SPACE))
     searcher = _searcher(space, tmp_path)
     searcher.suggest("t")
     searcher.save(str(tmp_path / "searcher.pkl"))
-    searcher.on_trial_complete("t", {"objective": 0.5, "epoch": 4})
+    searcher.on_trial_complete("t", {OBJECTIVE: 0.5, EPOCH: 4})
     restored = _searcher(space, tmp_path / "other")
     restored.restore(str(tmp_path / "searcher.pkl"))
-    restored.on_trial_result("t", {"objective": 0.1, "epoch": 3})
-    restored.on_trial_complete("t", {"objective": 0.2, "epoch": 2})  # as if ASHA stopped it
+    restored.on_trial_result("t", {OBJECTIVE: 0.1, EPOCH: 3})
+    restored.on_trial_complete("t", {OBJECTIVE: 0.2, EPOCH: 2})  # as if ASHA stopped it
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     assert [(t.state.name, t.value) for t in study.trials] == [("COMPLETE", 0.5)]
 
 
-def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, write_space):
+def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     """Tune gives up on a trial after its retries (the study hears FAIL); a resumed search
     retries it. FAIL is final in Optuna, so its end is a new study trial with the same values,
     naming the Tune trial and the attempt it repeats; Tune and the study then agree."""
@@ -211,21 +233,21 @@ def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, w
     searcher = _searcher(space, tmp_path, max_epochs=4)
     for tid in ("ok", "flaky", "cut"):
         searcher.suggest(tid)
-    searcher.on_trial_result("flaky", {"objective": 0.1, "epoch": 1})
+    searcher.on_trial_result("flaky", {OBJECTIVE: 0.1, EPOCH: 1})
     searcher.on_trial_complete("flaky", None, error=True)
-    searcher.on_trial_result("cut", {"objective": 0.05, "epoch": 1})
+    searcher.on_trial_result("cut", {OBJECTIVE: 0.05, EPOCH: 1})
     searcher.on_trial_complete("cut", None, error=True)
     searcher.save(str(tmp_path / "searcher.pkl"))
 
     restored = _searcher(space, tmp_path / "other")
     restored.restore(str(tmp_path / "searcher.pkl"))
     for e in (1, 2, 3):
-        restored.on_trial_result("flaky", {"objective": 0.1 * e, "epoch": e})
-    restored.on_trial_complete("flaky", {"objective": 0.35, "epoch": 4})
-    restored.on_trial_result("cut", {"objective": 0.06, "epoch": 2})
-    restored.on_trial_complete("cut", {"objective": 0.07, "epoch": 2})  # ASHA stopped it
-    restored.on_trial_complete("ok", {"objective": 0.2, "epoch": 4})
-    restored.on_trial_complete("flaky", {"objective": 0.9, "epoch": 4})  # a late duplicate
+        restored.on_trial_result("flaky", {OBJECTIVE: 0.1 * e, EPOCH: e})
+    restored.on_trial_complete("flaky", {OBJECTIVE: 0.35, EPOCH: 4})
+    restored.on_trial_result("cut", {OBJECTIVE: 0.06, EPOCH: 2})
+    restored.on_trial_complete("cut", {OBJECTIVE: 0.07, EPOCH: 2})  # ASHA stopped it
+    restored.on_trial_complete("ok", {OBJECTIVE: 0.2, EPOCH: 4})
+    restored.on_trial_complete("flaky", {OBJECTIVE: 0.9, EPOCH: 4})  # a late duplicate
 
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     rows = [(t.number, t.state.name, t.value, t.user_attrs) for t in study.trials]
@@ -248,18 +270,20 @@ def test_a_trial_retried_after_it_failed_is_added_again_when_it_ends(tmp_path, w
     assert retry_cut.user_attrs["retry_of"] == 2
 
 
-def test_the_limiter_passes_on_the_end_of_a_retried_trial(tmp_path, write_space):
+def test_the_limiter_passes_on_the_end_of_a_retried_trial(
+    tmp_path: Path, write_space: WriteSpace
+) -> None:
     """The ConcurrencyLimiter lets an errored trial go; when a resume retries it, its end must
     still reach the study (Ray's own limiter drops it: the study kept FAIL for ever)."""
     from tune.search import Study, make_searcher
 
     space = load_space(write_space(SPACE))
     settings = space.settings.replace({"epochs": 4, "trials": 8}, "test")
-    study = Study(journal=tmp_path / JOURNAL_FILE)
-    limiter, _ = make_searcher(space, TrainConfig(), settings, 2, study, study_name="new")
+    search_study = Study(journal=tmp_path / JOURNAL_FILE)
+    limiter, _ = make_searcher(space, TrainConfig(), settings, 2, search_study, study_name="new")
     limiter.suggest("flaky")
     limiter.on_trial_complete("flaky", None, error=True)  # past its retries: FAIL
-    limiter.on_trial_result("flaky", {"objective": 0.2, "epoch": 4})  # retried on resume
-    limiter.on_trial_complete("flaky", {"objective": 0.3, "epoch": 4})
+    limiter.on_trial_result("flaky", {OBJECTIVE: 0.2, EPOCH: 4})  # retried on resume
+    limiter.on_trial_complete("flaky", {OBJECTIVE: 0.3, EPOCH: 4})
     study = optuna.load_study(study_name="new", storage=journal_storage(tmp_path / JOURNAL_FILE))
     assert [(t.state.name, t.value) for t in study.trials] == [("FAIL", None), ("COMPLETE", 0.3)]

@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -44,7 +46,7 @@ def _dataset(root: Path, kind: str) -> Path:
     return root
 
 
-def _cases() -> list[tuple[int, str, list[dict]]]:
+def _cases() -> list[tuple[int, str, list[dict[str, Any]]]]:
     """(imgsz, data kind, runs): the dataset is decoded once per grid, so one grid per size
     and kind; lr log-uniform in [1e-7, 10] plus both extremes, heads alternating."""
     rng = random.Random(0)
@@ -62,14 +64,16 @@ def _cases() -> list[tuple[int, str, list[dict]]]:
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
 
 @pytest.mark.slow
-def test_every_trial_ends_completed_or_diverged_and_blow_ups_are_cheap(tmp_path, ray_local):
+def test_every_trial_ends_completed_or_diverged_and_blow_ups_are_cheap(
+    tmp_path: Path, ray_local: None
+) -> None:
     settings = SearchSettings(epochs=EPOCHS, grace_period=1)
     resources = cluster.plan_resources(ray.cluster_resources(), 0, 1.0, 1.0, 4)
     seen = []
