@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("CATTLE_YOLO_NO_PROGRESS", "1")
 
 from cattle_yolo import stats as S  # noqa: E402
+from cattle_yolo.files import atomic_write_text  # noqa: E402
 from tune.results import (  # noqa: E402
     DIVERGED,
     DIVERGED_RULE,
@@ -90,6 +91,9 @@ STRATEGIES: dict[str, tuple[str, str]] = {
     "tpe_asha": ("tpe", "asha"),  # today's default
     "gp_asha": ("gp", "asha"),
     "tpe_hyperband": ("tpe", "hyperband"),  # BOHB-style: model-based proposals, HB brackets
+    # the same brackets run asynchronously (Ray's ASHA with 3 brackets): synchronous HyperBand
+    # waits for a bracket's trials, which 2 trials at once never fill
+    "tpe_async_hb": ("tpe", "asha_brackets"),
 }
 
 
@@ -462,7 +466,7 @@ def replay_search(
     budget = args.budget or args.trials * args.epochs
     study = Study(sampler, start_points=not args.from_scratch)
     searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, study)
-    if scheduler_name == "asha":
+    if scheduler_name in ("asha", "asha_brackets"):
         scheduler: Any = ASHAScheduler(
             metric=RUNG_SCORE,
             mode=settings.mode,
@@ -470,6 +474,7 @@ def replay_search(
             max_t=settings.epochs,
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,
+            brackets=3 if scheduler_name == "asha_brackets" else 1,
         )
     elif scheduler_name == "hyperband":
         scheduler = HyperBandScheduler(
@@ -553,6 +558,51 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], statistics.median(values), q[2]
 
 
+SETTINGS = (
+    "trials",
+    "epochs",
+    "grace_period",
+    "reduction_factor",
+    "concurrent",
+    "budget",
+    "time_scale",
+    "from_scratch",
+)
+
+
+def previous_runs(path: Path | None, key: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs an earlier replay wrote to ``path`` with the same table and settings (a killed
+    or extended replay continues); none when there is no such file."""
+    if path is None or not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    theirs = {k: doc.get(k) for k in key}
+    if theirs != key:
+        changed = [k for k in key if theirs[k] != key[k]]
+        sys.exit(
+            f"error: {path} holds a replay of another table or settings ({changed}); "
+            "write to another --json"
+        )
+    return list(doc["runs"])
+
+
+def summarise(runs: list[dict[str, Any]], budget: int) -> tuple[float | None, dict[str, Any]]:
+    """The target (random FIFO's median best) and each strategy's quartiles of its best and of
+    the epochs it took to reach the target (never: ``budget + 1``)."""
+    target_runs = [r["best"] for r in runs if r["strategy"] == "random_fifo"]
+    target = statistics.median(target_runs) if target_runs else None
+    summary = {}
+    for strategy in [s for s in STRATEGIES if any(r["strategy"] == s for r in runs)]:
+        mine = [r for r in runs if r["strategy"] == strategy]
+        row: dict[str, Any] = {"best": quartiles([r["best"] for r in mine])}
+        if target is not None:
+            reach = [epochs_to_reach(r["curve"], target) for r in mine]
+            row["epochs_to_target"] = quartiles([float(x or budget + 1) for x in reach])
+            row["reached"] = sum(x is not None for x in reach)
+        summary[strategy] = row
+    return target, summary
+
+
 def replay(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
@@ -562,57 +612,44 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     space, _ = for_metric(full, full.settings.metric)
     curves = Curves(read_table(Path(args.table)), space)
     storage = Path(args.storage).resolve()
-    init_ray(max(2, args.concurrent))
-    runs = []
-    try:
-        for strategy in args.strategies:
-            for seed in range(args.seeds):
-                run = replay_search(curves, strategy, seed, args, storage)
-                runs.append(run)
-                print(
-                    f"{strategy} seed {seed}: best {run['best']:.4f} after "
-                    f"{len(run['curve'])} epochs, {run['trials']} trials ({run['wall_s']:.0f} s)",
-                    flush=True,
-                )
-    finally:
-        ray.shutdown()
-    target_runs = [r["best"] for r in runs if r["strategy"] == "random_fifo"]
-    target = statistics.median(target_runs) if target_runs else None
-    summary = {}
-    for strategy in args.strategies:
-        mine = [r for r in runs if r["strategy"] == strategy]
-        row: dict[str, Any] = {"best": quartiles([r["best"] for r in mine])}
-        if target is not None:
-            reach = [epochs_to_reach(r["curve"], target) for r in mine]
-            big = (args.budget or args.trials * args.epochs) + 1  # "never" ranks last
-            row["epochs_to_target"] = quartiles([float(x or big) for x in reach])
-            row["reached"] = sum(x is not None for x in reach)
-        summary[strategy] = row
-    doc = {
-        "table": str(args.table),
+    budget = args.budget or args.trials * args.epochs
+    key = {
         "metric": space.settings.metric,
         "configs": len(curves.ids),
         "curves": sum(len(seeds) for seeds in curves.curves.values()),
-        "target": target,
-        "summary": summary,
-        "runs": runs,
-        "settings": {
-            k: getattr(args, k)
-            for k in (
-                "trials",
-                "epochs",
-                "grace_period",
-                "reduction_factor",
-                "concurrent",
-                "budget",
-                "time_scale",
-                "from_scratch",
-            )
-        },
+        "settings": {k: getattr(args, k) for k in SETTINGS},
     }
+    json_path = Path(args.json) if args.json else None
+    runs = previous_runs(json_path, key)
+    done = {(r["strategy"], r["seed"]) for r in runs}
+    todo = [(st, seed) for st in args.strategies for seed in range(args.seeds)]
+    todo = [pair for pair in todo if pair not in done]
+    print(f"{len(done)} searches replayed before, {len(todo)} to go", flush=True)
+
+    def document() -> dict[str, Any]:
+        target, summary = summarise(runs, budget)
+        return {"table": str(args.table), **key, "target": target, "summary": summary, "runs": runs}
+
+    if todo:
+        init_ray(max(2, args.concurrent))
+    try:
+        for strategy, seed in todo:
+            run = replay_search(curves, strategy, seed, args, storage)
+            runs.append(run)
+            print(
+                f"{strategy} seed {seed}: best {run['best']:.4f} after "
+                f"{len(run['curve'])} epochs, {run['trials']} trials ({run['wall_s']:.0f} s)",
+                flush=True,
+            )
+            if json_path is not None:  # after every search: a killed replay loses one
+                atomic_write_text(json_path, json.dumps(document(), indent=1))
+    finally:
+        if todo:
+            ray.shutdown()
+    doc = document()
     print("\n".join(markdown_table(doc)))
-    if args.json:
-        Path(args.json).write_text(json.dumps(doc, indent=1))
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(doc, indent=1))
     if args.plot:
         plot_replay(doc, Path(args.plot))
     return doc

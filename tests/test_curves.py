@@ -156,6 +156,30 @@ def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(
     assert scratch["per_trial"][0]["curve_id"] != 0 or scratch["per_trial"][1]["curve_id"] != 0
 
 
+@pytest.mark.slow
+def test_replay_continues_from_its_json_and_refuses_other_settings(tmp_path: Path) -> None:
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(SPACE)
+    out = tmp_path / "replay.json"
+    common = {"space": str(space_file), "table": str(TINY), "storage": str(tmp_path / "t")}
+    args = replay_args(
+        **common, strategies=["random_fifo"], seeds=2, json=str(out), plot=None, budget=8
+    )
+    first = curves.replay(args)
+    assert [(r["strategy"], r["seed"]) for r in first["runs"]] == [
+        ("random_fifo", 0),
+        ("random_fifo", 1),
+    ]
+    more = curves.replay(
+        argparse.Namespace(**{**vars(args), "strategies": ["random_fifo", "tpe_asha"]})
+    )
+    assert more["runs"][:2] == first["runs"]  # kept, not replayed
+    assert [r["strategy"] for r in more["runs"][2:]] == ["tpe_asha", "tpe_asha"]
+    assert list(more["summary"]) == ["random_fifo", "tpe_asha"]
+    with pytest.raises(SystemExit, match="another table or settings"):
+        curves.replay(argparse.Namespace(**{**vars(args), "budget": 12}))
+
+
 def test_replay_summary_table_and_plot_on_known_runs(tmp_path: Path) -> None:
     runs = [
         {"strategy": "random_fifo", "curve": [0.1, 0.3, 0.5, 0.5], "trials": 2, "best": 0.5},
