@@ -529,14 +529,18 @@ def replay_search(
         for rec in recs:
             value = rec.get(settings.metric)
             ok = not rec.get(DIVERGED) and value is not None and math.isfinite(value)
-            events.append((rec.get("reported_at", rec["timestamp"]), value if ok else None))
+            cid = int(recs[0]["curve_id"])
+            events.append((rec.get("reported_at", rec["timestamp"]), value if ok else None, cid))
     events.sort(key=lambda e: e[0])
-    best, curve = -math.inf, []
-    for value in (e[1] for e in events[:budget]):
-        if value is not None:
-            best = max(best, value)
+    best, curve, picked = -math.inf, [], None
+    for _, value, cid in events[:budget]:
+        if value is not None and value > best:
+            best, picked = value, cid
         curve.append(best if math.isfinite(best) else 0.0)
     per_trial.sort(key=lambda t: t["started"])
+    # what the search recommends, judged apart from the seed its curve happened to draw: the
+    # incumbent's config scored by its mean over the recorded seeds (each curve's last epoch)
+    scores = config_scores(curves, settings.metric, None)
     return {
         "strategy": strategy,
         "seed": seed,
@@ -545,6 +549,8 @@ def replay_search(
         "per_trial": [{k: t[k] for k in ("curve_id", "epochs")} for t in per_trial],
         "wall_s": wall,
         "best": curve[-1] if curve else 0.0,
+        "picked": picked,
+        "picked_score": scores[picked] if picked is not None else 0.0,
     }
 
 
@@ -595,6 +601,8 @@ def summarise(runs: list[dict[str, Any]], budget: int) -> tuple[float | None, di
     for strategy in [s for s in STRATEGIES if any(r["strategy"] == s for r in runs)]:
         mine = [r for r in runs if r["strategy"] == strategy]
         row: dict[str, Any] = {"best": quartiles([r["best"] for r in mine])}
+        if all("picked_score" in r for r in mine):
+            row["picked_score"] = quartiles([r["picked_score"] for r in mine])
         if target is not None:
             reach = [epochs_to_reach(r["curve"], target) for r in mine]
             row["epochs_to_target"] = quartiles([float(x or budget + 1) for x in reach])
@@ -622,7 +630,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     json_path = Path(args.json) if args.json else None
     runs = previous_runs(json_path, key)
     done = {(r["strategy"], r["seed"]) for r in runs}
-    todo = [(st, seed) for st in args.strategies for seed in range(args.seeds)]
+    # seed-major: a replay cut short has compared every strategy on the seeds it reached
+    todo = [(st, seed) for seed in range(args.seeds) for st in args.strategies]
     todo = [pair for pair in todo if pair not in done]
     print(f"{len(done)} searches replayed before, {len(todo)} to go", flush=True)
 
@@ -660,15 +669,20 @@ def markdown_table(doc: dict[str, Any]) -> list[str]:
     budget = doc["settings"]["budget"] or doc["settings"]["trials"] * doc["settings"]["epochs"]
     target = doc["target"]
     lines = [
-        f"| strategy | best {doc['metric']} | epochs to {target:.4f} | share of the budget "
-        "| reached | trials |",
-        "|---|---|---|---|---|---|",
+        f"| strategy | best {doc['metric']} | picked config's mean | epochs to {target:.4f} "
+        "| share of the budget | reached | trials |",
+        "|---|---|---|---|---|---|---|",
     ]
     for strategy, row in doc["summary"].items():
         lo, mid, hi = row["best"]
         mine = [r for r in doc["runs"] if r["strategy"] == strategy]
         trials = statistics.median(r["trials"] for r in mine)
-        cells = [strategy, f"{mid:.4f} [{lo:.4f}, {hi:.4f}]"]
+        picked = row.get("picked_score")
+        cells = [
+            strategy,
+            f"{mid:.4f} [{lo:.4f}, {hi:.4f}]",
+            f"{picked[1]:.4f} [{picked[0]:.4f}, {picked[2]:.4f}]" if picked else "",
+        ]
         if "epochs_to_target" in row:
             q = row["epochs_to_target"]
             cells += [

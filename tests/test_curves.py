@@ -147,6 +147,10 @@ def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(
             assert t["epochs"] == 1, (t, seen)
         seen.append(value)
     assert any(t["epochs"] == 1 for t in trials)
+    # the recommendation is the config whose report set the final best, scored by its seeds' mean
+    assert (
+        runs[0]["picked_score"] == curves.config_scores(table, S.MAP50_95, None)[runs[0]["picked"]]
+    )
 
     # from scratch, the first trial is the sampler's (seeded random start), not the default
     scratch = curves.replay_search(
@@ -197,14 +201,24 @@ def test_replay_summary_table_and_plot_on_known_runs(tmp_path: Path) -> None:
                 "epochs_to_target": (4, 4.5, 5),
                 "reached": 1,
             },
-            "tpe_asha": {"best": (0.6, 0.65, 0.7), "epochs_to_target": (1, 1.5, 2), "reached": 2},
+            "tpe_asha": {
+                "best": (0.6, 0.65, 0.7),
+                "picked_score": (0.4, 0.5, 0.6),
+                "epochs_to_target": (1, 1.5, 2),
+                "reached": 2,
+            },
         },
         "runs": runs,
     }
     table = curves.markdown_table(doc)
-    assert table[0].startswith("| strategy | best mAP50_95 | epochs to 0.5500 |")
-    assert table[2] == "| random_fifo | 0.5500 [0.5000, 0.6000] | 4 [4, 5] | 1.12 | 1/2 | 2 |"
-    assert table[3] == "| tpe_asha | 0.6500 [0.6000, 0.7000] | 2 [1, 2] | 0.38 | 2/2 | 4 |"
+    assert table[0].startswith(
+        "| strategy | best mAP50_95 | picked config's mean | epochs to 0.5500 |"
+    )
+    assert table[2] == "| random_fifo | 0.5500 [0.5000, 0.6000] |  | 4 [4, 5] | 1.12 | 1/2 | 2 |"
+    assert table[3] == (
+        "| tpe_asha | 0.6500 [0.6000, 0.7000] | 0.5000 [0.4000, 0.6000] | 2 [1, 2] | 0.38 "
+        "| 2/2 | 4 |"
+    )
     png = tmp_path / "replay.png"
     curves.plot_replay(doc, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
