@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
-import pandas as pd  # type: ignore[import-untyped]  # no pandas-stubs in the dev extras
+import pandas as pd
 import pytest
 import torch
 from benchmark_modules import load_benchmark as load

@@ -185,7 +185,7 @@ def build_tuner(
         ASHAScheduler(
             metric=RUNG_SCORE,
             mode=settings.mode,
-            time_attr="epoch",
+            time_attr=EPOCH,
             max_t=settings.epochs,
             grace_period=settings.grace_period,
             reduction_factor=settings.reduction_factor,

@@ -30,10 +30,7 @@ from typing import Any
 from ray.tune import Stopper
 
 from cattle_yolo.stats import FIRST_STEP_LOSS, TRAIN_LOSS, VAL_LOSS
-from tune.results import DIVERGED, DIVERGED_RULE, EPOCH
-
-LOSS_KEY, VAL_LOSS_KEY, START_KEY = TRAIN_LOSS, VAL_LOSS, FIRST_STEP_LOSS
-WARMUP_KEY = "warmup_epochs"  # the trial's warmup length, reported with every result
+from tune.results import DIVERGED, DIVERGED_RULE, EPOCH, WARMUP_EPOCHS
 
 
 def divergence_rule(
@@ -115,15 +112,15 @@ class DivergenceStopper(Stopper):
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         if result.get(DIVERGED):  # the trial itself reported a DivergedError
             return True
-        if LOSS_KEY not in result:
+        if TRAIN_LOSS not in result:
             return False
         history = self._losses.setdefault(trial_id, {})
         epoch = int(result.get(EPOCH, len(history) + 1))
-        history[epoch] = float(result[LOSS_KEY])  # a retried epoch replaces its earlier value
-        if epoch == 1 and START_KEY in result:
-            self._start[trial_id] = float(result[START_KEY])
+        history[epoch] = float(result[TRAIN_LOSS])  # a retried epoch replaces its earlier value
+        if epoch == 1 and FIRST_STEP_LOSS in result:
+            self._start[trial_id] = float(result[FIRST_STEP_LOSS])
         losses = [history[e] for e in sorted(history) if e <= epoch]
-        val_loss = float(result[VAL_LOSS_KEY]) if VAL_LOSS_KEY in result else None
+        val_loss = float(result[VAL_LOSS]) if VAL_LOSS in result else None
         rule = divergence_rule(
             losses,
             self.patience,
@@ -131,7 +128,7 @@ class DivergenceStopper(Stopper):
             val_loss,
             self.min_rise,
             self._start.get(trial_id),
-            float(result.get(WARMUP_KEY, 0.0)),
+            float(result.get(WARMUP_EPOCHS, 0.0)),
         )
         if rule is None:
             return False

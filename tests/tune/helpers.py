@@ -84,7 +84,7 @@ def read_events(folder: Path) -> tuple[dict[str, list[tuple[int, float]]], int]:
     """
     import struct
 
-    from tensorboardX.proto import event_pb2  # type: ignore[import-untyped]  # no stubs
+    from tensorboardX.proto import event_pb2
 
     scalars: dict[str, list[tuple[int, float]]] = {}
     hparams = 0
