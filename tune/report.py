@@ -64,7 +64,7 @@ def trial_status(
 
 def _history(result: Any, metric: str) -> list[dict[str, float]]:
     df = result.metrics_dataframe
-    if df is None or "epoch" not in df:
+    if df is None or S.EPOCH not in df:
         return []
     by_epoch: dict[int, dict[str, float]] = {}
     for rec in df.to_dict("records"):  # a retried epoch appears twice: keep the later one
