@@ -277,20 +277,8 @@ def coerce(key: str, value: Any, source: str = "config") -> Any:
     tp = FIELD_TYPES[key]
     options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
     for option in options:
-        if option is type(None) and value is None:
-            return None
-        if typing.get_origin(option) is Literal:
-            if value in typing.get_args(option):
-                return value
-            continue
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
+        if _is_instance(value, option):
+            return float(value) if option is float else value
     if float in options and isinstance(value, str):
         # YAML 1.1 reads 3e-3 (no dot) as a string: take every number Python's float() takes.
         try:
@@ -299,6 +287,20 @@ def coerce(key: str, value: Any, source: str = "config") -> Any:
             pass
     allowed = " or ".join(_type_name(o) for o in options)
     raise ConfigError(f"{source}: key {key!r} must be {allowed}, got {value!r}")
+
+
+def _is_instance(value: Any, option: Any) -> bool:
+    """Whether ``value`` is a valid ``option`` (one member of a field's type): a bool is no int
+    or float, an int is a float, a Literal takes its listed values."""
+    if typing.get_origin(option) is Literal:
+        return value in typing.get_args(option)
+    if option is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return option is bool
+    if option is float:
+        return isinstance(value, int | float)
+    return option in (int, str) and isinstance(value, option)
 
 
 def _type_name(tp: Any) -> str:

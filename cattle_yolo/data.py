@@ -96,13 +96,13 @@ class DetectionDataset(Dataset[Item]):
         orig_sizes: np.ndarray,
         files: list[str],
         names: list[str],
-        report: SplitReport | None = None,
     ) -> None:
         if not len(images) == len(boxes) == len(labels) == len(letterbox) == len(files):
             raise ValueError("images, boxes, labels, letterbox and files differ in length")
         self.images, self.boxes, self.labels = images, boxes, labels
         self.letterbox, self.orig_sizes = letterbox, orig_sizes
-        self.files, self.names, self.report = files, names, report
+        self.files, self.names = files, names
+        self.report: SplitReport | None = None  # what loading found; set by load_datasets
         self.aug: Augment | None = None  # set by with_augment
         self.seed = 0
         self.epoch = 0
@@ -292,63 +292,81 @@ def _build_split(
     sources: list[Path],
 ) -> DetectionDataset:
     """Skip bad labels, decode the rest in threads, drop unreadable images, map boxes."""
-    report, size = SplitReport(split, found=len(files)), cfg.imgsz
-
-    def skip(reason: str) -> None:
-        if cfg.strict:
-            raise DataError(reason)
-        report.skipped += 1
-        report.reasons.append(reason)
-
+    report = SplitReport(split, found=len(files))
     if not files:
         raise DataError(f"{split}: no images found in {', '.join(map(str, sources))}")
     kept = []
     for image, labels in zip(files, parsed, strict=True):
-        if labels.error is None and (labels.classes >= len(names)).any():
-            k = int(np.argmax(labels.classes >= len(names)))
-            plural = "class" if len(names) == 1 else "classes"
-            labels.error = (
-                f"{labels.path}:{labels.lines[k]}: class id {labels.classes[k]} but"
-                f" only {len(names)} {plural} named"
-            )
+        _check_class_ids(labels, names)
         if labels.error is not None:
-            skip(labels.error)
+            _skip(report, labels.error, cfg.strict)
         else:
             kept.append((image, labels))
-    images = np.empty((len(kept), size, size, 3), np.uint8)
-    meta = np.zeros((len(kept), 3), np.float32)
-    sizes = np.zeros((len(kept), 2), np.int32)
-
-    def work(k: int) -> str | None:
-        try:
-            images[k], sizes[k], meta[k] = _decode(kept[k][0], size)
-        except Exception as e:  # PIL raises many kinds for broken files
-            return f"{kept[k][0]}: cannot read image: {type(e).__name__}: {e}"
-        return None
-
-    with ThreadPoolExecutor(DECODE_THREADS) as pool:
-        errors = list(pool.map(work, range(len(kept))))
+    images, sizes, meta, errors = _decode_all([image for image, _ in kept], cfg.imgsz)
     ok = np.array([e is None for e in errors], bool)
     for e in errors:
         if e is not None:
-            skip(e)
+            _skip(report, e, cfg.strict)
     if not ok.any():
         first = f" (first: {report.reasons[0]})" if report.reasons else ""
         raise DataError(
             f"{split}: no usable image among {len(files)} found in"
             f" {', '.join(map(str, sources))}{first}"
         )
-    boxes, labels_out, kept_files = [], [], []
-    for j in np.flatnonzero(ok):
-        image, labels = kept[j]
-        w, h = sizes[j]
+    if not ok.all():
+        images, meta, sizes = images[ok], meta[ok], sizes[ok]
+    used = [item for item, readable in zip(kept, ok, strict=True) if readable]
+    boxes = []
+    for (_, labels), (w, h), params in zip(used, sizes, meta, strict=True):
         pixel = to_pixels(labels.xyxy, w, h)
-        boxes.append(np.clip(to_letterbox(pixel, *meta[j]), 0, size).astype(np.float32))
-        labels_out.append(labels.classes)
-        kept_files.append(str(image))
+        boxes.append(np.clip(to_letterbox(pixel, *params), 0, cfg.imgsz).astype(np.float32))
         report.duplicates += labels.duplicates
         report.clipped += labels.clipped
         report.backgrounds += len(labels.classes) == 0
-    if not ok.all():
-        images, meta, sizes = images[ok], meta[ok], sizes[ok]
-    return DetectionDataset(images, boxes, labels_out, meta, sizes, kept_files, list(names), report)
+    classes = [labels.classes for _, labels in used]
+    ds = DetectionDataset(
+        images, boxes, classes, meta, sizes, [str(image) for image, _ in used], list(names)
+    )
+    ds.report = report
+    return ds
+
+
+def _check_class_ids(labels: Labels, names: list[str]) -> None:
+    """Set ``labels.error`` (unless it has one) at the first class id without a name."""
+    if labels.error is None and (labels.classes >= len(names)).any():
+        k = int(np.argmax(labels.classes >= len(names)))
+        plural = "class" if len(names) == 1 else "classes"
+        labels.error = (
+            f"{labels.path}:{labels.lines[k]}: class id {labels.classes[k]} but"
+            f" only {len(names)} {plural} named"
+        )
+
+
+def _skip(report: SplitReport, reason: str, strict: bool) -> None:
+    """Leave an image out and say why in ``report``; with ``strict`` refuse the data instead."""
+    if strict:
+        raise DataError(reason)
+    report.skipped += 1
+    report.reasons.append(reason)
+
+
+def _decode_all(
+    paths: list[Path], size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str | None]]:
+    """``_decode`` every image in threads -> images uint8 (N, S, S, 3), original sizes int32
+    (N, 2) ``width, height``, letterbox params float32 (N, 3), and per image None or why it
+    cannot be read (its rows are then left unset)."""
+    images = np.empty((len(paths), size, size, 3), np.uint8)
+    meta = np.zeros((len(paths), 3), np.float32)
+    sizes = np.zeros((len(paths), 2), np.int32)
+
+    def work(k: int) -> str | None:
+        try:
+            images[k], sizes[k], meta[k] = _decode(paths[k], size)
+        except Exception as e:  # PIL raises many kinds for broken files
+            return f"{paths[k]}: cannot read image: {type(e).__name__}: {e}"
+        return None
+
+    with ThreadPoolExecutor(DECODE_THREADS) as pool:
+        errors = list(pool.map(work, range(len(paths))))
+    return images, sizes, meta, errors

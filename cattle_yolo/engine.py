@@ -134,12 +134,7 @@ def train_one_epoch(
     are returned too (slower; for benchmarks).
     """
     model = trainer.step_model or trainer.model
-    loss_fn, optimizer, scaler, ema = (
-        trainer.loss_fn,
-        trainer.optimizer,
-        trainer.scaler,
-        trainer.ema,
-    )
+    loss_fn, optimizer, scaler = trainer.loss_fn, trainer.optimizer, trainer.scaler
     cfg, device = trainer.cfg, trainer.device
     model.train()
     num_batches = len(loader)
@@ -192,17 +187,8 @@ def train_one_epoch(
         images += imgs.shape[0]
 
         if (i + 1) % cfg.accumulate == 0 or i + 1 == num_batches:
-            scaler.unscale_(optimizer)
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            if torch.isfinite(norm):
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:  # a torch.compile'd model's own module holds the weights
-                    ema.update(getattr(model, "_orig_mod", model))
-            else:
+            if not _optimizer_step(trainer, model):
                 skipped += 1
-                scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             _set_lr(optimizer, cfg.lr * lr_multiplier(step, steps_per_epoch, cfg))
@@ -233,6 +219,23 @@ def train_one_epoch(
         total_time = sum(phase.values())
         stats.update({f"share_{k}": v / total_time for k, v in phase.items()})
     return stats
+
+
+def _optimizer_step(trainer: Trainer, model: nn.Module) -> bool:
+    """Apply the accumulated gradient of ``model`` (clipped to ``cfg.grad_clip``) and update the
+    EMA; a gradient whose norm is non-finite is not applied. Returns whether it was applied."""
+    optimizer, scaler, ema = trainer.optimizer, trainer.scaler, trainer.ema
+    scaler.unscale_(optimizer)
+    max_norm = trainer.cfg.grad_clip if trainer.cfg.grad_clip > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if not torch.isfinite(norm):
+        scaler.update()
+        return False
+    scaler.step(optimizer)
+    scaler.update()
+    if ema is not None:  # a torch.compile'd model's own module holds the weights
+        ema.update(getattr(model, "_orig_mod", model))
+    return True
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -18,7 +18,7 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypedDict, cast
 
 import numpy as np
 import torch
@@ -327,6 +327,16 @@ def _split_targets(targets: torch.Tensor, batch_size: int) -> list[dict[str, np.
     return [{"boxes": r[:, 2:6], "labels": r[:, 1].astype(np.int64)} for r in rows]
 
 
+class Evaluation(NamedTuple):
+    """``evaluate_with_detections``' result: ``evaluate``'s stats and the per-image
+    ``detections`` (``boxes``, ``scores``, ``labels``) and ``targets`` (``boxes``, ``labels``),
+    pixel xyxy, that were scored."""
+
+    stats: dict[str, float]
+    detections: list[dict[str, np.ndarray]]
+    targets: list[dict[str, np.ndarray]]
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -335,7 +345,6 @@ def evaluate(
     cfg: TrainConfig,
     device: torch.device | str,
     epoch: float,
-    detections_out: dict[str, list[dict[str, np.ndarray]]] | None = None,
     *,
     threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, float]:
@@ -353,10 +362,28 @@ def evaluate(
     ``coco_metrics`` keys (``mAP50``, ``mAP75``, ``mAP50_95``, ``precision``, ``recall``,
     ``f1_at_threshold``, ``best_f1``, ``best_f1_threshold``..., ``AP50/<name>``: see
     ``cattle_yolo.stats``). The
-    model's train/eval mode is restored afterwards. ``detections_out``, if given, receives the
-    per-image ``"detections"`` and ``"targets"`` that were scored. ``threshold_range`` bounds the
-    F1-best threshold (``best_f1``, ``best_f1_threshold``...; a search's post-hoc range).
+    model's train/eval mode is restored afterwards. ``threshold_range`` bounds the F1-best
+    threshold (``best_f1``, ``best_f1_threshold``...; a search's post-hoc range).
+    ``evaluate_with_detections`` returns the detections that were scored too.
     """
+    return evaluate_with_detections(
+        model, loader, loss_fn, cfg, device, epoch, threshold_range=threshold_range
+    ).stats
+
+
+@torch.no_grad()
+def evaluate_with_detections(
+    model: torch.nn.Module,
+    loader: DataLoader[Item],
+    loss_fn: Any,
+    cfg: TrainConfig,
+    device: torch.device | str,
+    epoch: float,
+    *,
+    threshold_range: tuple[float, float] = (0.0, 1.0),
+) -> Evaluation:
+    """``evaluate``, with the per-image detections and targets it scored: what a score
+    threshold chosen after training is computed from (``save_detections``)."""
     device = torch.device(device)
     amp_dtype = autocast_dtype(cfg, device)
     names = list(cast(_Named, loader.dataset).names)
@@ -413,9 +440,7 @@ def evaluate(
             threshold_range=threshold_range,
         )
     )
-    if detections_out is not None:
-        detections_out.update(detections=detections, targets=ground_truth)
-    return stats
+    return Evaluation(stats, detections, ground_truth)
 
 
 class _SavedDetections(TypedDict):
@@ -464,8 +489,10 @@ def load_detections(path: Path) -> tuple[list[dict[str, np.ndarray]], list[dict[
 
 
 __all__ = [
+    "Evaluation",
     "coco_metrics",
     "evaluate",
+    "evaluate_with_detections",
     "f1_sweep",
     "load_detections",
     "save_detections",

@@ -112,7 +112,7 @@ def candidates(anchors: Tensor, gt_boxes: Tensor, gt_mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def assign(
+def assign(  # noqa: PLR0913 (tensors in, TAL knobs as plain floats: the hot path stays flat)
     scores: Tensor,
     pred_boxes: Tensor,
     anchors: Tensor,

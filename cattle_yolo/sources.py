@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -61,17 +62,33 @@ def resolve(source: Path) -> tuple[dict[str, list[Path]], list[str] | None, str,
 
 
 def _resolve_yaml(path: Path) -> tuple[dict[str, list[Path]], list[str] | None, str, list[Path]]:
+    data = _read_yaml(path)
+    base = data.get("path") or "."
+    if not isinstance(base, str):
+        raise DataError(f"{path}: path must be a folder, got {base!r}")
+    root = Path(base)
+    root = root if root.is_absolute() else path.parent / root
+    splits = _yaml_splits(path, data, root)
+    names = _yaml_names(path, data.get("names"), data.get("nc"))
+    name = path.parent.name if path.stem == "data" else path.stem
+    dirs = [d for split in ("train", "val") for d in splits[split] if d.is_dir()]
+    dirs += [_labels_dir(d) for d in dirs]
+    return splits, names, name, [*dirs, root]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise DataError(f"{path}: cannot read: {e}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a mapping with train, val and names")
-    base = data.get("path") or "."
-    if not isinstance(base, str):
-        raise DataError(f"{path}: path must be a folder, got {base!r}")
-    root = Path(base)
-    root = root if root.is_absolute() else path.parent / root
+    return data
+
+
+def _yaml_splits(path: Path, data: dict[str, Any], root: Path) -> dict[str, list[Path]]:
+    """A data.yaml's ``train``, ``val`` and optional ``test``: each a folder or image list
+    relative to ``root`` (an absolute entry stays absolute), or a list of those."""
     splits = {}
     for split in ("train", "val", "test"):
         entry = data.get(split)
@@ -86,7 +103,12 @@ def _resolve_yaml(path: Path) -> tuple[dict[str, list[Path]], list[str] | None, 
             if not (root / item).exists():  # an absolute entry stays absolute
                 raise DataError(f"{path}: {split}: {root / item} does not exist")
         splits[split] = [root / item for item in entries]
-    names, nc = data.get("names"), data.get("nc")
+    return splits
+
+
+def _yaml_names(path: Path, names: Any, nc: Any) -> list[str] | None:
+    """A data.yaml's class names from ``names`` (a list, or a dict keyed 0..n-1) and ``nc``
+    (numbered names when alone); None when it gives neither."""
     if isinstance(names, dict):
         if sorted(names) != list(range(len(names))):
             raise DataError(f"{path}: names keys must be 0..{len(names) - 1}, got {list(names)}")
@@ -99,10 +121,7 @@ def _resolve_yaml(path: Path) -> tuple[dict[str, list[Path]], list[str] | None, 
         raise DataError(f"{path}: nc is {nc} but names has {len(names)} entries")
     if names is None and nc is not None:
         names = [str(k) for k in range(nc)]
-    name = path.parent.name if path.stem == "data" else path.stem
-    dirs = [d for split in ("train", "val") for d in splits[split] if d.is_dir()]
-    dirs += [_labels_dir(d) for d in dirs]
-    return splits, None if names is None else [str(n) for n in names], name, [*dirs, root]
+    return None if names is None else [str(n) for n in names]
 
 
 def image_files(sources: list[Path]) -> list[Path]:
@@ -163,6 +182,10 @@ class Labels:
     error: str | None = None
 
 
+class _BadLine(Exception):
+    """A label line that cannot be used; the message says why (``parse_labels`` adds where)."""
+
+
 def parse_labels(path: Path | None) -> Labels:
     """Parse and check a YOLO label file; the first bad line makes ``error``. None: background."""
     if path is None:
@@ -176,42 +199,10 @@ def parse_labels(path: Path | None) -> Labels:
         fields = line.split()
         if not fields:
             continue
-        where = f"{path}:{n}"
-        if len(fields) != 5:
-            return Labels(
-                path, error=f"{where}: expected 5 fields (class cx cy w h), got {len(fields)}"
-            )
-        bad = [v for v in fields if not _is_number(v)]
-        if bad:
-            return Labels(path, error=f"{where}: {bad[0]!r} is not a number")
-        values = [float(v) for v in fields]
-        if not all(math.isfinite(v) for v in values):
-            return Labels(path, error=f"{where}: not a finite number")
-        cls, cx, cy, w, h = values
-        if cls != int(cls) or cls < 0:
-            return Labels(
-                path, error=f"{where}: class id {fields[0]} is not a non-negative integer"
-            )
-        if cls > MAX_CLASS_ID:
-            return Labels(path, error=f"{where}: class id {fields[0]} is above {MAX_CLASS_ID}")
-        if w <= 0 or h <= 0:
-            return Labels(path, error=f"{where}: non-positive width or height (w={w:g}, h={h:g})")
-        if min(w, h) < MIN_BOX_SIZE:  # below float32's resolution of an edge near 1
-            return Labels(path, error=f"{where}: box too small to be seen (w={w:g}, h={h:g})")
-        box = cxcywh_to_xyxy(np.array([cx, cy, w, h]))
-        # As Ultralytics reads labels: a centre and size inside [0, 1] make a valid box even
-        # when an edge runs past the border (y2 = 1.05); it is clipped and counted as clipped.
-        inside = 0 <= cx <= 1 and 0 <= cy <= 1 and w <= 1 and h <= 1
-        for edge, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
-            if not inside and not -COORD_TOLERANCE <= v <= 1 + COORD_TOLERANCE:
-                return Labels(
-                    path,
-                    error=f"{where}: box edge {edge} = {v:.4f} is outside [0, 1]"
-                    f" beyond the {COORD_TOLERANCE:.0%} tolerance",
-                )
-        if box[0] >= 1 or box[1] >= 1 or box[2] <= 0 or box[3] <= 0:
-            return Labels(path, error=f"{where}: box lies outside the image")
-        rows.append([cls, *box])
+        try:
+            rows.append(_parse_line(fields))
+        except _BadLine as e:
+            return Labels(path, error=f"{path}:{n}: {e}")
         lines.append(n)
     if not rows:
         return Labels(path)
@@ -228,6 +219,47 @@ def parse_labels(path: Path | None) -> Labels:
         len(table) - len(keep),
         clipped,
     )
+
+
+def _parse_line(fields: list[str]) -> list[float]:
+    """One label line's fields ``class cx cy w h`` -> ``[class, x1, y1, x2, y2]`` normalized;
+    raises ``_BadLine``."""
+    if len(fields) != 5:
+        raise _BadLine(f"expected 5 fields (class cx cy w h), got {len(fields)}")
+    bad = [v for v in fields if not _is_number(v)]
+    if bad:
+        raise _BadLine(f"{bad[0]!r} is not a number")
+    values = [float(v) for v in fields]
+    if not all(math.isfinite(v) for v in values):
+        raise _BadLine("not a finite number")
+    cls, cx, cy, w, h = values
+    if cls != int(cls) or cls < 0:
+        raise _BadLine(f"class id {fields[0]} is not a non-negative integer")
+    if cls > MAX_CLASS_ID:
+        raise _BadLine(f"class id {fields[0]} is above {MAX_CLASS_ID}")
+    return [cls, *_check_box(cx, cy, w, h)]
+
+
+def _check_box(cx: float, cy: float, w: float, h: float) -> np.ndarray:
+    """A normalized ``cx cy w h`` box -> ``x1 y1 x2 y2`` (float64, edges not yet clipped);
+    raises ``_BadLine`` for one that is empty, too small or outside the image."""
+    if w <= 0 or h <= 0:
+        raise _BadLine(f"non-positive width or height (w={w:g}, h={h:g})")
+    if min(w, h) < MIN_BOX_SIZE:  # below float32's resolution of an edge near 1
+        raise _BadLine(f"box too small to be seen (w={w:g}, h={h:g})")
+    box = cxcywh_to_xyxy(np.array([cx, cy, w, h]))
+    # As Ultralytics reads labels: a centre and size inside [0, 1] make a valid box even
+    # when an edge runs past the border (y2 = 1.05); it is clipped and counted as clipped.
+    inside = 0 <= cx <= 1 and 0 <= cy <= 1 and w <= 1 and h <= 1
+    for edge, v in zip(("x1", "y1", "x2", "y2"), box, strict=True):
+        if not inside and not -COORD_TOLERANCE <= v <= 1 + COORD_TOLERANCE:
+            raise _BadLine(
+                f"box edge {edge} = {v:.4f} is outside [0, 1]"
+                f" beyond the {COORD_TOLERANCE:.0%} tolerance"
+            )
+    if box[0] >= 1 or box[1] >= 1 or box[2] <= 0 or box[3] <= 0:
+        raise _BadLine("box lies outside the image")
+    return box
 
 
 def _is_number(text: str) -> bool:

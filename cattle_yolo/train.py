@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ from cattle_yolo.config import ConfigError, TrainConfig, coerce
 from cattle_yolo.data import Datasets, load_datasets, make_loader
 from cattle_yolo.device import DTYPES, model_layout, precision_name, resolve_amp, resolve_device
 from cattle_yolo.engine import ModelEMA, Trainer, train_one_epoch
-from cattle_yolo.evaluate import evaluate, save_detections
+from cattle_yolo.evaluate import evaluate_with_detections, save_detections
 from cattle_yolo.files import remove_stale_temps
 from cattle_yolo.loss import DetectionLoss
 from cattle_yolo.model import CattleYOLO
@@ -169,7 +170,7 @@ def train(
     datasets: Datasets | None = None,
     callbacks: Sequence[Callback] = (),
     resume_from: str | Path | None = None,
-    best_by: tuple[str, str] = ("mAP50_95", "max"),
+    best_by: tuple[str, str] = (MAP50_95, "max"),
     threshold_range: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Any]:
     """Train a detector as ``cfg`` says; returns the best and last epoch's figures.
@@ -193,13 +194,13 @@ def train(
     for tmp in remove_stale_temps(out):
         log.info(f"removed {tmp.relative_to(out)}, left by a process killed mid-write")
     try:
+        trainer, start = _set_up(cfg, datasets, device, out, resume_from)
         return _train(
-            cfg,
+            trainer,
             datasets,
             callbacks,
-            resume_from,
-            device,
             out,
+            start,
             best_by=best_by,
             threshold_range=threshold_range,
         )
@@ -208,17 +209,25 @@ def train(
         handler.close()
 
 
-def _train(
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts: its first epoch and, on a resume, best.pt's so far."""
+
+    epoch: int = 0
+    best: float = -math.inf  # best.pt's fitness: its best_by stat, signed so that higher wins
+    best_epoch: int = 0
+    best_map: float = 0.0  # best.pt's mAP50-95
+
+
+def _set_up(
     cfg: TrainConfig,
     datasets: Datasets,
-    callbacks: Sequence[Callback],
-    resume_from: str | Path | None,
     device: torch.device,
     out: Path,
-    *,
-    best_by: tuple[str, str],
-    threshold_range: tuple[float, float],
-) -> dict[str, Any]:
+    resume_from: str | Path | None,
+) -> tuple[Trainer, _Start]:
+    """Resolve the precision and write ``config.yaml``, build the model, loss, optimizer and
+    EMA, and load ``resume_from`` into them."""
     # The precision auto resolves to on this device is what config.yaml and the checkpoints
     # record: the run repeats with it, and results name it.
     amp, why = resolve_amp(cfg.amp, device)
@@ -230,73 +239,102 @@ def _train(
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema_decay > 0 else None
-    start_epoch, best, best_epoch, best_map = 0, -math.inf, 0, 0.0
-    metric, mode = best_by
-
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
-        _check_resume_config(ckpt["config"], cfg, Path(resume_from), device)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        start_epoch, best, best_epoch = ckpt["epoch"], ckpt["best_fitness"], ckpt["best_epoch"]
-        best_map = ckpt["metrics"].get("best_mAP50_95", best) if ckpt.get("metrics") else best
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
-        log.info(f"resumed from {resume_from} at epoch {start_epoch}/{cfg.epochs}")
-
+    trainer = Trainer(model, loss_fn, optimizer, scaler, ema, cfg, device)
+    start = _resume(trainer, resume_from) if resume_from is not None else _Start()
     # The compiled module shares the model's parameters; checkpoints and the EMA use the model.
-    step_model = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else None
-    trainer = Trainer(model, loss_fn, optimizer, scaler, ema, cfg, device, step_model)
-    train_set = datasets.train.with_augment(cfg)
-    val_loader = make_loader(datasets.val, cfg, train=False)
+    trainer.step_model = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else None
     log.info(
         f"training {cfg.epochs} epochs on {device} in {precision_name(amp)} ({why}) | "
         f"{len(datasets.train)} train, "
         f"{len(datasets.val)} val images | classes {names} | out {out}"
     )
+    return trainer, start
+
+
+def _resume(trainer: Trainer, resume_from: str | Path) -> _Start:
+    """Load ``last.pt``'s weights, optimizer, scaler, EMA and RNG state into ``trainer``."""
+    cfg, device, ema = trainer.cfg, trainer.device, trainer.ema
+    ckpt = load_checkpoint(resume_from, map_location=device)
+    _check_resume_config(ckpt["config"], cfg, Path(resume_from), device)
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None and ckpt.get("ema") is not None:
+        ema.load_state_dict(ckpt["ema"])
+    best = ckpt["best_fitness"]
+    best_map = ckpt["metrics"].get("best_mAP50_95", best) if ckpt.get("metrics") else best
+    torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+    if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), device)
+    log.info(f"resumed from {resume_from} at epoch {ckpt['epoch']}/{cfg.epochs}")
+    return _Start(ckpt["epoch"], best, ckpt["best_epoch"], best_map)
+
+
+def _check_train_stats(train_stats: dict[str, float], cfg: TrainConfig, epoch: int) -> None:
+    """Raise ``DivergedError`` for a non-finite mean training loss or too many skipped steps."""
+    steps = train_stats[TRAIN_BATCHES]
+    if not math.isfinite(train_stats[TRAIN_LOSS]):
+        raise DivergedError("mean training loss is not finite", epoch + 1)
+    if train_stats[SKIPPED_STEPS] > cfg.max_skipped_fraction * steps:
+        raise DivergedError(
+            f"{train_stats[SKIPPED_STEPS]} of {steps} steps skipped for non-finite "
+            "loss or gradients, or class scores collapsed to 0 "
+            f"(limit {cfg.max_skipped_fraction:.0%})",
+            epoch + 1,
+        )
+
+
+def _check_val_stats(val_stats: dict[str, float], batches: int, epoch: int) -> None:
+    """Raise ``DivergedError`` when the model gave non-finite outputs or loss on validation."""
+    nonfinite, val_loss = val_stats[VAL_NONFINITE_BATCHES], val_stats[VAL_LOSS]
+    if nonfinite or not math.isfinite(val_loss):
+        raise DivergedError(
+            f"non-finite model outputs on validation ({nonfinite} "
+            f"of {batches} batches; val loss {val_loss:.4g})",
+            epoch + 1,
+        )
+
+
+def _train(
+    trainer: Trainer,
+    datasets: Datasets,
+    callbacks: Sequence[Callback],
+    out: Path,
+    start: _Start,
+    *,
+    best_by: tuple[str, str],
+    threshold_range: tuple[float, float],
+) -> dict[str, Any]:
+    """The epochs from ``start.epoch``: train, validate, stop on divergence, save ``last.pt``
+    (and ``best.pt``), log, and hand each epoch's stats to the callbacks."""
+    cfg, device, ema, model = trainer.cfg, trainer.device, trainer.ema, trainer.model
+    best, best_epoch, best_map = start.best, start.best_epoch, start.best_map
+    metric, mode = best_by
+    train_set = datasets.train.with_augment(cfg)
+    val_loader = make_loader(datasets.val, cfg, train=False)
     coverage = datasets.val_coverage()
     if coverage:
         log.warning(f"warning: {coverage}")
     stats = EpochStats()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start.epoch, cfg.epochs):
         t0 = time.perf_counter()
         loader = make_loader(train_set, cfg, train=True, epoch=epoch)
         train_stats = train_one_epoch(trainer, loader, epoch)
-        steps = train_stats[TRAIN_BATCHES]
-        if not math.isfinite(train_stats[TRAIN_LOSS]):
-            raise DivergedError("mean training loss is not finite", epoch + 1)
-        if train_stats[SKIPPED_STEPS] > cfg.max_skipped_fraction * steps:
-            raise DivergedError(
-                f"{train_stats[SKIPPED_STEPS]} of {steps} steps skipped for non-finite "
-                "loss or gradients, or class scores collapsed to 0 "
-                f"(limit {cfg.max_skipped_fraction:.0%})",
-                epoch + 1,
-            )
+        _check_train_stats(train_stats, cfg, epoch)
         eval_model = ema.module if ema is not None else model
-        scored: dict[str, list[dict[str, np.ndarray]]] = {}
-        val_stats = evaluate(
+        scored = evaluate_with_detections(
             eval_model,
             val_loader,
-            loss_fn,
+            trainer.loss_fn,
             cfg,
             device,
             epoch + 1,
-            scored,
             threshold_range=threshold_range,
         )
-        nonfinite, val_loss = val_stats[VAL_NONFINITE_BATCHES], val_stats[VAL_LOSS]
-        if nonfinite or not math.isfinite(val_loss):
-            raise DivergedError(
-                f"non-finite model outputs on validation ({nonfinite} "
-                f"of {len(val_loader)} batches; val loss {val_loss:.4g})",
-                epoch + 1,
-            )
+        val_stats = scored.stats
+        _check_val_stats(val_stats, len(val_loader), epoch)
         # the epoch's stats: numbers (and the precision's name), no paths; AP50/<class> on top
-        stats = cast(EpochStats, {EPOCH: epoch + 1, **train_stats, **val_stats, AMP: amp})
+        stats = cast(EpochStats, {EPOCH: epoch + 1, **train_stats, **val_stats, AMP: cfg.amp})
         stats[EPOCH_TIME] = time.perf_counter() - t0
         if device.type == "cuda":  # what packing several trials on one GPU has to fit
             stats[PEAK_CUDA_MB] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -313,7 +351,7 @@ def _train(
             epoch=epoch + 1,
             best=best,
             best_epoch=best_epoch,
-            names=list(names),
+            names=list(datasets.names),
             stats=dict(stats),
         )
         last = out / "models" / "last.pt"
@@ -321,9 +359,7 @@ def _train(
         if improved:  # inference weights only: last.pt is what resumes
             save_checkpoint(inference_checkpoint(state), out / "models" / "best.pt")
             # best.pt's val detections: a score threshold can be chosen from them after training
-            save_detections(
-                out / "metrics" / BEST_DETECTIONS, scored["detections"], scored["targets"]
-            )
+            save_detections(out / "metrics" / BEST_DETECTIONS, scored.detections, scored.targets)
         _append_metrics(out, stats)
         log.info(_summary_line(stats, cfg.epochs))
         for callback in callbacks:
@@ -333,7 +369,7 @@ def _train(
         "val_coverage": coverage,
         "best_mAP50_95": best_map,
         "best_epoch": best_epoch,
-        "epochs_run": cfg.epochs - start_epoch,
+        "epochs_run": cfg.epochs - start.epoch,
         "out": str(out),
         "last": stats,
     }

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cattle_yolo import stats as S
 from cattle_yolo.files import atomic_write_text
 from tune import design as doe
 from tune.audit import LOSS_KEYS, AuditPlan, Run, describe, levels
@@ -36,9 +37,9 @@ REPORT_MD, RUNS_CSV, REPORT_JSON, FOREST_PNG = (
 
 # (key, label, mode): the responses every audit reports besides the objective
 SECONDARY = (
-    ("mAP50", "mAP50 (at the objective's epoch)", "max"),
-    ("F1", "F1 at the score threshold (best.pt)", "max"),
-    ("val_loss", "val loss (last epoch)", "min"),
+    (S.MAP50, "mAP50 (at the objective's epoch)", "max"),
+    ("F1", "F1 at the score threshold (best.pt)", "max"),  # the audit's own: at both thresholds
+    (S.VAL_LOSS, "val loss (last epoch)", "min"),
 )
 
 
@@ -183,56 +184,78 @@ def report_lines(plan: AuditPlan, runs: list[Run], doc: dict[str, Any]) -> list[
     level = int(doe.LEVEL * 100)
     for key, entry in doc["metrics"].items():
         lines += ["", f"## {entry['label']}", ""]
-        if "unavailable" in entry:
-            lines.append(f"No effects: {entry['unavailable']}.")
-        else:
-            lines += [
-                f"| change | effect (AFTER - BEFORE) | {level}% CI | verdict |",
-                "|---|---|---|---|",
-            ]
-            for name, e in entry["effects"].items():
-                if "effect" not in e:
-                    lines.append(f"| {name} | - | - | {e['verdict']} |")
-                    continue
-                cell = f"{_fmt(e['effect'])}"
-                if "from_before" in e:
-                    cell += (
-                        f" (on BEFORE {_fmt(e['from_before']['effect'])}, "
-                        f"off AFTER {_fmt(e['from_after']['effect'])})"
-                    )
-                tag = " (applied after training)" if e.get("post_hoc") else ""
-                lines.append(
-                    f"| {name}{tag} | {cell} | [{_fmt(e['low'])}, {_fmt(e['high'])}] | "
-                    f"{e['verdict']} |"
-                )
+        lines += _effect_lines(entry, level)
         if key == OBJECTIVE and entry["interactions"]:
-            lines += ["", "Two-factor interactions (a chain: the design cannot tell them apart):"]
-            for i in entry["interactions"]:
-                lines.append(
-                    f"- {' = '.join(i['pairs'])}: {_fmt(i['effect'])} "
-                    f"[{_fmt(i['low'])}, {_fmt(i['high'])}], {i['verdict']}"
-                )
+            lines += _interaction_lines(entry["interactions"])
         if key == "val_loss":
-            loss = [f.name for f in plan.training if set(f.keys) & set(LOSS_KEYS)]
-            if loss:
-                lines += [
-                    "",
-                    f"{', '.join(loss)} change the loss itself, so their effect on the val "
-                    "loss is a change of scale, not of fit.",
-                ]
-        rows = entry["rows"]
-        lines.append("")
-        for name, r in rows.items():
-            where = f" ({r['label']}: {rows['best row']['levels']})" if name == "best row" else ""
-            lines.append(
-                f"- {name}{where}: {r['mean']:.4f} ± {r['sd']:.4f} over {len(r['values'])} seeds"
-            )
+            lines += _loss_scale_note(plan)
+        lines += ["", *_row_lines(entry["rows"])]
     lines += [
         "",
         f"Effects: AFTER's level minus BEFORE's, averaged over the design; {level}% intervals "
         "from the row x seed residual (seeds paired); per change, not adjusted for the number "
         "of changes. Diverged runs count with the worst value (F1 0).",
     ]
+    return lines
+
+
+def _effect_lines(entry: dict[str, Any], level: int) -> list[str]:
+    """One response's table of main effects, or why it has none."""
+    if "unavailable" in entry:
+        return [f"No effects: {entry['unavailable']}."]
+    lines = [
+        f"| change | effect (AFTER - BEFORE) | {level}% CI | verdict |",
+        "|---|---|---|---|",
+    ]
+    for name, e in entry["effects"].items():
+        if "effect" not in e:
+            lines.append(f"| {name} | - | - | {e['verdict']} |")
+            continue
+        cell = f"{_fmt(e['effect'])}"
+        if "from_before" in e:
+            cell += (
+                f" (on BEFORE {_fmt(e['from_before']['effect'])}, "
+                f"off AFTER {_fmt(e['from_after']['effect'])})"
+            )
+        tag = " (applied after training)" if e.get("post_hoc") else ""
+        lines.append(
+            f"| {name}{tag} | {cell} | [{_fmt(e['low'])}, {_fmt(e['high'])}] | {e['verdict']} |"
+        )
+    return lines
+
+
+def _interaction_lines(interactions: list[dict[str, Any]]) -> list[str]:
+    return [
+        "",
+        "Two-factor interactions (a chain: the design cannot tell them apart):",
+        *(
+            f"- {' = '.join(i['pairs'])}: {_fmt(i['effect'])} "
+            f"[{_fmt(i['low'])}, {_fmt(i['high'])}], {i['verdict']}"
+            for i in interactions
+        ),
+    ]
+
+
+def _loss_scale_note(plan: AuditPlan) -> list[str]:
+    """A note under the val loss when a change alters the loss itself."""
+    loss = [f.name for f in plan.training if set(f.keys) & set(LOSS_KEYS)]
+    if not loss:
+        return []
+    return [
+        "",
+        f"{', '.join(loss)} change the loss itself, so their effect on the val "
+        "loss is a change of scale, not of fit.",
+    ]
+
+
+def _row_lines(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """BEFORE, AFTER and the best row as mean ± sd over the seeds."""
+    lines = []
+    for name, r in rows.items():
+        where = f" ({r['label']}: {rows['best row']['levels']})" if name == "best row" else ""
+        lines.append(
+            f"- {name}{where}: {r['mean']:.4f} ± {r['sd']:.4f} over {len(r['values'])} seeds"
+        )
     return lines
 
 

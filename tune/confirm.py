@@ -245,7 +245,7 @@ def write_csv(candidates: list[Candidate], space: SearchSpace, path: Path, worst
                 )
 
 
-def report(
+def report(  # noqa: PLR0913 (what ran, what was searched, where to write: tests pass each)
     candidates: list[Candidate],
     seeds: list[int],
     space: SearchSpace,

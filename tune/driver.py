@@ -21,6 +21,8 @@ from tune.plan import Plan, disk_plan, publish, save_plan
 from tune.results import Status
 
 if TYPE_CHECKING:
+    from ray.tune import Tuner
+
     from tune.audit import AuditPlan
     from tune.cluster import Resources
     from tune.results import TrialRow
@@ -117,7 +119,6 @@ def run_search(plan: Plan, options: DriverOptions) -> int:
 
     from cattle_yolo.data import DataError
     from tune import cluster, disk, report, search, storage
-    from tune.study import JOURNAL_FILE, finished_trials, repair_journal
 
     try:
         start_ray(options)
@@ -132,46 +133,12 @@ def run_search(plan: Plan, options: DriverOptions) -> int:
             threshold_range=plan.space.threshold_range(),
         )
         cloud = storage.is_uri(plan.storage)
-        uploads = [search.UploadOnTrialEnd(plan.report_dir, plan.path, [JOURNAL_FILE])]
         if not cloud:
             print(
                 disk_plan(plan, len(datasets.names), resources.concurrent, options.keep_weights),
                 flush=True,
             )
-        if plan.resume:
-            torn = repair_journal(plan.journal)
-            if torn:
-                print(f"note: {torn}", flush=True)
-            if plan.extend_to:
-                search.extend_trials(plan.path, plan.extend_to)
-                print(f"extending the search to {plan.extend_to} trials", flush=True)
-            print(
-                f"resuming the search at {plan.path}: finished trials are kept, unfinished "
-                "and errored ones continue from their last checkpoint",
-                flush=True,
-            )
-            save_plan(plan)  # the trial count or the confirmation may have changed
-            tuner = search.restore_tuner(plan.path, trainable)
-        else:
-            save_plan(plan)
-            warm = finished_trials(plan.warm_start, plan.space) if plan.warm_start else None
-            if warm is not None:
-                print(
-                    f"warm start: the study begins with {len(warm)} finished trial(s) of "
-                    f"{plan.warm_start}",
-                    flush=True,
-                )
-            tuner, notes = search.build_tuner(
-                trainable,
-                plan.space,
-                plan.base,
-                plan.settings,
-                resources,
-                experiment(options, plan.name, plan.storage, tuple(uploads) if cloud else ()),
-                search.Study(journal=plan.journal, warm_trials=warm),
-            )
-            for note in notes:
-                print(f"note: {note}", flush=True)
+        tuner = _search_tuner(plan, options, trainable, resources)
         print(f"Optuna study: {plan.journal} (optuna-dashboard {plan.journal})", flush=True)
         results = tuner.fit()
         rows = report.trial_rows(results, plan.settings)
@@ -210,6 +177,56 @@ def run_search(plan: Plan, options: DriverOptions) -> int:
         return EXIT_BAD_INPUT
     finally:
         ray.shutdown()  # stops a Ray this driver started; only disconnects from a cluster
+
+
+def _search_tuner(
+    plan: Plan, options: DriverOptions, trainable: Any, resources: Resources
+) -> Tuner:
+    """The search's Tuner: restored from ``plan.path`` (its journal repaired, its trials
+    extended to ``plan.extend_to``) when the plan resumes, else a new one (warm-started from
+    ``plan.warm_start``). Saves the plan either way."""
+    from tune import search, storage
+    from tune.study import JOURNAL_FILE, finished_trials, repair_journal
+
+    if plan.resume:
+        torn = repair_journal(plan.journal)
+        if torn:
+            print(f"note: {torn}", flush=True)
+        if plan.extend_to:
+            search.extend_trials(plan.path, plan.extend_to)
+            print(f"extending the search to {plan.extend_to} trials", flush=True)
+        print(
+            f"resuming the search at {plan.path}: finished trials are kept, unfinished "
+            "and errored ones continue from their last checkpoint",
+            flush=True,
+        )
+        save_plan(plan)  # the trial count or the confirmation may have changed
+        return search.restore_tuner(plan.path, trainable)
+    save_plan(plan)
+    warm = finished_trials(plan.warm_start, plan.space) if plan.warm_start else None
+    if warm is not None:
+        print(
+            f"warm start: the study begins with {len(warm)} finished trial(s) of {plan.warm_start}",
+            flush=True,
+        )
+    # on cloud storage the Optuna journal is uploaded as each trial ends
+    uploads = (
+        (search.UploadOnTrialEnd(plan.report_dir, plan.path, [JOURNAL_FILE]),)
+        if storage.is_uri(plan.storage)
+        else ()
+    )
+    tuner, notes = search.build_tuner(
+        trainable,
+        plan.space,
+        plan.base,
+        plan.settings,
+        resources,
+        experiment(options, plan.name, plan.storage, uploads),
+        search.Study(journal=plan.journal, warm_trials=warm),
+    )
+    for note in notes:
+        print(f"note: {note}", flush=True)
+    return tuner
 
 
 def _confirm(

@@ -195,62 +195,10 @@ def _metric_name(name: Any) -> Any:
 
 def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
     """Build checked settings; ``source`` names where they came from (file section or flags)."""
-    names = [f.name for f in dataclasses.fields(SearchSettings)]
-    for key in values:
-        if key not in names:
-            raise SpaceError(f"{source}: unknown setting {key!r}{_suggest_name(key, names)}")
-    if "metric" in values:  # an earlier version's name (F1, f1) is read as today's
-        values = {**values, "metric": _metric_name(values["metric"])}
-    if "metric" in values and "mode" not in values:
-        values = {**values, "mode": METRICS.get(values["metric"], "max")}
-    for key in ("reduction_factor", "min_rise", "spike_ratio"):  # 5e-2 is a string to YAML 1.1
-        if isinstance(values.get(key), str):
-            with contextlib.suppress(ValueError):  # not a number: reported below
-                values = {**values, key: float(values[key])}
-    s = SearchSettings(**values)
-
-    def bad(key: str, need: str) -> SpaceError:
-        return SpaceError(f"{source}: {key} must be {need}, got {getattr(s, key)!r}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not isinstance(s.metric, str) or s.metric not in METRICS:
-        raise SpaceError(
-            f"{source}: metric {s.metric!r} is not a per-epoch stat"
-            f"{_suggest_name(str(s.metric), list(METRICS))}; "
-            f"choose one of {', '.join(METRICS)}"
-        )
-    if s.mode not in ("max", "min"):
-        raise bad("mode", "max or min")
-    if s.objective not in OBJECTIVES:
-        raise SpaceError(
-            f"{source}: objective {s.objective!r} is not one of {', '.join(OBJECTIVES)}"
-            f"{_suggest_name(str(s.objective), OBJECTIVES)}"
-        )
-    for key in (
-        "trials",
-        "epochs",
-        "grace_period",
-        "patience",
-        "objective_window",
-        "confirm_seeds",
-    ):
-        if not is_int(getattr(s, key)) or getattr(s, key) < 1:
-            raise bad(key, "an integer >= 1")
-    if not is_int(s.seed):
-        raise bad("seed", "an integer")
-    if not is_int(s.confirm) or s.confirm < 0:
-        raise bad("confirm", "an integer >= 0 (0: no confirmation)")
-    if not is_num(s.reduction_factor) or s.reduction_factor <= 1:
-        raise bad("reduction_factor", "a number > 1")
-    if not is_num(s.min_rise) or s.min_rise < 0:
-        raise bad("min_rise", "a number >= 0")
-    if not is_num(s.spike_ratio) or s.spike_ratio <= 1:
-        raise bad("spike_ratio", "a number > 1")
+    s = SearchSettings(**_settings_values(values, source))
+    _check_names(s, source)
+    _check_counts(s, source)
+    _check_ratios(s, source)
     if s.grace_period > s.epochs:
         raise SpaceError(
             f"{source}: grace_period {s.grace_period} is above epochs {s.epochs} "
@@ -262,6 +210,81 @@ def settings_from_dict(values: dict[str, Any], source: str) -> SearchSettings:
         spike_ratio=float(s.spike_ratio),
         min_rise=float(s.min_rise),
     )
+
+
+def _settings_values(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """``values`` with only known setting names, an earlier metric name read as today's, the
+    metric's own mode unless one is given, and numeric strings of the ratios as numbers."""
+    names = [f.name for f in dataclasses.fields(SearchSettings)]
+    for key in values:
+        if key not in names:
+            raise SpaceError(f"{source}: unknown setting {key!r}{_suggest_name(key, names)}")
+    if "metric" in values:  # an earlier version's name (F1, f1) is read as today's
+        values = {**values, "metric": _metric_name(values["metric"])}
+    if "metric" in values and "mode" not in values:
+        values = {**values, "mode": METRICS.get(values["metric"], "max")}
+    for key in ("reduction_factor", "min_rise", "spike_ratio"):  # 5e-2 is a string to YAML 1.1
+        if isinstance(values.get(key), str):
+            with contextlib.suppress(ValueError):  # not a number: reported by _check_ratios
+                values = {**values, key: float(values[key])}
+    return values
+
+
+def _bad(s: SearchSettings, source: str, key: str, need: str) -> SpaceError:
+    return SpaceError(f"{source}: {key} must be {need}, got {getattr(s, key)!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_names(s: SearchSettings, source: str) -> None:
+    """metric, mode and objective: one of the known names."""
+    if not isinstance(s.metric, str) or s.metric not in METRICS:
+        raise SpaceError(
+            f"{source}: metric {s.metric!r} is not a per-epoch stat"
+            f"{_suggest_name(str(s.metric), list(METRICS))}; "
+            f"choose one of {', '.join(METRICS)}"
+        )
+    if s.mode not in ("max", "min"):
+        raise _bad(s, source, "mode", "max or min")
+    if s.objective not in OBJECTIVES:
+        raise SpaceError(
+            f"{source}: objective {s.objective!r} is not one of {', '.join(OBJECTIVES)}"
+            f"{_suggest_name(str(s.objective), OBJECTIVES)}"
+        )
+
+
+def _check_counts(s: SearchSettings, source: str) -> None:
+    """The integer settings: trials, epochs, periods, windows, seeds."""
+    for key in (
+        "trials",
+        "epochs",
+        "grace_period",
+        "patience",
+        "objective_window",
+        "confirm_seeds",
+    ):
+        if not _is_int(getattr(s, key)) or getattr(s, key) < 1:
+            raise _bad(s, source, key, "an integer >= 1")
+    if not _is_int(s.seed):
+        raise _bad(s, source, "seed", "an integer")
+    if not _is_int(s.confirm) or s.confirm < 0:
+        raise _bad(s, source, "confirm", "an integer >= 0 (0: no confirmation)")
+
+
+def _check_ratios(s: SearchSettings, source: str) -> None:
+    """ASHA's reduction factor and the divergence rule's rise and spike ratio."""
+    if not _is_num(s.reduction_factor) or s.reduction_factor <= 1:
+        raise _bad(s, source, "reduction_factor", "a number > 1")
+    if not _is_num(s.min_rise) or s.min_rise < 0:
+        raise _bad(s, source, "min_rise", "a number >= 0")
+    if not _is_num(s.spike_ratio) or s.spike_ratio <= 1:
+        raise _bad(s, source, "spike_ratio", "a number > 1")
 
 
 def _number(value: Any, where: str) -> float:
@@ -289,35 +312,15 @@ def _check_value(key: str, value: Any, where: str) -> None:
 
 
 def parse_distribution(key: str, spec: dict[str, Any], where: str) -> Distribution:
-    names = [k for k in spec if k in DISTRIBUTIONS]
-    unknown = [k for k in spec if k not in DISTRIBUTIONS]
-    if unknown:
-        k = str(unknown[0])
-        raise SpaceError(
-            f"{where}: unknown distribution {k!r}{_suggest_name(k, DISTRIBUTIONS)}; "
-            f"use one of {', '.join(DISTRIBUTIONS)} or a plain value"
-        )
-    if len(names) != 1:
-        raise SpaceError(f"{where}: give exactly one distribution, got {names or 'none'}")
-    kind, args = names[0], spec[names[0]]
+    kind = _distribution_kind(spec, where)
+    args = spec[kind]
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise SpaceError(f"{where}: choice needs a non-empty list of values, got {args!r}")
         for value in args:
             _check_value(key, value, f"{where}: choice {value!r}")
         return Distribution("choice", choices=tuple(coerce(key, v, where) for v in args))
-    if not isinstance(args, list) or len(args) != 2:
-        raise SpaceError(f"{where}: {kind} needs [low, high], got {args!r}")
-    low, high = (_number(v, where) for v in args)
-    if low > high:
-        raise SpaceError(f"{where}: low {low:g} is above high {high:g}")
-    if low == high:
-        raise SpaceError(f"{where}: low equals high ({low:g}); write a plain value to fix it")
-    if kind == "loguniform" and low <= 0:
-        raise SpaceError(
-            f"{where}: a log range must stay above zero, got [{low:g}, {high:g}]; "
-            "use uniform or a positive low"
-        )
+    low, high = _range_bounds(kind, args, where)
     field_type = type(getattr(TrainConfig(), key))
     if kind == "int":
         if not (float(low).is_integer() and float(high).is_integer()):
@@ -332,9 +335,54 @@ def parse_distribution(key: str, spec: dict[str, Any], where: str) -> Distributi
     return Distribution(kind, low, high)
 
 
+def _distribution_kind(spec: dict[str, Any], where: str) -> str:
+    """The one distribution a ``{kind: args}`` mapping names."""
+    names = [k for k in spec if k in DISTRIBUTIONS]
+    unknown = [k for k in spec if k not in DISTRIBUTIONS]
+    if unknown:
+        k = str(unknown[0])
+        raise SpaceError(
+            f"{where}: unknown distribution {k!r}{_suggest_name(k, DISTRIBUTIONS)}; "
+            f"use one of {', '.join(DISTRIBUTIONS)} or a plain value"
+        )
+    if len(names) != 1:
+        raise SpaceError(f"{where}: give exactly one distribution, got {names or 'none'}")
+    return names[0]
+
+
+def _range_bounds(kind: str, args: Any, where: str) -> tuple[float, float]:
+    """A range's ``[low, high]``: two numbers, low below high, above zero for a log range."""
+    if not isinstance(args, list) or len(args) != 2:
+        raise SpaceError(f"{where}: {kind} needs [low, high], got {args!r}")
+    low, high = (_number(v, where) for v in args)
+    if low > high:
+        raise SpaceError(f"{where}: low {low:g} is above high {high:g}")
+    if low == high:
+        raise SpaceError(f"{where}: low equals high ({low:g}); write a plain value to fix it")
+    if kind == "loguniform" and low <= 0:
+        raise SpaceError(
+            f"{where}: a log range must stay above zero, got [{low:g}, {high:g}]; "
+            "use uniform or a positive low"
+        )
+    return low, high
+
+
 def load_space(path: str | Path) -> SearchSpace:
     """Read and check a space file. Raises ``SpaceError`` naming file, key and problem."""
     path = Path(path)
+    doc = _read_space_file(path)
+    settings = settings_from_dict(dict(doc.get("search") or {}), f"{path}: search")
+    knobs, fixed = _parse_space(path, doc["space"])
+    if not knobs:
+        raise SpaceError(f"{path}: space fixes every key and searches none")
+    _check_iou_pair(path, knobs)
+    points = _parse_points(path, doc.get("points") or [], knobs)
+    return SearchSpace(str(path), knobs, fixed, tuple(points), settings)
+
+
+def _read_space_file(path: Path) -> dict[str, Any]:
+    """The file's mapping: known sections only, ``search`` a mapping, ``space`` a non-empty
+    one."""
     try:
         doc = read_yaml_mapping(path)
     except ConfigError as e:
@@ -351,8 +399,13 @@ def load_space(path: str | Path) -> SearchSpace:
         raise SpaceError(f"{path}: search must be a mapping of setting: value")
     if not isinstance(space, dict) or not space:
         raise SpaceError(f"{path}: space must be a non-empty mapping of config key: distribution")
-    settings = settings_from_dict(dict(search), f"{path}: search")
+    return doc
 
+
+def _parse_space(
+    path: Path, space: dict[Any, Any]
+) -> tuple[dict[str, Distribution], dict[str, Any]]:
+    """The ``space`` section -> (searched knobs, fixed values), each key checked."""
     knobs: dict[str, Distribution] = {}
     fixed: dict[str, Any] = {}
     for key, spec in space.items():
@@ -372,8 +425,12 @@ def load_space(path: str | Path) -> SearchSpace:
         else:
             _check_value(key, spec, where)
             fixed[key] = coerce(key, spec, where)
-    if not knobs:
-        raise SpaceError(f"{path}: space fixes every key and searches none")
+    return knobs, fixed
+
+
+def _check_iou_pair(path: Path, knobs: dict[str, Distribution]) -> None:
+    """``iou_start`` and ``iou_end`` searched together: ranges, so that ``iou_end >= iou_start``
+    can always hold by construction."""
     if "iou_start" in knobs and "iou_end" in knobs:
         start, end = knobs["iou_start"], knobs["iou_end"]
         if "choice" in (start.kind, end.kind):
@@ -387,7 +444,9 @@ def load_space(path: str | Path) -> SearchSpace:
                 f"{end.high:g}, so iou_end >= iou_start could not always hold"
             )
 
-    points = doc.get("points") or []
+
+def _parse_points(path: Path, points: Any, knobs: dict[str, Distribution]) -> list[dict[str, Any]]:
+    """The ``points`` section: mappings of searched knob: a value inside its distribution."""
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise SpaceError(f"{path}: points must be a list of mappings of knob: value")
     for i, point in enumerate(points):
@@ -399,7 +458,7 @@ def load_space(path: str | Path) -> SearchSpace:
                 )
             if not knobs[key].contains(value):
                 raise SpaceError(f"{where}: {value!r} is outside {knobs[key].describe()}")
-    return SearchSpace(str(path), knobs, fixed, tuple(points), settings)
+    return points
 
 
 def check_base(space: SearchSpace, base: TrainConfig) -> None:
