@@ -421,6 +421,12 @@ def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale
         )
 
 
+def epoch_budget(settings: dict[str, Any]) -> int:
+    """Epochs a replayed search may spend: ``budget``, or by default what random search run to
+    the end spends (``trials`` x ``epochs``)."""
+    return int(settings["budget"] or settings["trials"] * settings["epochs"])
+
+
 class BudgetStopper(Stopper):
     """Stops the whole search once its trials have reported ``budget`` epochs in all."""
 
@@ -463,7 +469,7 @@ def replay_search(
     base = TrainConfig().with_overrides(
         {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
     )
-    budget = args.budget or args.trials * args.epochs
+    budget = epoch_budget(vars(args))
     study = Study(sampler, start_points=not args.from_scratch)
     searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, study)
     if scheduler_name in ("asha", "asha_brackets"):
@@ -620,7 +626,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     space, _ = for_metric(full, full.settings.metric)
     curves = Curves(read_table(Path(args.table)), space)
     storage = Path(args.storage).resolve()
-    budget = args.budget or args.trials * args.epochs
+    budget = epoch_budget(vars(args))
     key = {
         "metric": space.settings.metric,
         "configs": len(curves.ids),
@@ -666,7 +672,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
 
 def markdown_table(doc: dict[str, Any]) -> list[str]:
     """The replay's summary as a Markdown table: median [IQR] over the search seeds."""
-    budget = doc["settings"]["budget"] or doc["settings"]["trials"] * doc["settings"]["epochs"]
+    budget = epoch_budget(doc["settings"])
     target = doc["target"]
     lines = [
         f"| strategy | best {doc['metric']} | picked config's mean | epochs to {target:.4f} "

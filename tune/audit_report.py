@@ -106,7 +106,7 @@ def analyse(plan: AuditPlan, runs: list[Run]) -> dict[str, Any]:
         if y is None:
             missing = sum(
                 r.status not in (Status.COMPLETED, Status.DIVERGED)
-                or (key == "val_loss" and not math.isfinite(r.val_loss))
+                or (key == S.VAL_LOSS and not math.isfinite(r.val_loss))
                 for r in runs
             )
             entry["unavailable"] = f"{missing} run(s) without a finite value"
@@ -187,7 +187,7 @@ def report_lines(plan: AuditPlan, runs: list[Run], doc: dict[str, Any]) -> list[
         lines += _effect_lines(entry, level)
         if key == OBJECTIVE and entry["interactions"]:
             lines += _interaction_lines(entry["interactions"])
-        if key == "val_loss":
+        if key == S.VAL_LOSS:
             lines += _loss_scale_note(plan)
         lines += ["", *_row_lines(entry["rows"])]
     lines += [
