@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fresh seeds per confirmed config (search.confirm_seeds, default 3)",
     )
     s.add_argument(
+        "--confirm-set",
+        dest="confirm_overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="the confirmation's config differs from the search's by this, e.g. "
+        "--confirm-set imgsz=256 (search at a cheap fidelity, confirm at the one that "
+        "counts; epochs=N also sets its length; repeatable; the export carries it)",
+    )
+    s.add_argument(
         "--warm-start",
         metavar="EXPERIMENT",
         help="seed a new search's Optuna study with the finished trials of an "
@@ -233,6 +242,7 @@ def search_request(args: argparse.Namespace) -> SearchRequest:
         storage=args.storage,
         resume=args.resume,
         warm_start=args.warm_start,
+        confirm_overrides=list(args.confirm_overrides or []),
     )
 
 
@@ -268,6 +278,7 @@ NOT_FOR_AUDIT = (
     "reduction_factor",
     "confirm",
     "confirm_seeds",
+    "confirm_overrides",
     "warm_start",
     "config",
     "export",

@@ -851,7 +851,11 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
 def fidelity_command(args: argparse.Namespace) -> dict[str, Any]:
     """Spearman's rho between two tables' scores of the configs both hold (the same ids are the
     same configs: both tables come from one space's Sobol sequence), each config scored as
-    ``importance`` scores it: the mean over its seeds at ``--epoch`` (default: the last)."""
+    ``importance`` scores it: the mean over its seeds at ``--epoch`` (default: the last), or
+    at ``--epoch-low`` and ``--epoch-high``. One table at two epochs is the same question for
+    ASHA's rungs: does epoch 3 rank the configs as epoch 15 does? ``top_kept``: how many of the
+    dearer ranking's best third the cheaper one also puts in its best third (what a top-third
+    cut keeps)."""
     space = load_space(args.space)
     low = Curves(read_table(Path(args.low)), space)
     high = Curves(read_table(Path(args.high)), space)
@@ -864,26 +868,41 @@ def fidelity_command(args: argparse.Namespace) -> dict[str, Any]:
             f"error: {len(shared)} configs are in both tables; the check needs at least "
             f"{args.min_configs} (record more at the dearer fidelity, or lower --min-configs)"
         )
-    a = config_scores(low, args.metric, args.epoch)
-    b = config_scores(high, args.metric, args.epoch)
+    epoch_low = args.epoch if args.epoch_low is None else args.epoch_low
+    epoch_high = args.epoch if args.epoch_high is None else args.epoch_high
+    a = config_scores(low, args.metric, epoch_low)
+    b = config_scores(high, args.metric, epoch_high)
     rho = spearman([a[c] for c in shared], [b[c] for c in shared])
     best_low, best_high = max(shared, key=lambda c: a[c]), max(shared, key=lambda c: b[c])
+    third = max(1, math.ceil(len(shared) / 3))
+    top_low = set(sorted(shared, key=lambda c: -a[c])[:third])
+    top_high = sorted(shared, key=lambda c: -b[c])[:third]
+    kept = sum(c in top_low for c in top_high)
     doc = {
         "low": str(args.low),
         "high": str(args.high),
         "metric": args.metric,
-        "epoch": args.epoch,
+        "epoch_low": epoch_low,
+        "epoch_high": epoch_high,
         "configs": shared,
         "scores_low": [a[c] for c in shared],
         "scores_high": [b[c] for c in shared],
         "spearman": rho,
         "best_low": best_low,
         "best_high": best_high,
+        "top_third": third,
+        "top_kept": kept,
     }
-    print(f"{len(shared)} configs in both tables, {args.metric} at epoch {args.epoch or 'last'}:")
+    print(
+        f"{len(shared)} configs in both tables, {args.metric} at epoch "
+        f"{epoch_low or 'last'} (low) and {epoch_high or 'last'} (high):"
+    )
     for c in shared:
         print(f"  config {c:3d}: {a[c]:.4f} (low)  {b[c]:.4f} (high)")
-    print(f"Spearman rho {rho:.3f}; best config: {best_low} (low), {best_high} (high)")
+    print(
+        f"Spearman rho {rho:.3f}; best config: {best_low} (low), {best_high} (high); "
+        f"the low's best third holds {kept} of the high's best {third}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1))
     return doc
@@ -950,6 +969,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--high", required=True, help="the dearer table (e.g. 256 px)")
     f.add_argument("--metric", default=S.MAP50_95, help="the recorded metric to score by")
     f.add_argument("--epoch", type=int, help="score at this epoch (default: each curve's last)")
+    f.add_argument("--epoch-low", type=int, help="score the cheaper table here (default --epoch)")
+    f.add_argument("--epoch-high", type=int, help="score the dearer table here (default --epoch)")
     f.add_argument("--min-configs", type=int, default=8, help="refuse below this many configs")
     f.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)

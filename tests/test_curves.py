@@ -4,6 +4,7 @@ a recording that resumes without duplicates."""
 
 import argparse
 import gzip
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,14 +336,52 @@ def test_fidelity_compares_the_configs_both_tables_hold(tmp_path: Path) -> None:
 
     low = table("low.csv.gz", lambda c: 0.1 * c, range(10))
     high = table("high.csv.gz", lambda c: 0.1 * c if c != 2 else 0.35, range(8))  # 2 and 3 swap
-    options = {"metric": S.MAP50_95, "epoch": None, "json": None, "space": str(path)}
+    options = {
+        "metric": S.MAP50_95,
+        "epoch": None,
+        "epoch_low": None,
+        "epoch_high": None,
+        "json": None,
+        "space": str(path),
+    }
     doc = curves.fidelity_command(
         argparse.Namespace(low=str(low), high=str(high), min_configs=8, **options)
     )
     assert doc["configs"] == list(range(8))
     assert doc["spearman"] == pytest.approx(1 - 6 * 2 / (8 * 63))
     assert doc["best_low"] == doc["best_high"] == 7
+    assert (doc["top_third"], doc["top_kept"]) == (3, 3)  # 7, 6, 5 top both
     with pytest.raises(SystemExit, match="at least 9"):
         curves.fidelity_command(
             argparse.Namespace(low=str(low), high=str(high), min_configs=9, **options)
         )
+
+
+def test_fidelity_of_one_table_at_two_epochs_is_the_rung_question(tmp_path: Path) -> None:
+    """Epoch 1 ranks 9 configs in reverse of epoch 2: rho -1, and a top-third cut at epoch 1
+    keeps none of epoch 2's best three."""
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    configs = [{"lr": 1e-3}, *curves.sobol_configs(load_space(path), 8)]
+    rows = [
+        {"config_id": c, "seed": 0, "epoch": e, **configs[c], S.MAP50_95: (c if e == 2 else -c)}
+        for c in range(9)
+        for e in (1, 2)
+    ]
+    table = tmp_path / "t.csv.gz"
+    curves.append_rows(table, ["lr"], [{**r, "diverged": 0, "rule": ""} for r in rows])
+    args = argparse.Namespace(
+        low=str(table),
+        high=str(table),
+        space=str(path),
+        metric=S.MAP50_95,
+        epoch=None,
+        epoch_low=1,
+        epoch_high=None,  # each curve's last: epoch 2
+        min_configs=8,
+        json=str(tmp_path / "f.json"),
+    )
+    doc = curves.fidelity_command(args)
+    assert doc["spearman"] == pytest.approx(-1.0)
+    assert (doc["epoch_low"], doc["epoch_high"], doc["top_kept"]) == (1, None, 0)
+    assert json.loads((tmp_path / "f.json").read_text())["spearman"] == pytest.approx(-1.0)

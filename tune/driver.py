@@ -237,13 +237,26 @@ def _confirm(
     resources: Resources,
     export: Path | None,
 ) -> int:
-    """Retrain the top configs and the default on fresh seeds; export the best by mean."""
+    """Retrain the top configs and the default on fresh seeds (with ``--confirm-set``'s
+    config, its data decoded again); export the best by mean."""
+    from cattle_yolo.data import load_datasets
     from tune import confirm, search, storage
 
-    settings = plan.settings
-    candidates = confirm.pick_candidates(rows, plan.space, settings, plan.base, settings.confirm)
+    base, settings = plan.confirmation()
+    candidates = confirm.pick_candidates(rows, plan.space, settings, base, settings.confirm)
     seeds = confirm.fresh_seeds(settings, settings.confirm_seeds)
     path = storage.experiment_path(plan.storage, plan.name + confirm.CONFIRM_SUFFIX)
+    if base is not plan.base:  # --confirm-set: its own data size, epochs, ...
+        old, new = plan.base.to_dict(), base.to_dict()
+        changed = ", ".join(f"{k}={new[k]}" for k in new if old.get(k) != new[k])
+        print(f"the confirmation differs from the search by {changed or 'nothing'}", flush=True)
+        trainable = search.make_trainable(
+            base,
+            load_datasets(base),
+            settings,
+            resources,
+            threshold_range=plan.space.threshold_range(),
+        )
     print(
         f"confirming {len(candidates) - 1} config(s) and the default on seeds {seeds}: "
         f"{len(candidates) * len(seeds)} runs of {settings.epochs} epochs",
@@ -267,7 +280,7 @@ def _confirm(
         seeds,
         plan.space,
         settings,
-        plan.base,
+        base,
         plan.report_dir,
         plan.name,
         export,

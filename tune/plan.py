@@ -5,8 +5,9 @@
 ``--config``, the space's fixed values, ``--set``, ``--data``; ``base_config``, which the
 benchmarks use too), and decides between a fresh start and a resume: a resume reads the saved
 space, settings and base config back, and ``refuse_changes`` refuses a command line that would
-change them (only more trials and the confirmation may change). ``warm_start_journal`` finds the
-earlier study a new search starts from; ``save_plan`` writes what a resume reads;
+change them (only more trials and the confirmation, with its ``--confirm-set``, may change).
+``warm_start_journal`` finds the earlier study a new search starts from; ``save_plan`` writes
+what a resume reads;
 ``disk_plan`` refuses a search that will not fit. Nothing here starts Ray.
 """
 
@@ -82,6 +83,7 @@ class SearchRequest:
     storage: str = "ray_results"
     resume: bool = False  # it must exist
     warm_start: str | None = None  # an earlier experiment (folder or name in storage)
+    confirm_overrides: list[str] = field(default_factory=list)  # --confirm-set key=value
 
 
 @dataclass
@@ -99,12 +101,22 @@ class Plan:
     notes: list[str]  # said once before the search starts
     warm_start: Path | None = None  # the earlier study's journal file
     extend_to: int = 0  # resume: the new trial count of a search that is extended
+    confirm_base: TrainConfig | None = None  # the confirmation's config (None: the search's)
 
     @property
     def journal(self) -> Path:
         from tune.study import JOURNAL_FILE
 
         return self.report_dir / JOURNAL_FILE
+
+    def confirmation(self) -> tuple[TrainConfig, SearchSettings]:
+        """The base config and settings the confirmation runs with: the search's, or those of
+        ``--confirm-set`` (e.g. ``imgsz=256``: search cheap, confirm at the size that counts),
+        whose ``epochs`` also becomes the confirmation's settings' epochs."""
+        if self.confirm_base is None:
+            return self.base, self.settings
+        epochs = {"epochs": self.confirm_base.epochs}
+        return self.confirm_base, self.settings.replace(epochs, "--confirm-set")
 
 
 def base_config(
@@ -126,6 +138,30 @@ def base_config(
         changes["data"] = str(path)
     changes.update(epochs=settings.epochs, seed=settings.seed, out=None)
     return cfg.with_overrides(changes, "base config")
+
+
+# Keys --confirm-set may not change: the confirmation sets the seeds, trials write their own
+# folders, and the searched knobs are what it confirms.
+NOT_FOR_CONFIRM = ("seed", "out")
+
+
+def confirm_config(overrides: list[str], space: SearchSpace, base: TrainConfig) -> TrainConfig:
+    """The search's base config with ``--confirm-set`` applied (a data path made absolute)."""
+    changes = parse_overrides(overrides)
+    refused = sorted(k for k in changes if k in space.knobs or k in NOT_FOR_CONFIRM)
+    if refused:
+        raise ConfigError(
+            f"--confirm-set {', '.join(refused)}: the confirmation retrains the searched "
+            "knobs' values on its own seeds; it may change the rest of the config "
+            "(e.g. imgsz, epochs, data)"
+        )
+    data = changes.get("data")
+    if isinstance(data, str) and "://" not in data:
+        path = Path(data).expanduser().resolve()
+        if not path.exists():
+            raise ConfigError(f"--confirm-set data={data}: no such file or folder")
+        changes["data"] = str(path)
+    return base.with_overrides(changes, "--confirm-set")
 
 
 def refuse_changes(request: SearchRequest, plan: Plan, fresh: Plan) -> None:
@@ -244,8 +280,14 @@ def plan_search(request: SearchRequest) -> Plan:
         if "trials" in keep and fresh.settings.trials > plan.settings.trials:
             plan.extend_to = fresh.settings.trials
         plan.settings = plan.settings.replace(keep, "command line")
+        if saved.get("confirm_base"):  # a later --confirm-set replaces it
+            where = str(report_dir / SAVED_SETTINGS)
+            plan.confirm_base = TrainConfig.from_dict(saved["confirm_base"], source=where)
     else:
         plan.warm_start = warm_start_journal(request, storage)
+    if request.confirm_overrides:
+        plan.confirm_base = confirm_config(request.confirm_overrides, plan.space, plan.base)
+    plan.confirmation()  # its settings checked now (e.g. epochs against the grace period)
     plan.space, plan.notes = for_metric(plan.space, plan.settings.metric)
     return plan
 
@@ -253,7 +295,9 @@ def plan_search(request: SearchRequest) -> Plan:
 def save_plan(plan: Plan) -> None:
     plan.report_dir.mkdir(parents=True, exist_ok=True)
     (plan.report_dir / SAVED_SPACE).write_text(Path(plan.space.path).read_text())
-    doc = {"settings": asdict(plan.settings), "base": plan.base.to_dict()}
+    doc: dict[str, Any] = {"settings": asdict(plan.settings), "base": plan.base.to_dict()}
+    if plan.confirm_base is not None:
+        doc["confirm_base"] = plan.confirm_base.to_dict()
     (plan.report_dir / SAVED_SETTINGS).write_text(yaml.safe_dump(doc, sort_keys=False))
     publish(plan, [SAVED_SPACE, SAVED_SETTINGS])
 

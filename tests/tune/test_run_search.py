@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from helpers import REPO, run_search
 
 from tune.results import EPOCH, RESUMED_FROM_EPOCH
@@ -188,3 +190,71 @@ def test_file_uri_storage_is_the_path_it_names(tmp_path: Path) -> None:
     plan = run_search.plan_search(args)
     assert plan.storage == str(tmp_path / "store")
     assert plan.path == str(tmp_path / "store" / "x")
+
+
+def test_confirm_set_is_checked_before_ray_and_sets_the_confirmations_config(
+    tmp_path: Path,
+) -> None:
+    sys.path.insert(0, str(REPO))
+    import run_search
+    from cattle_yolo.config import ConfigError
+
+    def plan(*flags: str) -> Any:
+        args = run_search.build_parser().parse_args(
+            ["--smoke-test", "--storage", str(tmp_path), "--name", "p", *flags]
+        )
+        return run_search.plan_search(args)
+
+    same = plan()
+    assert same.confirm_base is None
+    assert same.confirmation() == (same.base, same.settings)
+
+    p = plan("--confirm-set", "imgsz=96", "--confirm-set", "epochs=3")
+    base, settings = p.confirmation()
+    assert (base.imgsz, base.epochs, settings.epochs) == (96, 3, 3)
+    assert p.base.imgsz == 64
+    assert p.settings.epochs == 2
+    assert base.to_dict() == {**p.base.to_dict(), "imgsz": 96, "epochs": 3}
+
+    for flag, message in (
+        ("lr=0.1", "--confirm-set lr"),  # a searched knob: that is what it confirms
+        ("seed=5", "--confirm-set seed"),
+        ("imgsz=abc", "imgsz"),
+        ("data=/no/such/folder", "no such file or folder"),
+        ("epochs=0", "epochs"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            plan("--confirm-set", flag)
+
+
+def test_a_search_confirms_at_the_confirm_set_fidelity_and_a_resume_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """Search at 64 px for 1 epoch, confirm the best and the default at 96 px for 2 epochs:
+    every confirmation run trains with that config, the export carries it, and running the
+    same search again without the flag finds it saved."""
+    flags = ["--name", "cs", "--trials", "2", "--confirm", "1", "--confirm-seeds", "1"]
+    first = _run([*flags, "--confirm-set", "imgsz=96", "--confirm-set", "epochs=2"], tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "the confirmation differs from the search by imgsz=96, epochs=2" in first.stdout
+    assert "2 runs of 2 epochs" in first.stdout
+
+    searched = list((tmp_path / "cs").glob("trial_*/run/config.yaml"))
+    confirmed = list((tmp_path / "cs-confirm").glob("trial_*/run/config.yaml"))
+    assert len(searched) == 2
+    assert len(confirmed) == 2
+    assert {yaml.safe_load(f.read_text())["imgsz"] for f in searched} == {64}
+    assert {yaml.safe_load(f.read_text())["imgsz"] for f in confirmed} == {96}
+    for f in confirmed:
+        rows = list(csv.DictReader((f.parent / "metrics" / "training_metrics.csv").open()))
+        assert len(rows) == 2
+    export = yaml.safe_load((tmp_path / "cs" / "best_config.yaml").read_text())
+    assert (export["config"]["imgsz"], export["config"]["epochs"]) == (96, 2)
+    saved = yaml.safe_load((tmp_path / "cs" / "search_settings.yaml").read_text())
+    assert saved["confirm_base"]["imgsz"] == 96
+    assert saved["base"]["imgsz"] == 64
+
+    again = _run(flags, tmp_path)  # no --confirm-set: the saved one holds
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "the confirmation differs from the search by imgsz=96, epochs=2" in again.stdout
+    assert len(list((tmp_path / "cs-confirm").glob("trial_*/run/config.yaml"))) == 2
