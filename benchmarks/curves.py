@@ -298,16 +298,12 @@ def run_rows(
     return rows
 
 
-def record(args: argparse.Namespace) -> None:
-    import ray
-    from ray import tune
-
+def record_base(space: SearchSpace, args: argparse.Namespace) -> Any:
+    """The config every recorded run starts from: the defaults, the space's fixed values, the
+    fidelity (``args.imgsz``, ``args.epochs``, ``args.data``) and ``args.set``."""
     from cattle_yolo.config import TrainConfig, parse_overrides
-    from cattle_yolo.data import load_datasets
-    from tune import cluster, search
 
-    space = load_space(args.space)
-    base = TrainConfig.load(
+    return TrainConfig.load(
         None,
         {
             **space.fixed,
@@ -317,6 +313,17 @@ def record(args: argparse.Namespace) -> None:
             **parse_overrides(args.set),
         },
     )
+
+
+def record(args: argparse.Namespace) -> None:
+    import ray
+    from ray import tune
+
+    from cattle_yolo.data import load_datasets
+    from tune import cluster, search
+
+    space = load_space(args.space)
+    base = record_base(space, args)
     configs = [{k: getattr(base, k) for k in space.knobs}, *sobol_configs(space, args.configs)]
     seeds = list(range(args.seeds))
     table = Path(args.table)
@@ -443,20 +450,9 @@ class BudgetStopper(Stopper):
         return len(self.seen) >= self.budget
 
 
-def replay_search(
-    curves: Curves, strategy: str, seed: int, args: argparse.Namespace, storage: Path
-) -> dict[str, Any]:
-    """One search of ``strategy`` over the recorded curves: its anytime curve in epochs."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
-    from ray.tune.stopper import CombinedStopper
-
-    from cattle_yolo.config import TrainConfig
-    from tune.search import Study, make_searcher
-    from tune.stoppers import DivergenceStopper
-
-    sampler, scheduler_name = STRATEGIES[strategy]
-    settings = curves.space.settings.replace(
+def search_settings(curves: Curves, seed: int, args: argparse.Namespace) -> Any:
+    """The search settings of one replayed (or real, ``real_search.py``) search."""
+    return curves.space.settings.replace(
         {
             "seed": seed,
             "trials": args.trials,
@@ -466,6 +462,27 @@ def replay_search(
         },
         "replay",
     )
+
+
+def strategy_tuner(  # noqa: PLR0913 (the strategy, its settings and what it runs, all varied)
+    curves: Curves,
+    strategy: str,
+    settings: Any,
+    args: argparse.Namespace,
+    trainable: Any,
+    storage: Path,
+) -> Any:
+    """A Tuner running ``strategy`` (sampler, scheduler, the divergence stopper, ``args``'s
+    concurrency and epoch budget) over ``trainable``: the recorded curves or real training."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+    from ray.tune.stopper import CombinedStopper
+
+    from cattle_yolo.config import TrainConfig
+    from tune.search import Study, make_searcher
+    from tune.stoppers import DivergenceStopper
+
+    sampler, scheduler_name = STRATEGIES[strategy]
     base = TrainConfig().with_overrides(
         {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
     )
@@ -495,11 +512,7 @@ def replay_search(
     divergence = DivergenceStopper(
         settings.patience, settings.spike_ratio, settings.worst, OBJECTIVE, settings.min_rise
     )
-    trainable = tune.with_resources(
-        tune.with_parameters(replay_trial, curves=curves, settings=settings, scale=args.time_scale),
-        {"cpu": 0.01},
-    )
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -508,7 +521,7 @@ def replay_search(
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=f"{strategy}-{seed}",
+            name=f"{strategy}-{settings.seed}",
             storage_path=str(storage),
             verbose=0,
             stop=CombinedStopper(divergence, BudgetStopper(budget)),
@@ -516,18 +529,25 @@ def replay_search(
             failure_config=tune.FailureConfig(fail_fast=True),  # an error is a bug here
         ),
     )
-    t0 = time.perf_counter()
-    grid = tuner.fit()
-    wall = time.perf_counter() - t0
+
+
+def search_run(
+    grid: Any, curves: Curves, strategy: str, settings: Any, budget: int
+) -> dict[str, Any]:
+    """A finished search's anytime curve (best so far after each of the first ``budget``
+    epochs, in the order they were reported), its trials (the recorded config nearest to each
+    trial's, and its epochs) and its recommendation: the incumbent's nearest recorded config,
+    scored by its mean over the recorded seeds (each curve's last epoch)."""
     events, per_trial = [], []
     for result in (grid[i] for i in range(len(grid))):
         df = result.metrics_dataframe
         if df is None or EPOCH not in df:
             continue
         recs = df.to_dict("records")
+        cid = curves.nearest({k: result.config[k] for k in curves.space.knobs})
         per_trial.append(
             {
-                "curve_id": int(recs[0]["curve_id"]),
+                "curve_id": cid,
                 "epochs": int(max(r[EPOCH] for r in recs)),
                 "started": recs[0].get("reported_at", recs[0]["timestamp"]),
             }
@@ -535,7 +555,6 @@ def replay_search(
         for rec in recs:
             value = rec.get(settings.metric)
             ok = not rec.get(DIVERGED) and value is not None and math.isfinite(value)
-            cid = int(recs[0]["curve_id"])
             events.append((rec.get("reported_at", rec["timestamp"]), value if ok else None, cid))
     events.sort(key=lambda e: e[0])
     best, curve, picked = -math.inf, [], None
@@ -544,19 +563,37 @@ def replay_search(
             best, picked = value, cid
         curve.append(best if math.isfinite(best) else 0.0)
     per_trial.sort(key=lambda t: t["started"])
-    # what the search recommends, judged apart from the seed its curve happened to draw: the
-    # incumbent's config scored by its mean over the recorded seeds (each curve's last epoch)
     scores = config_scores(curves, settings.metric, None)
     return {
         "strategy": strategy,
-        "seed": seed,
+        "seed": settings.seed,
         "curve": curve,
         "trials": len(grid),
         "per_trial": [{k: t[k] for k in ("curve_id", "epochs")} for t in per_trial],
-        "wall_s": wall,
         "best": curve[-1] if curve else 0.0,
         "picked": picked,
         "picked_score": scores[picked] if picked is not None else 0.0,
+    }
+
+
+def replay_search(
+    curves: Curves, strategy: str, seed: int, args: argparse.Namespace, storage: Path
+) -> dict[str, Any]:
+    """One search of ``strategy`` over the recorded curves: its anytime curve in epochs."""
+    from ray import tune
+
+    settings = search_settings(curves, seed, args)
+    trainable = tune.with_resources(
+        tune.with_parameters(replay_trial, curves=curves, settings=settings, scale=args.time_scale),
+        {"cpu": 0.01},
+    )
+    tuner = strategy_tuner(curves, strategy, settings, args, trainable, storage)
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    return {
+        **search_run(grid, curves, strategy, settings, epoch_budget(vars(args))),
+        "wall_s": wall,
     }
 
 
