@@ -149,9 +149,14 @@ def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(
         seen.append(value)
     assert any(t["epochs"] == 1 for t in trials)
     # the recommendation is the config whose report set the final best, scored by its seeds' mean
-    assert (
-        runs[0]["picked_score"] == curves.config_scores(table, S.MAP50_95, None)[runs[0]["picked"]]
-    )
+    scores = curves.config_scores(table, S.MAP50_95, None)
+    assert runs[0]["picked_score"] == scores[runs[0]["picked"]]
+    # the incumbents' record: when the recommendation changed, ending at the pick
+    incumbents = runs[0]["incumbents"]
+    assert incumbents[0][1] == 0  # the default, the first to report
+    assert incumbents[-1][1] == runs[0]["picked"]
+    assert [e for e, _, _ in incumbents] == sorted({e for e, _, _ in incumbents})
+    assert all(score == scores[cid] for _, cid, score in incumbents)
 
     # from scratch, the first trial is the sampler's (seeded random start), not the default
     scratch = curves.replay_search(
@@ -223,6 +228,41 @@ def test_replay_summary_table_and_plot_on_known_runs(tmp_path: Path) -> None:
     png = tmp_path / "replay.png"
     curves.plot_replay(doc, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pick_summary_measures_p1_on_what_the_searches_recommend() -> None:
+    """Random FIFO's final picks score 0.5 and 0.7 (median 0.6); TPE's pick reaches 0.6 at
+    epoch 3 in one search and never in the other (budget 4: counted as 5)."""
+
+    def run(strategy: str, incumbents: list[list[float]]) -> dict[str, Any]:
+        return {"strategy": strategy, "incumbents": incumbents, "picked_score": incumbents[-1][2]}
+
+    runs = [
+        run("random_fifo", [[1, 0, 0.4], [2, 1, 0.5]]),
+        run("random_fifo", [[1, 0, 0.4], [4, 2, 0.7]]),
+        run("tpe_asha", [[1, 0, 0.4], [3, 3, 0.65]]),
+        run("tpe_asha", [[1, 0, 0.4]]),
+    ]
+    target, rows = curves.pick_summary(runs, 4)
+    assert target == pytest.approx(0.6)
+    assert rows["random_fifo"] == {"epochs_to_pick": (4.25, 4.5, 4.75), "pick_reached": 1}
+    assert rows["tpe_asha"] == {"epochs_to_pick": (3.5, 4.0, 4.5), "pick_reached": 1}
+    assert curves.pick_summary([{k: v for k, v in runs[0].items() if k != "incumbents"}], 4) == (
+        None,
+        {},
+    )  # an older replay's runs: no such measure
+    doc = {
+        "metric": S.MAP50_95,
+        "target": 0.5,
+        "pick_target": target,
+        "settings": {"budget": 4, "trials": 2, "epochs": 2},
+        "summary": {"tpe_asha": {"best": (0.6, 0.6, 0.6), **rows["tpe_asha"]}},
+        "runs": [{**r, "trials": 3} for r in runs if r["strategy"] == "tpe_asha"],
+    }
+    table = curves.markdown_table(doc)
+    assert table[0].endswith("| trials | epochs until the pick's mean >= 0.6000 | reached |")
+    assert table[1].count("|") == 10
+    assert table[2].endswith("| 3 | 4 [4, 4] | 1/2 |")
 
 
 @pytest.mark.slow
