@@ -315,12 +315,21 @@ def record_base(space: SearchSpace, args: argparse.Namespace) -> Any:
     )
 
 
+def trial_resources(seen: dict[str, float], args: argparse.Namespace, runs: int) -> Any:
+    """Each run's share of what Ray ``seen``, as a search plans it (``cluster.plan_resources``):
+    on CPU ``--cpus-per-trial`` each (default 1); with GPUs, ``--gpus-per-trial`` of one each,
+    so that several small runs pack on a GPU, and the CPUs shared between them."""
+    from tune import cluster
+
+    return cluster.plan_resources(seen, None, args.gpus_per_trial, args.cpus_per_trial, runs)
+
+
 def record(args: argparse.Namespace) -> None:
     import ray
     from ray import tune
 
     from cattle_yolo.data import load_datasets
-    from tune import cluster, search
+    from tune import search
 
     space = load_space(args.space)
     base = record_base(space, args)
@@ -356,8 +365,13 @@ def record(args: argparse.Namespace) -> None:
     init_ray(args.cpus)
     try:
         settings = space.settings.replace({"epochs": args.epochs, "trials": len(todo)}, "record")
-        concurrent = max(1, int(args.cpus // args.cpus_per_trial))
-        resources = cluster.Resources(0, 0, args.cpus_per_trial, concurrent)
+        resources = trial_resources(ray.cluster_resources(), args, len(todo))
+        concurrent = resources.concurrent
+        print(
+            f"{concurrent} run(s) at once, each with {resources.cpus_per_trial:g} CPU and "
+            f"{resources.gpus_per_trial:g} GPU",
+            flush=True,
+        )
         datasets = load_datasets(base)
         trainable = search.make_trainable(base, datasets, settings, resources)
         points = [{**configs[c], "seed": s, CURVE_ID: c} for c, s in todo]
@@ -1009,7 +1023,17 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--set", nargs="*", default=[], help="key=value for every run")
     r.add_argument("--table", required=True, help="the gzip CSV to append to")
     r.add_argument("--cpus", type=float, default=float(os.cpu_count() or 1), help="CPUs for Ray")
-    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (threads) per run")
+    r.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        help="CPUs (threads) per run (default: 1 on CPU; the CPUs shared out with GPUs)",
+    )
+    r.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=0.25,
+        help="with GPUs, each run's share of one: 0.25 packs 4 runs on a GPU (default)",
+    )
     r.add_argument("--storage", default=str(REPO / "outputs" / "curves"), help="Tune's folder")
     q = sub.add_parser("replay", help="replay search strategies over a recorded table")
     q.add_argument("--space", default=str(REPO / "search_spaces" / "fixes.yaml"), help="space file")

@@ -52,11 +52,17 @@ def real_search(
 ) -> dict[str, Any]:
     """One real search of ``strategy``: every trial trains on ``datasets`` at the table's
     fidelity (``args.imgsz``, ``args.epochs``), on the search's seed."""
-    from tune import cluster, search
+    import dataclasses
+
+    import ray
+
+    from tune import search
 
     settings = curves.search_settings(table, seed, args)
     base = curves.record_base(table.space, args).replace(seed=seed)
-    resources = cluster.Resources(0, 0, args.cpus_per_trial, args.concurrent)
+    # each trial's share as record plans it; as many at once as the replay ran
+    share = curves.trial_resources(ray.cluster_resources(), args, args.concurrent)
+    resources = dataclasses.replace(share, concurrent=args.concurrent)
     trainable = search.make_trainable(
         base, datasets, settings, resources, threshold_range=table.space.threshold_range()
     )
@@ -224,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--from-scratch", action="store_true", help="no default config first")
     p.add_argument("--cpus", type=float, default=float(os.cpu_count() or 1), help="CPUs for Ray")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (threads) per trial")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs (threads) per trial (default 1)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.25, help="with GPUs, a trial's share")
     p.add_argument("--storage", default=str(REPO / "outputs" / "real-search"), help="Tune's folder")
     p.add_argument("--json", help="write the searches (and the comparison) here")
     return p

@@ -425,3 +425,15 @@ def test_fidelity_of_one_table_at_two_epochs_is_the_rung_question(tmp_path: Path
     assert doc["spearman"] == pytest.approx(-1.0)
     assert (doc["epoch_low"], doc["epoch_high"], doc["top_kept"]) == (1, None, 0)
     assert json.loads((tmp_path / "f.json").read_text())["spearman"] == pytest.approx(-1.0)
+
+
+def test_runs_pack_on_a_gpu_when_ray_sees_one_and_take_a_cpu_each_otherwise() -> None:
+    def args(gpus_per_trial: float = 0.25, cpus_per_trial: float | None = None) -> Any:
+        return argparse.Namespace(gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial)
+
+    cpu = curves.trial_resources({"CPU": 2.0}, args(), 98)
+    assert (cpu.gpus_per_trial, cpu.cpus_per_trial, cpu.concurrent) == (0.0, 1.0, 2)
+    gpu = curves.trial_resources({"CPU": 16.0, "GPU": 1.0}, args(), 98)
+    assert (gpu.gpus_per_trial, gpu.cpus_per_trial, gpu.concurrent) == (0.25, 4.0, 4)
+    two = curves.trial_resources({"CPU": 16.0, "GPU": 2.0}, args(0.5, 2.0), 3)
+    assert (two.gpus_per_trial, two.cpus_per_trial, two.concurrent) == (0.5, 2.0, 3)  # 3 runs left
