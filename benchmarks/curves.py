@@ -798,25 +798,46 @@ def markdown_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def pick_curve(run: dict[str, Any], length: int) -> list[float]:
+    """The recommendation's seed mean after each epoch (nan before the first report)."""
+    out, score, changes = [], math.nan, iter(run["incumbents"])
+    change = next(changes, None)
+    for epoch in range(1, length + 1):
+        while change is not None and change[0] <= epoch:
+            score, change = change[2], next(changes, None)
+        out.append(score)
+    return out
+
+
 def plot_replay(doc: dict[str, Any], path: Path) -> None:
     """Best-so-far against epochs spent: each strategy's median over the search seeds, its
-    interquartile band, and the target (random FIFO's median full-budget best) as a line."""
+    interquartile band, and the target (random FIFO's median full-budget best) as a line. When
+    the runs kept their incumbents, a second panel shows what each strategy recommends after
+    each epoch, scored by the config's mean over the recorded seeds, with its target."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    picks = doc.get("pick_target") is not None
+    fig, axes = plt.subplots(1, 2 if picks else 1, figsize=(13 if picks else 7, 4.5), squeeze=False)
+    ax, ax2 = axes[0][0], axes[0][-1]
     for strategy in doc["summary"]:
-        mine = [r["curve"] for r in doc["runs"] if r["strategy"] == strategy and r["curve"]]
-        if not mine:
+        runs = [r for r in doc["runs"] if r["strategy"] == strategy and r["curve"]]
+        if not runs:
             continue
-        width = max(len(c) for c in mine)
-        grid = np.array([c + [c[-1]] * (width - len(c)) for c in mine])  # a stopped search holds
+        width = max(len(r["curve"]) for r in runs)
         x = np.arange(1, width + 1)
+        # a stopped search holds its last value
+        grid = np.array([r["curve"] + [r["curve"][-1]] * (width - len(r["curve"])) for r in runs])
         lo, mid, hi = np.percentile(grid, [25, 50, 75], axis=0)
-        (line,) = ax.plot(x, mid, label=f"{strategy} ({len(mine)} seeds)")
+        (line,) = ax.plot(x, mid, label=f"{strategy} ({len(runs)} seeds)")
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
+        if picks:
+            chosen = np.array([pick_curve(r, width) for r in runs])
+            lo, mid, hi = np.nanpercentile(chosen, [25, 50, 75], axis=0)
+            ax2.plot(x, mid, color=line.get_color(), label=strategy)
+            ax2.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
     if doc["target"] is not None:
         ax.axhline(doc["target"], color="grey", ls="--", lw=1, label="random FIFO's median best")
     ax.set_xlabel("epochs spent by the search")
@@ -827,6 +848,14 @@ def plot_replay(doc: dict[str, Any], path: Path) -> None:
         ax.set_ylim(bottom=float(np.percentile(lows, 10)))
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
+    if picks:
+        ax2.axhline(doc["pick_target"], color="grey", ls="--", lw=1, label="random FIFO's pick")
+        ax2.set_xlabel("epochs spent by the search")
+        ax2.set_ylabel(f"recommended config's mean {doc['metric']} over its seeds")
+        ax2.set_title("What the search recommends, scored by its seed mean")
+        ax2.set_ylim(bottom=doc["pick_target"] - 0.05)
+        ax2.legend(fontsize=8, loc="lower right")
+        ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -263,6 +263,34 @@ def test_pick_summary_measures_p1_on_what_the_searches_recommend() -> None:
     assert table[0].endswith("| trials | epochs until the pick's mean >= 0.6000 | reached |")
     assert table[1].count("|") == 10
     assert table[2].endswith("| 3 | 4 [4, 4] | 1/2 |")
+    # the recommendation after each epoch: nan before the first report, then each incumbent
+    late = {"incumbents": [[2, 0, 0.4], [4, 2, 0.7]]}
+    got = curves.pick_curve(late, 5)
+    assert math.isnan(got[0])
+    assert got[1:] == [0.4, 0.4, 0.7, 0.7]
+
+
+def test_the_replay_plot_has_the_recommendation_panel_when_runs_kept_it(tmp_path: Path) -> None:
+    runs = [
+        {"strategy": "random_fifo", "curve": [0.4, 0.5], "incumbents": [[1, 0, 0.4], [2, 1, 0.5]]},
+        {"strategy": "tpe_asha", "curve": [0.6, 0.6], "incumbents": [[1, 3, 0.55]]},
+    ]
+    doc = {
+        "metric": S.MAP50_95,
+        "target": 0.5,
+        "pick_target": 0.5,
+        "summary": {"random_fifo": {}, "tpe_asha": {}},
+        "runs": runs,
+    }
+    png = tmp_path / "p.png"
+    curves.plot_replay(doc, png)
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size[0] > 1.5 * im.size[1]  # two panels side by side
+    curves.plot_replay({**doc, "pick_target": None}, png)
+    with Image.open(png) as im:
+        assert im.size[0] < 1.7 * im.size[1]  # one
 
 
 @pytest.mark.slow
