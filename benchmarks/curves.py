@@ -973,6 +973,16 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def spearman_interval(rho: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """An approximate 95% interval for Spearman's rho over ``n`` pairs: Fisher's z with Bonett
+    and Wright's (2000) standard error, sqrt((1 + rho^2 / 2) / (n - 3))."""
+    if n <= 3:
+        return -1.0, 1.0
+    centre = math.atanh(max(-0.999999, min(0.999999, rho)))
+    half = z * math.sqrt((1 + rho * rho / 2) / (n - 3))
+    return math.tanh(centre - half), math.tanh(centre + half)
+
+
 def fidelity_command(args: argparse.Namespace) -> dict[str, Any]:
     """Spearman's rho between two tables' scores of the configs both hold (the same ids are the
     same configs: both tables come from one space's Sobol sequence), each config scored as
@@ -1013,6 +1023,7 @@ def fidelity_command(args: argparse.Namespace) -> dict[str, Any]:
         "scores_low": [a[c] for c in shared],
         "scores_high": [b[c] for c in shared],
         "spearman": rho,
+        "spearman_95": spearman_interval(rho, len(shared)),
         "best_low": best_low,
         "best_high": best_high,
         "top_third": third,
@@ -1024,8 +1035,10 @@ def fidelity_command(args: argparse.Namespace) -> dict[str, Any]:
     )
     for c in shared:
         print(f"  config {c:3d}: {a[c]:.4f} (low)  {b[c]:.4f} (high)")
+    lo, hi = doc["spearman_95"]
     print(
-        f"Spearman rho {rho:.3f}; best config: {best_low} (low), {best_high} (high); "
+        f"Spearman rho {rho:.3f} (95% interval {lo:.2f} to {hi:.2f}); best config: {best_low} "
+        f"(low), {best_high} (high); "
         f"the low's best third holds {kept} of the high's best {third}"
     )
     if args.json:

@@ -387,6 +387,12 @@ def test_spearman_known_answers() -> None:
     # one swap in four: rho = 1 - 6 * 2 / (4 * 15) = 0.8; ties share their mean rank
     assert curves.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
     assert list(curves.ranks([0.5, 0.1, 0.5, 0.2])) == [3.5, 1.0, 3.5, 2.0]
+    # Fisher's z with Bonett-Wright's se: rho 0.5 over 12 pairs is atanh(0.5) +- 1.96 x
+    # sqrt(1.125 / 9) = 0.5493 +- 0.6930
+    lo, hi = curves.spearman_interval(0.5, 12)
+    assert lo == pytest.approx(math.tanh(0.549306 - 0.692965), abs=1e-5)
+    assert hi == pytest.approx(math.tanh(0.549306 + 0.692965), abs=1e-5)
+    assert curves.spearman_interval(1.0, 3) == (-1.0, 1.0)  # too few pairs to say anything
 
 
 def test_fidelity_compares_the_configs_both_tables_hold(tmp_path: Path) -> None:
