@@ -162,10 +162,14 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     replay = json.loads(Path(args.replay).read_text()) if args.replay else None
     if replay is not None:
         differ = [k for k in SHARED if replay["settings"].get(k) != getattr(args, k)]
+        if replay.get("configs") != len(table.ids):
+            differ.append(f"table ({replay.get('configs')} configs, not {len(table.ids)})")
         if differ:
             sys.exit(f"error: {args.replay} was replayed with other {', '.join(differ)}")
     key = {
         "table": str(args.table),
+        "configs": len(table.ids),  # a grown table gives other nearest configs and scores
+        "curves": sum(len(seeds) for seeds in table.curves.values()),
         "settings": {k: getattr(args, k) for k in (*SHARED, "from_scratch")},
         "fidelity": {"imgsz": args.imgsz, "epochs": args.epochs, "data": str(args.data)},
     }
