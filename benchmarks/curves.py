@@ -637,9 +637,12 @@ SETTINGS = (
 )
 
 
-def previous_runs(path: Path | None, key: dict[str, Any]) -> list[dict[str, Any]]:
+def previous_runs(
+    path: Path | None, key: dict[str, Any], budget: int | None = None
+) -> list[dict[str, Any]]:
     """The runs an earlier replay wrote to ``path`` with the same table and settings (a killed
-    or extended replay continues); none when there is no such file."""
+    or extended replay continues); none when there is no such file. With ``budget``, a run
+    that spent fewer epochs (a search cut short by an interrupt) is dropped, to be run again."""
     if path is None or not path.is_file():
         return []
     doc = json.loads(path.read_text())
@@ -650,7 +653,17 @@ def previous_runs(path: Path | None, key: dict[str, Any]) -> list[dict[str, Any]
             f"error: {path} holds a replay of another table or settings ({changed}); "
             "write to another --json"
         )
-    return list(doc["runs"])
+    runs = list(doc["runs"])
+    if budget is not None:
+        short = [r for r in runs if len(r["curve"]) < budget]
+        for r in short:
+            print(
+                f"{path}: {r['strategy']} seed {r['seed']} spent {len(r['curve'])} of {budget} "
+                "epochs (cut short): it runs again",
+                flush=True,
+            )
+        runs = [r for r in runs if len(r["curve"]) >= budget]
+    return runs
 
 
 def summarise(runs: list[dict[str, Any]], budget: int) -> tuple[float | None, dict[str, Any]]:
@@ -714,7 +727,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {k: getattr(args, k) for k in SETTINGS},
     }
     json_path = Path(args.json) if args.json else None
-    runs = previous_runs(json_path, key)
+    runs = previous_runs(json_path, key, budget)
     done = {(r["strategy"], r["seed"]) for r in runs}
     # seed-major: a replay cut short has compared every strategy on the seeds it reached
     todo = [(st, seed) for seed in range(args.seeds) for st in args.strategies]
@@ -740,6 +753,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for strategy, seed in todo:
             run = replay_search(curves, strategy, seed, args, storage)
+            if len(run["curve"]) < budget:  # Ray was interrupted: keep what is whole
+                sys.exit(f"error: {strategy} seed {seed} was cut short; not recorded")
             runs.append(run)
             print(
                 f"{strategy} seed {seed}: best {run['best']:.4f} after "

@@ -471,3 +471,15 @@ def test_runs_pack_on_a_gpu_when_ray_sees_one_and_take_a_cpu_each_otherwise() ->
     assert (gpu.gpus_per_trial, gpu.cpus_per_trial, gpu.concurrent) == (0.25, 4.0, 4)
     two = curves.trial_resources({"CPU": 16.0, "GPU": 2.0}, args(0.5, 2.0), 3)
     assert (two.gpus_per_trial, two.cpus_per_trial, two.concurrent) == (0.5, 2.0, 3)  # 3 runs left
+
+
+def test_a_search_cut_short_is_dropped_from_the_json_to_run_again(tmp_path: Path) -> None:
+    """A search Ray stopped early (an interrupt) spent fewer epochs than the budget: it is not
+    a data point, and the next replay runs it again instead of keeping it."""
+    key = {"metric": S.MAP50_95, "configs": 4}
+    whole = {"strategy": "tpe_asha", "seed": 0, "curve": [0.1, 0.2, 0.3]}
+    cut = {"strategy": "gp_asha", "seed": 0, "curve": []}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**key, "runs": [whole, cut]}))
+    assert curves.previous_runs(path, key, budget=3) == [whole]
+    assert curves.previous_runs(path, key) == [whole, cut]  # no budget given: kept as written
