@@ -551,7 +551,8 @@ def search_run(
     """A finished search's anytime curve (best so far after each of the first ``budget``
     epochs, in the order they were reported), its trials (the recorded config nearest to each
     trial's, and its epochs) and its recommendation: the incumbent's nearest recorded config,
-    scored by its mean over the recorded seeds (each curve's last epoch)."""
+    scored by its mean over the recorded seeds (each curve's last epoch). A search that spent
+    fewer than ``budget`` epochs was cut short (an interrupt) and is no data point: exits."""
     events, per_trial = [], []
     for result in (grid[i] for i in range(len(grid))):
         df = result.metrics_dataframe
@@ -580,6 +581,11 @@ def search_run(
                 incumbents.append([epoch, cid, scores[cid]])
             best, picked = value, cid
         curve.append(best if math.isfinite(best) else 0.0)
+    if len(curve) < budget:
+        sys.exit(
+            f"error: {strategy} seed {settings.seed} was cut short after {len(curve)} of "
+            f"{budget} epochs; not recorded"
+        )
     per_trial.sort(key=lambda t: t["started"])
     return {
         "strategy": strategy,
@@ -753,8 +759,6 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for strategy, seed in todo:
             run = replay_search(curves, strategy, seed, args, storage)
-            if len(run["curve"]) < budget:  # Ray was interrupted: keep what is whole
-                sys.exit(f"error: {strategy} seed {seed} was cut short; not recorded")
             runs.append(run)
             print(
                 f"{strategy} seed {seed}: best {run['best']:.4f} after "

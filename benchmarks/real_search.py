@@ -174,7 +174,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         "fidelity": {"imgsz": args.imgsz, "epochs": args.epochs, "data": str(args.data)},
     }
     json_path = Path(args.json) if args.json else None
-    runs = curves.previous_runs(json_path, key)
+    runs = curves.previous_runs(json_path, key, curves.epoch_budget(vars(args)))
     done = {(r["strategy"], r["seed"]) for r in runs}
     todo = [(st, s) for s in args.seeds for st in args.strategies if (st, s) not in done]
     print(f"{len(done)} real searches run before, {len(todo)} to go", flush=True)

@@ -483,3 +483,22 @@ def test_a_search_cut_short_is_dropped_from_the_json_to_run_again(tmp_path: Path
     path.write_text(json.dumps({**key, "runs": [whole, cut]}))
     assert curves.previous_runs(path, key, budget=3) == [whole]
     assert curves.previous_runs(path, key) == [whole, cut]  # no budget given: kept as written
+
+
+def test_a_search_that_spent_less_than_its_budget_is_not_a_run(space: SearchSpace) -> None:
+    """Ray stopped early (an interrupt): 2 of a 3-epoch budget reported; the summary refuses
+    it rather than record a short curve, for replayed and real searches alike."""
+    import pandas as pd
+
+    table = curves.Curves(curves.read_table(TINY), space)
+    result = argparse.Namespace(
+        config={"lr": 1e-3},
+        metrics_dataframe=pd.DataFrame(
+            {S.EPOCH: [1, 2], S.MAP50_95: [0.1, 0.2], "timestamp": [1.0, 2.0], "diverged": False}
+        ),
+    )
+    settings = argparse.Namespace(metric=S.MAP50_95, seed=0)
+    whole = curves.search_run([result], table, "random_fifo", settings, 2)
+    assert whole["curve"] == [0.1, 0.2]
+    with pytest.raises(SystemExit, match="cut short after 2 of 3 epochs"):
+        curves.search_run([result], table, "random_fifo", settings, 3)
