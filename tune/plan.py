@@ -145,8 +145,11 @@ def base_config(
 NOT_FOR_CONFIRM = ("seed", "out")
 
 
-def confirm_config(overrides: list[str], space: SearchSpace, base: TrainConfig) -> TrainConfig:
-    """The search's base config with ``--confirm-set`` applied (a data path made absolute)."""
+def confirm_config(
+    overrides: list[str], space: SearchSpace, base: TrainConfig
+) -> TrainConfig | None:
+    """The search's base config with ``--confirm-set`` applied (a data path made absolute);
+    None when that changes nothing, so the confirmation reuses the search's decoded data."""
     changes = parse_overrides(overrides)
     refused = sorted(k for k in changes if k in space.knobs or k in NOT_FOR_CONFIRM)
     if refused:
@@ -161,7 +164,8 @@ def confirm_config(overrides: list[str], space: SearchSpace, base: TrainConfig) 
         if not path.exists():
             raise ConfigError(f"--confirm-set data={data}: no such file or folder")
         changes["data"] = str(path)
-    return base.with_overrides(changes, "--confirm-set")
+    confirm = base.with_overrides(changes, "--confirm-set")
+    return None if confirm == base else confirm
 
 
 def refuse_changes(request: SearchRequest, plan: Plan, fresh: Plan) -> None:
@@ -286,6 +290,11 @@ def plan_search(request: SearchRequest) -> Plan:
     else:
         plan.warm_start = warm_start_journal(request, storage)
     if request.confirm_overrides:
+        if not plan.settings.confirm:
+            raise ConfigError(
+                "--confirm-set sets the confirmation's config, but this search confirms "
+                "nothing (confirm: 0); add --confirm N"
+            )
         plan.confirm_base = confirm_config(request.confirm_overrides, plan.space, plan.base)
     plan.confirmation()  # its settings checked now (e.g. epochs against the grace period)
     plan.space, plan.notes = for_metric(plan.space, plan.settings.metric)

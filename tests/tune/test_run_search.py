@@ -201,13 +201,15 @@ def test_confirm_set_is_checked_before_ray_and_sets_the_confirmations_config(
 
     def plan(*flags: str) -> Any:
         args = run_search.build_parser().parse_args(
-            ["--smoke-test", "--storage", str(tmp_path), "--name", "p", *flags]
+            ["--smoke-test", "--storage", str(tmp_path), "--name", "p", "--confirm", "1", *flags]
         )
         return run_search.plan_search(args)
 
     same = plan()
     assert same.confirm_base is None
     assert same.confirmation() == (same.base, same.settings)
+    # A value the search already has changes nothing: the search's config (and data) serve.
+    assert plan("--confirm-set", f"imgsz={same.base.imgsz}").confirm_base is None
 
     p = plan("--confirm-set", "imgsz=96", "--confirm-set", "epochs=3")
     base, settings = p.confirmation()
@@ -225,6 +227,8 @@ def test_confirm_set_is_checked_before_ray_and_sets_the_confirmations_config(
     ):
         with pytest.raises(ConfigError, match=message):
             plan("--confirm-set", flag)
+    with pytest.raises(ConfigError, match="confirms nothing"):  # nothing to apply it to
+        plan("--confirm", "0", "--confirm-set", "imgsz=96")
 
 
 def test_a_search_confirms_at_the_confirm_set_fidelity_and_a_resume_keeps_it(
