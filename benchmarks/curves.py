@@ -18,7 +18,9 @@ normalised coordinates: each knob mapped to [0, 1], log-scaled when log-uniform,
 nearest-neighbour surrogate does), for a seed drawn per trial, sleeping each epoch's recorded
 wall time times ``--time-scale`` so that results arrive, and ASHA decides with concurrent trials,
 in the recorded order. Every strategy gets the same epoch budget (``--budget``, default: trials x
-epochs, what random search run to the end spends) over ``--seeds N`` search seeds.
+epochs, what random search run to the end spends) over ``--seeds N`` search seeds; or, with
+``--fixed-trials``, the same trial count, as ``run_search.py`` gives it (a scheduler's stops then
+spend fewer epochs).
 
     python benchmarks/curves.py replay --table docs/data/curves_fixes_128px.csv.gz --seeds 30 \\
         --json docs/data/replay_fixes_128px.json
@@ -444,8 +446,25 @@ def replay_trial(config: dict[str, Any], *, curves: Curves, settings: Any, scale
 
 def epoch_budget(settings: dict[str, Any]) -> int:
     """Epochs a replayed search may spend: ``budget``, or by default what random search run to
-    the end spends (``trials`` x ``epochs``)."""
+    the end spends (``trials`` x ``epochs``; with ``fixed_trials``, the most a search can)."""
     return int(settings["budget"] or settings["trials"] * settings["epochs"])
+
+
+def settings_key(args: argparse.Namespace) -> dict[str, Any]:
+    """The replay settings a JSON is keyed by. ``fixed_trials`` appears only when set, so the
+    replays written before it existed continue; with it no ``budget`` may be given."""
+    key = {k: getattr(args, k) for k in SETTINGS}
+    if args.fixed_trials:
+        if args.budget:
+            sys.exit("error: --fixed-trials gives every search --trials trials; no --budget")
+        key["fixed_trials"] = True
+    return key
+
+
+def whole_search(settings: dict[str, Any]) -> int | None:
+    """The epochs below which a search was cut short (the budget); None with fixed trials,
+    whose searches legitimately spend less (their cut-short check is on trials ended)."""
+    return None if settings.get("fixed_trials") else epoch_budget(settings)
 
 
 class BudgetStopper(Stopper):
@@ -501,6 +520,9 @@ def strategy_tuner(  # noqa: PLR0913 (the strategy, its settings and what it run
         {**curves.space.fixed, **curves.values[curves.ids[0]]}, "the table's default"
     )
     budget = epoch_budget(vars(args))
+    # an equal epoch budget (trials enough to spend it), or exactly --trials as run_search gives
+    enough = max(args.trials, 4 * budget // max(1, args.grace_period))
+    samples = args.trials if args.fixed_trials else enough
     study = Study(sampler, start_points=not args.from_scratch)
     searcher, _ = make_searcher(curves.space, base, settings, args.concurrent, study)
     if scheduler_name in ("asha", "asha_brackets"):
@@ -531,7 +553,7 @@ def strategy_tuner(  # noqa: PLR0913 (the strategy, its settings and what it run
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
-            num_samples=max(args.trials, 4 * budget // max(1, args.grace_period)),
+            num_samples=samples,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -545,14 +567,20 @@ def strategy_tuner(  # noqa: PLR0913 (the strategy, its settings and what it run
     )
 
 
-def search_run(
-    grid: Any, curves: Curves, strategy: str, settings: Any, budget: int
+def search_run(  # noqa: PLR0913
+    grid: Any,
+    curves: Curves,
+    strategy: str,
+    settings: Any,
+    budget: int,
+    fixed_trials: bool = False,
 ) -> dict[str, Any]:
     """A finished search's anytime curve (best so far after each of the first ``budget``
     epochs, in the order they were reported), its trials (the recorded config nearest to each
     trial's, and its epochs) and its recommendation: the incumbent's nearest recorded config,
-    scored by its mean over the recorded seeds (each curve's last epoch). A search that spent
-    fewer than ``budget`` epochs was cut short (an interrupt) and is no data point: exits."""
+    scored by its mean over the recorded seeds (each curve's last epoch). A search cut short
+    (an interrupt) is no data point and exits: one that spent fewer than ``budget`` epochs or,
+    with ``fixed_trials``, one that ended fewer than ``settings.trials`` trials."""
     events, per_trial = [], []
     for result in (grid[i] for i in range(len(grid))):
         df = result.metrics_dataframe
@@ -581,7 +609,13 @@ def search_run(
                 incumbents.append([epoch, cid, scores[cid]])
             best, picked = value, cid
         curve.append(best if math.isfinite(best) else 0.0)
-    if len(curve) < budget:
+    if fixed_trials:
+        if grid.num_terminated < settings.trials:
+            sys.exit(
+                f"error: {strategy} seed {settings.seed} was cut short: {grid.num_terminated} "
+                f"of {settings.trials} trials ended; not recorded"
+            )
+    elif len(curve) < budget:
         sys.exit(
             f"error: {strategy} seed {settings.seed} was cut short after {len(curve)} of "
             f"{budget} epochs; not recorded"
@@ -615,10 +649,8 @@ def replay_search(
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return {
-        **search_run(grid, curves, strategy, settings, epoch_budget(vars(args))),
-        "wall_s": wall,
-    }
+    run = search_run(grid, curves, strategy, settings, epoch_budget(vars(args)), args.fixed_trials)
+    return {**run, "wall_s": wall}
 
 
 def epochs_to_reach(curve: list[float], target: float) -> int | None:
@@ -680,7 +712,10 @@ def summarise(runs: list[dict[str, Any]], budget: int) -> tuple[float | None, di
     summary = {}
     for strategy in [s for s in STRATEGIES if any(r["strategy"] == s for r in runs)]:
         mine = [r for r in runs if r["strategy"] == strategy]
-        row: dict[str, Any] = {"best": quartiles([r["best"] for r in mine])}
+        row: dict[str, Any] = {
+            "best": quartiles([r["best"] for r in mine]),
+            "epochs_spent": quartiles([float(len(r["curve"])) for r in mine]),
+        }
         if all("picked_score" in r for r in mine):
             row["picked_score"] = quartiles([r["picked_score"] for r in mine])
         if target is not None:
@@ -730,10 +765,10 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         "metric": space.settings.metric,
         "configs": len(curves.ids),
         "curves": sum(len(seeds) for seeds in curves.curves.values()),
-        "settings": {k: getattr(args, k) for k in SETTINGS},
+        "settings": settings_key(args),
     }
     json_path = Path(args.json) if args.json else None
-    runs = previous_runs(json_path, key, budget)
+    runs = previous_runs(json_path, key, whole_search(settings_key(args)))
     done = {(r["strategy"], r["seed"]) for r in runs}
     # seed-major: a replay cut short has compared every strategy on the seeds it reached
     todo = [(st, seed) for seed in range(args.seeds) for st in args.strategies]
@@ -785,10 +820,13 @@ def markdown_table(doc: dict[str, Any]) -> list[str]:
     target = doc["target"]
     pick_target = doc.get("pick_target")
     picks = f" epochs until the pick's mean >= {pick_target:.4f} | reached |" if pick_target else ""
+    fixed = bool(doc["settings"].get("fixed_trials"))  # then the epochs spent vary by search
     lines = [
         f"| strategy | best {doc['metric']} | picked config's mean | epochs to {target:.4f} "
-        f"| share of the budget | reached | trials |{picks}",
-        "|---|---|---|---|---|---|---|" + ("---|---|" if pick_target else ""),
+        f"| share of the budget | reached | trials |{' epochs spent |' if fixed else ''}{picks}",
+        "|---|---|---|---|---|---|---|"
+        + ("---|" if fixed else "")
+        + ("---|---|" if pick_target else ""),
     ]
     for strategy, row in doc["summary"].items():
         lo, mid, hi = row["best"]
@@ -810,6 +848,9 @@ def markdown_table(doc: dict[str, Any]) -> list[str]:
         else:
             cells += ["", "", ""]
         cells.append(f"{trials:.0f}")
+        if fixed:
+            q = row["epochs_spent"]
+            cells.append(f"{q[1]:.0f} [{q[0]:.0f}, {q[2]:.0f}]")
         if pick_target:
             q = row["epochs_to_pick"]
             cells += [f"{q[1]:.0f} [{q[0]:.0f}, {q[2]:.0f}]", f"{row['pick_reached']}/{len(mine)}"]
@@ -1112,6 +1153,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--grace-period", type=int, default=3, help="ASHA's grace period")
     q.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA's reduction factor")
     q.add_argument("--budget", type=int, default=0, help="epochs per search (0: trials x epochs)")
+    q.add_argument(
+        "--fixed-trials",
+        action="store_true",
+        help="every search runs exactly --trials trials, as run_search does (not an equal budget)",
+    )
     q.add_argument("--concurrent", type=int, default=2, help="trials at once, as the real search")
     q.add_argument("--time-scale", type=float, default=1e-3, help="recorded wall time factor")
     q.add_argument("--storage", default=str(REPO / "outputs" / "replay"), help="Tune's folder")

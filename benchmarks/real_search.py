@@ -73,7 +73,8 @@ def real_search(
     wall = time.perf_counter() - t0
     for weights in (storage / f"{strategy}-{seed}").glob("*/run/models/*.pt"):
         weights.unlink()  # ~170 MB a checkpoint; only the metrics count here
-    run = curves.search_run(grid, table, strategy, settings, curves.epoch_budget(vars(args)))
+    budget = curves.epoch_budget(vars(args))
+    run = curves.search_run(grid, table, strategy, settings, budget, args.fixed_trials)
     return {**run, "wall_s": wall}
 
 
@@ -110,6 +111,8 @@ def compare(runs: list[dict[str, Any]], replay: dict[str, Any]) -> dict[str, Any
                 ),
                 "trials": run["trials"],
                 "replay_trials": statistics.median(r["trials"] for r in theirs),
+                "epochs_spent": len(run["curve"]),
+                "replay_epochs_spent": statistics.median(len(r["curve"]) for r in theirs),
                 "same_seed_replay_best": next(
                     (r["best"] for r in theirs if r["seed"] == run["seed"]), None
                 ),
@@ -135,8 +138,8 @@ def comparison_table(doc: dict[str, Any]) -> list[str]:
     lines = [
         "| strategy | seed | real best | replay best, median [IQR] | real's percentile "
         f"| epochs to {doc['target']:.4f}: real | replay | picked config's mean: real | replay "
-        "| trials: real | replay |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| trials: real | replay | epochs spent: real | replay |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         lo, mid, hi = r["replay_best"]
@@ -146,9 +149,28 @@ def comparison_table(doc: dict[str, Any]) -> list[str]:
             f"| {r['strategy']} | {r['seed']} | {r['best']:.4f} | {mid:.4f} [{lo:.4f}, {hi:.4f}] "
             f"| {r['percentile']:.2f} | {r['epochs_to_target']} "
             f"| {f'{e[1]:.0f} [{e[0]:.0f}, {e[2]:.0f}]' if e else ''} | {r['picked_score']:.4f} "
-            f"| {p[1]:.4f} [{p[0]:.4f}, {p[2]:.4f}] | {r['trials']} | {r['replay_trials']:.0f} |"
+            f"| {p[1]:.4f} [{p[0]:.4f}, {p[2]:.4f}] | {r['trials']} | {r['replay_trials']:.0f} "
+            f"| {r['epochs_spent']} | {r['replay_epochs_spent']:.0f} |"
         )
     return lines
+
+
+def matching_replay(
+    args: argparse.Namespace, settings: dict[str, Any], configs: int
+) -> dict[str, Any] | None:
+    """The ``--replay`` JSON, refused (exit) when replayed with other settings or table."""
+    if not args.replay:
+        return None
+    replay: dict[str, Any] = json.loads(Path(args.replay).read_text())
+    theirs = replay["settings"]
+    differ = [k for k in SHARED if theirs.get(k) != settings[k]]
+    if bool(theirs.get("fixed_trials")) != bool(settings.get("fixed_trials")):
+        differ.append("fixed_trials")
+    if replay.get("configs") != configs:
+        differ.append(f"table ({replay.get('configs')} configs, not {configs})")
+    if differ:
+        sys.exit(f"error: {args.replay} was replayed with other {', '.join(differ)}")
+    return replay
 
 
 def run_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,22 +181,21 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     full = load_space(args.space)
     space, _ = for_metric(full, full.settings.metric)
     table = curves.Curves(curves.read_table(Path(args.table)), space)
-    replay = json.loads(Path(args.replay).read_text()) if args.replay else None
-    if replay is not None:
-        differ = [k for k in SHARED if replay["settings"].get(k) != getattr(args, k)]
-        if replay.get("configs") != len(table.ids):
-            differ.append(f"table ({replay.get('configs')} configs, not {len(table.ids)})")
-        if differ:
-            sys.exit(f"error: {args.replay} was replayed with other {', '.join(differ)}")
+    settings = {k: getattr(args, k) for k in (*SHARED, "from_scratch")}
+    if args.fixed_trials:  # keyed only when set, as the replay keys it
+        if args.budget:
+            sys.exit("error: --fixed-trials gives every search --trials trials; no --budget")
+        settings["fixed_trials"] = True
+    replay = matching_replay(args, settings, len(table.ids))
     key = {
         "table": str(args.table),
         "configs": len(table.ids),  # a grown table gives other nearest configs and scores
         "curves": sum(len(seeds) for seeds in table.curves.values()),
-        "settings": {k: getattr(args, k) for k in (*SHARED, "from_scratch")},
+        "settings": settings,
         "fidelity": {"imgsz": args.imgsz, "epochs": args.epochs, "data": str(args.data)},
     }
     json_path = Path(args.json) if args.json else None
-    runs = curves.previous_runs(json_path, key, curves.epoch_budget(vars(args)))
+    runs = curves.previous_runs(json_path, key, curves.whole_search(settings))
     done = {(r["strategy"], r["seed"]) for r in runs}
     todo = [(st, s) for s in args.seeds for st in args.strategies if (st, s) not in done]
     print(f"{len(done)} real searches run before, {len(todo)} to go", flush=True)
@@ -231,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, default=3, help="ASHA's grace period")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA's reduction factor")
     p.add_argument("--budget", type=int, default=0, help="epochs per search (0: trials x epochs)")
+    p.add_argument(
+        "--fixed-trials",
+        action="store_true",
+        help="every search runs exactly --trials trials, as run_search does (the replay's too)",
+    )
     p.add_argument("--concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--from-scratch", action="store_true", help="no default config first")
     p.add_argument("--cpus", type=float, default=float(os.cpu_count() or 1), help="CPUs for Ray")

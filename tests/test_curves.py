@@ -118,6 +118,7 @@ def replay_args(**changes: Any) -> argparse.Namespace:
         seeds=1,
         strategies=["tpe_asha"],
         from_scratch=False,
+        fixed_trials=False,
     )
     values.update(changes)
     return argparse.Namespace(**values)
@@ -164,6 +165,58 @@ def test_replay_is_deterministic_and_asha_cuts_where_the_curves_say(
     )
     assert len(scratch["curve"]) == 16
     assert scratch["per_trial"][0]["curve_id"] != 0 or scratch["per_trial"][1]["curve_id"] != 0
+
+
+@pytest.mark.slow
+def test_a_fixed_trials_replay_runs_the_trial_count_and_asha_spends_less(
+    space: SearchSpace, tmp_path: Path, ray_local: None
+) -> None:
+    """``--fixed-trials``: every search runs exactly ``--trials`` trials, as run_search gives
+    them; FIFO spends trials x epochs, ASHA's cuts spend less, and the anytime curve is as long
+    as the epochs its trials reported."""
+    table = curves.Curves(curves.read_table(TINY), space)
+    args = replay_args(fixed_trials=True)
+    asha = curves.replay_search(table, "tpe_asha", 0, args, tmp_path / "a")
+    fifo = curves.replay_search(table, "random_fifo", 0, args, tmp_path / "f")
+    for run in (asha, fifo):
+        assert run["trials"] == len(run["per_trial"]) == 4
+        assert len(run["curve"]) == sum(t["epochs"] for t in run["per_trial"])
+    assert len(fifo["curve"]) == 16
+    assert any(t["epochs"] < 4 for t in asha["per_trial"])  # a recorded curve ASHA cut
+    assert len(asha["curve"]) < 16
+    assert asha == {
+        **curves.replay_search(table, "tpe_asha", 0, args, tmp_path / "b"),
+        "wall_s": asha["wall_s"],
+    }  # deterministic for a seed
+
+
+def test_fixed_trials_is_keyed_only_when_set_and_excludes_a_budget() -> None:
+    plain = curves.settings_key(replay_args())
+    assert "fixed_trials" not in plain  # so replays written before the flag continue
+    assert curves.whole_search(plain) == 16  # fewer epochs: cut short
+    fixed = curves.settings_key(replay_args(fixed_trials=True))
+    assert fixed == {**plain, "fixed_trials": True}
+    assert curves.whole_search(fixed) is None  # ASHA legitimately spends less
+    with pytest.raises(SystemExit, match="no --budget"):
+        curves.settings_key(replay_args(fixed_trials=True, budget=8))
+    doc = {
+        "metric": S.MAP50_95,
+        "target": 0.5,
+        "settings": fixed,
+        "summary": {
+            "tpe_asha": {
+                "best": (0.5, 0.6, 0.7),
+                "epochs_spent": (7.0, 9.0, 11.0),
+                "epochs_to_target": (2, 3, 4),
+                "reached": 2,
+            }
+        },
+        "runs": [{"strategy": "tpe_asha", "trials": 4}],
+    }
+    table = curves.markdown_table(doc)
+    assert table[0].endswith("| trials | epochs spent |")
+    assert table[1].count("|") == 9
+    assert table[2].endswith("| 4 | 9 [7, 11] |")
 
 
 @pytest.mark.slow
@@ -502,3 +555,16 @@ def test_a_search_that_spent_less_than_its_budget_is_not_a_run(space: SearchSpac
     assert whole["curve"] == [0.1, 0.2]
     with pytest.raises(SystemExit, match="cut short after 2 of 3 epochs"):
         curves.search_run([result], table, "random_fifo", settings, 3)
+
+    class Grid(list[Any]):  # a ResultGrid's length, items and count of trials that ended
+        num_terminated = 1
+
+    # with fixed trials a short curve is normal (ASHA's cuts); trials that never ended are not
+    fixed = argparse.Namespace(metric=S.MAP50_95, seed=0, trials=1)
+    assert curves.search_run(Grid([result]), table, "tpe_asha", fixed, 9, True)["curve"] == [
+        0.1,
+        0.2,
+    ]
+    two = argparse.Namespace(**{**vars(fixed), "trials": 2})
+    with pytest.raises(SystemExit, match="cut short: 1 of 2 trials ended"):
+        curves.search_run(Grid([result]), table, "tpe_asha", two, 9, True)

@@ -82,6 +82,7 @@ def test_a_real_search_runs_the_replays_tuner_and_resumes_from_its_json(tmp_path
         budget=4,
         concurrent=1,
         from_scratch=False,
+        fixed_trials=False,
     )
     replay_json = tmp_path / "replay.json"
     curves.replay(
@@ -125,3 +126,6 @@ def test_a_real_search_runs_the_replays_tuner_and_resumes_from_its_json(tmp_path
     other = [*argv[: argv.index("--budget") + 1], "6", *argv[argv.index("--budget") + 2 :]]
     with pytest.raises(SystemExit, match="other budget"):
         real.run_command(real.build_parser().parse_args(other))
+    fixed = [*other[: other.index("--budget")], *other[other.index("--budget") + 2 :]]
+    with pytest.raises(SystemExit, match="fixed_trials"):  # the replay spent a budget
+        real.run_command(real.build_parser().parse_args([*fixed, "--fixed-trials"]))
