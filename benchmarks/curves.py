@@ -450,10 +450,11 @@ def epoch_budget(settings: dict[str, Any]) -> int:
     return int(settings["budget"] or settings["trials"] * settings["epochs"])
 
 
-def settings_key(args: argparse.Namespace) -> dict[str, Any]:
-    """The replay settings a JSON is keyed by. ``fixed_trials`` appears only when set, so the
-    replays written before it existed continue; with it no ``budget`` may be given."""
-    key = {k: getattr(args, k) for k in SETTINGS}
+def settings_key(args: argparse.Namespace, keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """The settings a replay's (or real searches') JSON is keyed by: ``keys`` (default: the
+    replay's). ``fixed_trials`` appears only when set, so the JSON files written before it
+    existed continue; with it no ``budget`` may be given."""
+    key = {k: getattr(args, k) for k in (SETTINGS if keys is None else keys)}
     if args.fixed_trials:
         if args.budget:
             sys.exit("error: --fixed-trials gives every search --trials trials; no --budget")

@@ -181,11 +181,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     full = load_space(args.space)
     space, _ = for_metric(full, full.settings.metric)
     table = curves.Curves(curves.read_table(Path(args.table)), space)
-    settings = {k: getattr(args, k) for k in (*SHARED, "from_scratch")}
-    if args.fixed_trials:  # keyed only when set, as the replay keys it
-        if args.budget:
-            sys.exit("error: --fixed-trials gives every search --trials trials; no --budget")
-        settings["fixed_trials"] = True
+    settings = curves.settings_key(args, (*SHARED, "from_scratch"))
     replay = matching_replay(args, settings, len(table.ids))
     key = {
         "table": str(args.table),
