@@ -762,14 +762,15 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     curves = Curves(read_table(Path(args.table)), space)
     storage = Path(args.storage).resolve()
     budget = epoch_budget(vars(args))
+    settings = settings_key(args)
     key = {
         "metric": space.settings.metric,
         "configs": len(curves.ids),
         "curves": sum(len(seeds) for seeds in curves.curves.values()),
-        "settings": settings_key(args),
+        "settings": settings,
     }
     json_path = Path(args.json) if args.json else None
-    runs = previous_runs(json_path, key, whole_search(settings_key(args)))
+    runs = previous_runs(json_path, key, whole_search(settings))
     done = {(r["strategy"], r["seed"]) for r in runs}
     # seed-major: a replay cut short has compared every strategy on the seeds it reached
     todo = [(st, seed) for seed in range(args.seeds) for st in args.strategies]

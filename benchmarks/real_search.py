@@ -163,9 +163,8 @@ def matching_replay(
         return None
     replay: dict[str, Any] = json.loads(Path(args.replay).read_text())
     theirs = replay["settings"]
-    differ = [k for k in SHARED if theirs.get(k) != settings[k]]
-    if bool(theirs.get("fixed_trials")) != bool(settings.get("fixed_trials")):
-        differ.append("fixed_trials")
+    # fixed_trials is keyed only when set, on both sides
+    differ = [k for k in (*SHARED, "fixed_trials") if theirs.get(k) != settings.get(k)]
     if replay.get("configs") != configs:
         differ.append(f"table ({replay.get('configs')} configs, not {configs})")
     if differ:
